@@ -1,0 +1,46 @@
+# Spotzee — `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help up test lint format typecheck bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+up: $(VENV)/.installed ## Create .venv, install, and run the embedded stack (ARGS="--data-dir DIR --port PORT")
+	$(BIN)/spotzee up $(ARGS)
+
+test: $(VENV)/.installed-dev ## Create .venv, install dev extras, run the whole test suite
+	$(BIN)/pytest $(ARGS)
+
+lint: $(VENV)/.installed-dev ## ruff lint and format check
+	$(BIN)/ruff check spotzee tests bench
+	$(BIN)/ruff format --check spotzee tests bench
+
+format: $(VENV)/.installed-dev ## Apply ruff formatting and fixes
+	$(BIN)/ruff check --fix spotzee tests bench
+	$(BIN)/ruff format spotzee tests bench
+
+typecheck: $(VENV)/.installed-dev ## mypy --strict on the package
+	$(BIN)/mypy --strict spotzee
+
+bench: $(VENV)/.installed-dev ## Ingestion benchmark: events/s accepted and landed, latency, RSS
+	$(BIN)/python bench/ingest.py $(ARGS)
+
+clean: ## Remove .venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

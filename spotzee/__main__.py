@@ -1,0 +1,3 @@
+from spotzee.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""faust-streaming agents binding the processors of streams/ to Apache Kafka (the Kafka runtime)."""

@@ -1,0 +1,1 @@
+"""ClickHouse: schema migrations, the batching sink, read-only SQL."""

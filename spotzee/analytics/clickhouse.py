@@ -1,0 +1,97 @@
+"""The one ClickHouse client (clickhouse-connect, chDB in-process or a server over HTTP).
+
+clickhouse-connect and chDB exceptions are mapped here, at the edge, to Spotzee's errors.
+chDB is one session per process, so every call is serialised through a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from spotzee.errors import AnalyticsError, AnalyticsUnavailable
+from spotzee.settings import Settings
+
+
+class ClickHouse:
+    def __init__(self, dsn: str, *, username: str = "default", password: str = "", database: str = "default") -> None:
+        self.dsn = dsn
+        self._lock = threading.Lock()
+        try:
+            if dsn.startswith("chdb://"):
+                self.client: Client = clickhouse_connect.get_client(dsn=dsn)
+            else:
+                self.client = clickhouse_connect.get_client(
+                    dsn=dsn, username=username, password=password, database=database
+                )
+        except ClickHouseError as exc:
+            raise AnalyticsUnavailable(f"cannot open ClickHouse at {dsn}: {exc}") from exc
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClickHouse:
+        if settings.resolved_clickhouse_dsn().startswith("chdb://"):
+            (settings.data_dir / "clickhouse").mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings.resolved_clickhouse_dsn(),
+            username=settings.clickhouse_username,
+            password=settings.clickhouse_password.get_secret_value(),
+            database=settings.clickhouse_database,
+        )
+
+    def command(
+        self, sql: str, *, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> None:
+        with self._lock, _mapped():
+            self.client.command(sql, parameters=parameters, settings=settings)
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        *,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        with self._lock, _mapped():
+            self.client.insert(table, list(rows), column_names=list(columns), settings=settings)
+
+    def query(
+        self, sql: str, *, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[list[Any]]]:
+        with self._lock, _mapped():
+            result = self.client.query(sql, parameters=parameters, settings=settings)
+            return list(result.column_names), [list(row) for row in result.result_rows]
+
+    def ping(self) -> bool:
+        try:
+            self.query("SELECT 1")
+            return True
+        except (AnalyticsError, AnalyticsUnavailable):
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+
+class _mapped:
+    """Context manager mapping clickhouse-connect errors to Spotzee errors."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OperationalError):
+            raise AnalyticsUnavailable(f"ClickHouse unavailable: {exc}") from exc
+        if isinstance(exc, DatabaseError | ClickHouseError):
+            raise AnalyticsError(_first_line(str(exc))) from exc
+
+
+def _first_line(message: str) -> str:
+    text = message.strip().splitlines()[0] if message.strip() else message
+    return text[:2000]

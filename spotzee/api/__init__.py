@@ -1,0 +1,1 @@
+"""FastAPI app: ingestion (Segment spec), admin routers, health and metrics."""

@@ -1,0 +1,49 @@
+"""Maps Spotzee and validation errors to HTTP responses: ``{"error": {code, message, details}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from spotzee.errors import InvalidInput, Overloaded, SpotzeeError
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def validation_details(
+    exc: ValidationError | RequestValidationError, prefix: str = "", skip: int = 0
+) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"path": "batch[2].userId", "reason": ...}`` entries."""
+    details = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"][skip:]]
+        path = prefix
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else str(part)
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        details.append({"path": path or "(body)", "reason": reason})
+    return details
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(SpotzeeError)
+    async def _spotzee(request: Request, exc: SpotzeeError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = validation_details(exc, skip=1)
+        message = "; ".join(f"{d['path']}: {d['reason']}" for d in details)
+        return JSONResponse(error_body(InvalidInput.code, message, details), status_code=400)

@@ -1,0 +1,39 @@
+"""``GET /health`` (liveness + readiness) and ``GET /metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from spotzee.api.deps import MetricsDep, ServicesDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> JSONResponse:
+    runtime = services.runtime.health()
+    clickhouse = await run_in_threadpool(services.clickhouse.ping)
+    sink_ok = services.sink.alive() and services.sink.last_error is None
+    checks = {
+        "log": "ok" if runtime.log else runtime.detail.get("log", "down"),
+        "state": "ok" if runtime.state else runtime.detail.get("state", "down"),
+        "clickhouse": "ok" if clickhouse and sink_ok else (services.sink.last_error or "unreachable"),
+    }
+    ready = all(v == "ok" for v in checks.values())
+    body = {
+        "status": "ok" if ready else "degraded",
+        "live": True,
+        "ready": ready,
+        "checks": checks,
+        "processing_lag": services.runtime.processing_lag(),
+        "sink_lag": services.runtime.sink_lag(),
+    }
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,205 @@
+"""Segment-spec ingestion: ``POST /v1/track|identify|page|screen|group|alias|batch``.
+
+Limits and codes follow Segment: 32 KB per event, 500 KB and 2,500 events per batch.
+A request is validated whole before anything is appended, so a bad request stores nothing;
+2xx is returned only once every event of the request is durable in the log.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import TypeAdapter, ValidationError
+
+from spotzee.api.deps import MetricsDep, ServicesDep, basic_username
+from spotzee.domain.traits import TraitError, normalize_traits
+from spotzee.errors import InvalidInput, PayloadTooLarge, SpotzeeError, Unauthorized
+from spotzee.schemas.events import MESSAGE_TYPES, IdentifyMessage, SegmentMessage
+from spotzee.schemas.records import IngestedMessage, record_key
+from spotzee.schemas.tenancy import KeyKind
+from spotzee.streams.codec import dumps
+
+router = APIRouter(tags=["ingestion"])
+
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_EVENTS = 2500
+_message = TypeAdapter[SegmentMessage](SegmentMessage)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, gunzipped if needed, refused past ``limit`` bytes (either form)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit // 1024} KB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit // 1024} KB")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if request.headers.get("content-encoding", "").lower() in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise InvalidInput(f"body is not valid gzip: {exc}") from exc
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit // 1024} KB")
+    return body
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"body is not valid JSON: {exc}", details=[{"path": "(body)", "reason": "invalid JSON"}]
+        ) from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("body must be a JSON object", details=[{"path": "(body)", "reason": "not an object"}])
+    return value
+
+
+def _details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
+    details = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        if str(error["type"]).startswith("union_tag"):
+            loc = ["type"]
+        elif loc and loc[0] in MESSAGE_TYPES:
+            loc = loc[1:]  # the discriminator tag pydantic puts first
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        if not loc and "userId" in reason:
+            loc = ["userId"]
+        path = prefix
+        for part in loc:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        details.append({"path": path or "(body)", "reason": reason})
+    return details
+
+
+def build_record(item: Any, *, path: str, project_id: str, received_at: Any) -> IngestedMessage:
+    if not isinstance(item, dict):
+        raise InvalidInput(
+            f"{path or 'body'}: each event must be an object",
+            details=[{"path": path or "(body)", "reason": "not an object"}],
+        )
+    raw = orjson.dumps(item)
+    if len(raw) > MAX_EVENT_BYTES:
+        where = path or "body"
+        raise PayloadTooLarge(
+            f"{where}: event is {len(raw)} bytes; the limit is 32 KB per event",
+            details=[{"path": path or "(body)", "reason": "event larger than 32 KB"}],
+        )
+    try:
+        message = _message.validate_python(item)
+    except ValidationError as exc:
+        details = _details(exc, path)
+        raise InvalidInput("; ".join(f"{d['path']}: {d['reason']}" for d in details), details=details) from exc
+    if isinstance(message, IdentifyMessage):
+        prefix = f"{path}.traits" if path else "traits"
+        try:
+            message.traits = normalize_traits(message.traits, prefix=prefix)
+        except TraitError as exc:
+            raise InvalidInput(str(exc), details=[{"path": exc.path, "reason": exc.reason}]) from exc
+    message_id = message.message_id or f"spz-{uuid.uuid4()}"
+    return IngestedMessage(
+        project_id=project_id, message_id=message_id, received_at=received_at, message=message, raw=raw.decode()
+    )
+
+
+def _write_key(request: Request, body: dict[str, Any]) -> str:
+    key = basic_username(request)
+    if not key:
+        candidate = body.get("writeKey")
+        if candidate is None and isinstance(body.get("batch"), list) and body["batch"]:
+            first = body["batch"][0]
+            candidate = first.get("writeKey") if isinstance(first, dict) else None
+        key = candidate if isinstance(candidate, str) else None
+    if not key:
+        raise Unauthorized("missing write key: send it as the HTTP Basic username or as 'writeKey' in the body")
+    return key
+
+
+async def _accept(
+    request: Request, services: ServicesDep, metrics: MetricsDep, body: dict[str, Any], items: list[tuple[str, Any]]
+) -> dict[str, bool]:
+    key = services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
+    project_id = key.project_id or ""
+    received_at = services.clock.now()
+    records = [build_record(item, path=path, project_id=project_id, received_at=received_at) for path, item in items]
+    try:
+        await services.runtime.append([(record_key(r), dumps(r)) for r in records])
+    except SpotzeeError:
+        metrics.ingest_events.labels(status="refused").inc(len(records))
+        raise
+    metrics.ingest_events.labels(status="accepted").inc(len(records))
+    return {"success": True}
+
+
+def _single(kind: str) -> Any:
+    async def endpoint(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
+        started = time.perf_counter()
+        body = parse_object(await read_body(request, MAX_EVENT_BYTES))
+        declared = body.get("type")
+        if declared is not None and declared != kind:
+            raise InvalidInput(
+                f"type: '{declared}' sent to /v1/{kind}", details=[{"path": "type", "reason": f"must be '{kind}' here"}]
+            )
+        body["type"] = kind
+        result = await _accept(request, services, metrics, body, [("", body)])
+        metrics.ingest_latency.labels(endpoint=kind).observe(time.perf_counter() - started)
+        return result
+
+    endpoint.__name__ = f"ingest_{kind}"
+    return endpoint
+
+
+for _kind in MESSAGE_TYPES:
+    router.add_api_route(
+        f"/v1/{_kind}",
+        _single(_kind),
+        methods=["POST"],
+        summary=f"Segment-spec {_kind} call",
+        response_model=dict[str, bool],
+    )
+
+
+@router.post("/v1/batch", summary="Segment-spec batch of up to 2,500 events / 500 KB")
+async def ingest_batch(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
+    started = time.perf_counter()
+    body = parse_object(await read_body(request, MAX_BATCH_BYTES))
+    batch = body.get("batch")
+    if not isinstance(batch, list):
+        raise InvalidInput(
+            "batch: must be a list of events", details=[{"path": "batch", "reason": "missing or not a list"}]
+        )
+    if not batch:
+        raise InvalidInput("batch: is empty", details=[{"path": "batch", "reason": "no events"}])
+    if len(batch) > MAX_BATCH_EVENTS:
+        raise InvalidInput(
+            f"batch: {len(batch)} events; the limit is {MAX_BATCH_EVENTS} per batch",
+            details=[{"path": "batch", "reason": f"more than {MAX_BATCH_EVENTS} events"}],
+        )
+    shared_context = body.get("context") if isinstance(body.get("context"), dict) else {}
+    shared_integrations = body.get("integrations") if isinstance(body.get("integrations"), dict) else {}
+    items: list[tuple[str, Any]] = []
+    for index, item in enumerate(batch):
+        if isinstance(item, dict):
+            if shared_context and isinstance(item.get("context", {}), dict):
+                item["context"] = {**shared_context, **item.get("context", {})}
+            if shared_integrations and isinstance(item.get("integrations", {}), dict):
+                item["integrations"] = {**shared_integrations, **item.get("integrations", {})}
+            if "sentAt" not in item and "sentAt" in body:
+                item["sentAt"] = body["sentAt"]
+        items.append((f"batch[{index}]", item))
+    result = await _accept(request, services, metrics, body, items)
+    metrics.ingest_latency.labels(endpoint="batch").observe(time.perf_counter() - started)
+    return result

@@ -1,0 +1,231 @@
+"""The contact reducer: how messages, admin patches and merges change a contact's state.
+
+Identity rule (docs/contacts.md): a contact is identified by the app's ``userId``, or by its
+``anonymousId`` until a ``userId`` is known. When an ``identify`` carries both, or an ``alias``
+names ``previousId -> userId``, the profile of the other id is merged into the known one:
+values already set on the known profile win, the other profile fills what is missing, and
+behavioural counters and event history are combined.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from spotzee.domain.events import effective_timestamp
+from spotzee.domain.traits import merge_traits
+from spotzee.schemas.contacts import FIRST_CLASS_FIELDS, ContactState, EventStats, FieldChange, RecentEvent
+from spotzee.schemas.events import (
+    AliasMessage,
+    GroupMessage,
+    IdentifyMessage,
+    PageMessage,
+    ScreenMessage,
+    SegmentMessage,
+    TrackMessage,
+    event_name,
+)
+
+BEHAVIOURAL = (TrackMessage, PageMessage, ScreenMessage)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: ContactState
+    changes: list[FieldChange] = field(default_factory=list)
+    merge_sources: list[str] = field(default_factory=list)
+
+
+def new_contact(project_id: str, contact_id: str, now: datetime, *, user_id: str | None = None) -> ContactState:
+    return ContactState(project_id=project_id, id=contact_id, user_id=user_id, created_at=now, updated_at=now)
+
+
+def apply_message(
+    state: ContactState | None,
+    message: SegmentMessage,
+    *,
+    project_id: str,
+    contact_id: str,
+    message_id: str,
+    received_at: datetime,
+    recent_limit: int,
+) -> Outcome:
+    """Apply one Segment-spec message to the contact ``contact_id`` (pure)."""
+    before = state
+    current = (
+        state.model_copy(deep=True)
+        if state is not None
+        else new_contact(
+            project_id, contact_id, received_at, user_id=message.user_id if message.user_id == contact_id else None
+        )
+    )
+    happened = effective_timestamp(message, received_at)
+    merge_sources: list[str] = []
+
+    if message.user_id and message.user_id == contact_id:
+        current.user_id = message.user_id
+        if message.anonymous_id and message.anonymous_id != contact_id:
+            merge_sources.append(message.anonymous_id)
+    if isinstance(message, AliasMessage) and message.previous_id != contact_id:
+        merge_sources.append(message.previous_id)
+    merge_sources = [s for s in merge_sources if s not in current.anonymous_ids]
+    current.anonymous_ids.extend(merge_sources)
+
+    if isinstance(message, IdentifyMessage):
+        _set_attributes(current, message.traits)
+    elif isinstance(message, GroupMessage):
+        group, _ = merge_traits(current.groups.get(message.group_id, {}), message.traits)
+        current.groups[message.group_id] = group
+
+    current.first_seen = happened if current.first_seen is None else min(current.first_seen, happened)
+    current.last_seen = happened if current.last_seen is None else max(current.last_seen, happened)
+    if isinstance(message, BEHAVIOURAL):
+        name = event_name(message)
+        _count(current, name, happened)
+        if recent_limit > 0:
+            recent = RecentEvent(
+                message_id=message_id,
+                type=message.type,
+                event=name,
+                timestamp=happened,
+                properties=copy.deepcopy(message.properties),
+            )
+            current.recent_events = _recent([*current.recent_events, recent], recent_limit)
+
+    current.updated_at = max(current.updated_at, received_at)
+    current.version += 1
+    return Outcome(current, diff_attributes(before, current), merge_sources)
+
+
+def apply_patch(
+    state: ContactState | None, traits: dict[str, Any], *, project_id: str, contact_id: str, now: datetime
+) -> Outcome:
+    """An admin API attribute change: identify semantics, without an event."""
+    before = state
+    current = state.model_copy(deep=True) if state is not None else new_contact(project_id, contact_id, now)
+    _set_attributes(current, traits)
+    current.updated_at = max(current.updated_at, now)
+    current.version += 1
+    return Outcome(current, diff_attributes(before, current))
+
+
+def merge_profiles(
+    target: ContactState | None,
+    source: ContactState | None,
+    *,
+    source_id: str,
+    target_id: str,
+    project_id: str,
+    now: datetime,
+    recent_limit: int,
+) -> Outcome:
+    """Merge the profile of ``source_id`` into ``target_id`` (the known contact wins)."""
+    before = target
+    merged = (
+        target.model_copy(deep=True)
+        if target is not None
+        else new_contact(project_id, target_id, now, user_id=target_id)
+    )
+    aliases = [source_id, *(source.anonymous_ids if source else [])]
+    for alias in aliases:
+        if alias != target_id and alias not in merged.anonymous_ids:
+            merged.anonymous_ids.append(alias)
+    if source is not None:
+        for name in FIRST_CLASS_FIELDS:
+            if getattr(merged, name) is None:
+                setattr(merged, name, getattr(source, name))
+        merged.traits = _fill_missing(merged.traits, source.traits)
+        for group_id, traits in source.groups.items():
+            merged.groups[group_id] = _fill_missing(merged.groups.get(group_id, {}), traits)
+        merged.first_seen = _min_opt(merged.first_seen, source.first_seen)
+        merged.last_seen = _max_opt(merged.last_seen, source.last_seen)
+        for name, stats in source.events.items():
+            mine = merged.events.get(name)
+            merged.events[name] = (
+                stats.model_copy()
+                if mine is None
+                else EventStats(
+                    count=mine.count + stats.count,
+                    first_at=min(mine.first_at, stats.first_at),
+                    last_at=max(mine.last_at, stats.last_at),
+                )
+            )
+        merged.recent_events = _recent([*merged.recent_events, *source.recent_events], recent_limit)
+        merged.created_at = min(merged.created_at, source.created_at)
+    merged.updated_at = max(merged.updated_at, now)
+    merged.version += 1
+    return Outcome(merged, diff_attributes(before, merged))
+
+
+def flatten_attributes(state: ContactState | None) -> dict[str, Any]:
+    """First-class fields and trait leaves as ``path -> value`` (the unit of change history)."""
+    if state is None:
+        return {}
+    flat: dict[str, Any] = {
+        name: getattr(state, name) for name in FIRST_CLASS_FIELDS if getattr(state, name) is not None
+    }
+    _flatten(state.traits, "traits", flat)
+    return flat
+
+
+def diff_attributes(before: ContactState | None, after: ContactState) -> list[FieldChange]:
+    old, new = flatten_attributes(before), flatten_attributes(after)
+    return [
+        FieldChange(path=path, old=old.get(path), new=new.get(path))
+        for path in sorted(old.keys() | new.keys())
+        if old.get(path) != new.get(path)
+    ]
+
+
+def _set_attributes(state: ContactState, traits: dict[str, Any]) -> None:
+    """Apply (already normalised) traits: first-class fields to their columns, the rest merged."""
+    rest = dict(traits)
+    for name in FIRST_CLASS_FIELDS:
+        if name in rest:
+            setattr(state, name, rest.pop(name))
+    state.traits, _ = merge_traits(state.traits, rest)
+
+
+def _count(state: ContactState, name: str, happened: datetime) -> None:
+    stats = state.events.get(name)
+    if stats is None:
+        state.events[name] = EventStats(count=1, first_at=happened, last_at=happened)
+    else:
+        stats.count += 1
+        stats.first_at = min(stats.first_at, happened)
+        stats.last_at = max(stats.last_at, happened)
+
+
+def _recent(events: list[RecentEvent], limit: int) -> list[RecentEvent]:
+    unique = {e.message_id: e for e in events}
+    ordered = sorted(unique.values(), key=lambda e: (e.timestamp, e.message_id))
+    return ordered[-limit:] if limit > 0 else []
+
+
+def _fill_missing(known: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(known)
+    for key, value in other.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _fill_missing(out[key], value)
+    return out
+
+
+def _flatten(value: dict[str, Any], prefix: str, into: dict[str, Any]) -> None:
+    for key, item in value.items():
+        path = f"{prefix}.{key}"
+        if isinstance(item, dict) and item:
+            _flatten(item, path, into)
+        else:
+            into[path] = item
+
+
+def _min_opt(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max_opt(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)

@@ -1,0 +1,1 @@
+"""Channel delivery adapters (SMTP, HTTP vendors, webhook, in-app)."""

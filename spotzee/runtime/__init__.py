@@ -1,0 +1,1 @@
+"""The embedded runtime: the whole topology in one process, durable in RocksDB."""

@@ -1,0 +1,1 @@
+"""The single contract: pydantic models for every record, row and API body."""

@@ -1,0 +1,113 @@
+"""Records on the ``analytics`` topic: rows for ClickHouse history and history mutations.
+
+The sink turns these into inserts (rows) or idempotent statements (mutations), in order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from spotzee.schemas.common import Model, UTCDateTime
+
+
+class EventRow(Model):
+    type: Literal["event"] = "event"
+    project_id: str
+    message_id: str
+    event_type: str
+    event: str
+    contact_id: str
+    user_id: str
+    anonymous_id: str
+    timestamp: UTCDateTime
+    original_timestamp: UTCDateTime | None
+    sent_at: UTCDateTime | None
+    received_at: UTCDateTime
+    properties: str
+    traits: str
+    context: str
+    raw: str
+
+
+class ContactChangeRow(Model):
+    type: Literal["contact_change"] = "contact_change"
+    project_id: str
+    contact_id: str
+    change_id: str
+    changed_at: UTCDateTime
+    source: str
+    path: str
+    old_value: str
+    new_value: str
+
+
+class AliasRow(Model):
+    type: Literal["alias"] = "alias"
+    project_id: str
+    alias_id: str
+    contact_id: str
+    merged_at: UTCDateTime
+
+
+class AuditRow(Model):
+    type: Literal["audit"] = "audit"
+    audit_id: str
+    organisation_id: str
+    project_id: str
+    actor_key_id: str
+    action: str
+    target: str
+    at: UTCDateTime
+    before: str
+    after: str
+
+
+class DeadLetterRow(Model):
+    type: Literal["dead_letter"] = "dead_letter"
+    project_id: str
+    dead_letter_id: str
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    error: str
+    payload: str
+    at: UTCDateTime
+
+
+class MergeHistory(Model):
+    """Re-attribute the history of ``source_id`` to ``target_id``."""
+
+    type: Literal["merge_history"] = "merge_history"
+    project_id: str
+    source_id: str
+    target_id: str
+
+
+class EraseHistory(Model):
+    """Delete every history row of these contact ids (GDPR erase)."""
+
+    type: Literal["erase_history"] = "erase_history"
+    project_id: str
+    contact_ids: list[str]
+
+
+AnalyticsRecord = Annotated[
+    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | MergeHistory | EraseHistory,
+    Field(discriminator="type"),
+]
+analytics_record_adapter: TypeAdapter[AnalyticsRecord] = TypeAdapter(AnalyticsRecord)
+
+ROW_TYPES = ("event", "contact_change", "alias", "audit", "dead_letter")
+
+
+class SqlQuery(Model):
+    query: Annotated[str, Field(min_length=1, max_length=100_000)]
+
+
+class SqlResult(Model):
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool = False

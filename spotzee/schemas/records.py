@@ -1,0 +1,116 @@
+"""Records on the ``events`` topic: ingested messages and the contact processor's own commands.
+
+Every record is keyed ``project_id:contact_id`` so that one partition owner is the single writer
+of that contact's state.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.events import SegmentMessage
+
+
+class IngestedMessage(Model):
+    """A Segment-spec message accepted by the API, with the project it belongs to."""
+
+    type: Literal["ingest"] = "ingest"
+    project_id: str
+    message_id: str
+    received_at: UTCDateTime
+    message: SegmentMessage
+    raw: str = Field(description="The message as received (JSON), kept for the raw column.")
+    forwarded_to: str | None = Field(default=None, description="Set when re-keyed to the merged contact.")
+
+    @property
+    def contact_id(self) -> str:
+        return self.forwarded_to or self.message.contact_id
+
+
+class MergeRequest(Model):
+    """Sent to ``source_id``'s partition: hand your profile over to ``target_id``."""
+
+    type: Literal["merge_request"] = "merge_request"
+    project_id: str
+    source_id: str
+    target_id: str
+    requested_at: UTCDateTime
+
+    @property
+    def contact_id(self) -> str:
+        return self.source_id
+
+
+class MergeIn(Model):
+    """Sent back to ``target_id``'s partition with the source profile (None when it had none)."""
+
+    type: Literal["merge_in"] = "merge_in"
+    project_id: str
+    source_id: str
+    target_id: str
+    source_state: ContactState | None
+    merged_at: UTCDateTime
+
+    @property
+    def contact_id(self) -> str:
+        return self.target_id
+
+
+class ContactPatch(Model):
+    """An admin API change of attributes (same semantics as identify traits)."""
+
+    type: Literal["contact_patch"] = "contact_patch"
+    project_id: str
+    id: str
+    traits: JSONObject
+    requested_at: UTCDateTime
+    request_id: str
+
+    @property
+    def contact_id(self) -> str:
+        return self.id
+
+
+class ContactErase(Model):
+    """GDPR erase of one id (a contact, or an alias left behind by a merge)."""
+
+    type: Literal["contact_erase"] = "contact_erase"
+    project_id: str
+    id: str
+    requested_at: UTCDateTime
+    request_id: str
+    cascade_from: str | None = Field(
+        default=None, description="Set when erasing an id merged into ``cascade_from``: erase only if still so."
+    )
+
+    @property
+    def contact_id(self) -> str:
+        return self.id
+
+
+class DedupeSweep(Model):
+    """Timer-driven: drop this contact's messageId dedupe entries older than the window."""
+
+    type: Literal["dedupe_sweep"] = "dedupe_sweep"
+    project_id: str
+    id: str
+
+    @property
+    def contact_id(self) -> str:
+        return self.id
+
+
+EventsRecord = Annotated[
+    IngestedMessage | MergeRequest | MergeIn | ContactPatch | ContactErase | DedupeSweep,
+    Field(discriminator="type"),
+]
+events_record_adapter: TypeAdapter[EventsRecord] = TypeAdapter(EventsRecord)
+
+
+def record_key(record: EventsRecord) -> str:
+    """The partitioning key: ``project_id:contact_id``."""
+    return f"{record.project_id}:{record.contact_id}"

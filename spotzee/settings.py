@@ -1,0 +1,59 @@
+"""One Settings object, read from the environment (prefix ``SPOTZEE_``)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of a Spotzee process. Secrets are ``SecretStr``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPOTZEE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default=Path("./spotzee-data"), description="Where RocksDB state, the log and chDB live.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_base_url: str | None = Field(
+        default=None, description="Base URL used in links; defaults to the address the server listens on."
+    )
+
+    runtime: str = Field(default="embedded", pattern="^(embedded|kafka)$")
+    partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the contact key space.")
+    process_batch_size: int = Field(default=1000, ge=1, description="Records per partition per commit.")
+    inbound_max_backlog: int = Field(
+        default=200_000, ge=0, description="Unprocessed records above which ingestion answers 429."
+    )
+    retry_after_seconds: int = Field(default=2, ge=1)
+    dedupe_window: timedelta = Field(default=timedelta(hours=24), description="messageId dedupe window.")
+    recent_events_per_contact: int = Field(default=20, ge=0, le=500)
+
+    clickhouse_dsn: str | None = Field(
+        default=None, description="chdb:///path or http(s)://host:port; default chdb://<data_dir>/clickhouse"
+    )
+    clickhouse_username: str = "default"
+    clickhouse_password: SecretStr = SecretStr("")
+    clickhouse_database: str = "default"
+    sink_batch_rows: int = Field(default=5000, ge=1)
+    sink_flush_interval: float = Field(default=0.2, gt=0, description="Seconds a row may wait in the sink batch.")
+
+    sql_max_rows: int = Field(default=10_000, ge=1)
+    sql_max_seconds: int = Field(default=30, ge=1)
+
+    admin_key: SecretStr | None = Field(default=None, description="Used by `spotzee sql` when no keys.json is found.")
+
+    log_level: str = "INFO"
+    log_json: bool = Field(default=False, description="JSON log lines instead of the console renderer.")
+
+    def resolved_clickhouse_dsn(self) -> str:
+        if self.clickhouse_dsn:
+            return self.clickhouse_dsn
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def resolved_public_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,1 @@
+"""The topology: topic names, keys, codecs, and the processors wired from domain/."""

@@ -1,0 +1,294 @@
+"""The contact processor: a thin adapter that loads state, calls the domain, stores and emits.
+
+Input: the ``events`` topic (key ``project:contact``). Tables:
+- ``contacts``: ContactState per contact key;
+- ``aliases``: AliasState at ids merged into another contact (later records are forwarded);
+- ``dedupe``: ``<contact key>\\x00<messageId>`` -> first-seen time, swept by a per-contact timer.
+Outputs: ``analytics`` rows and history mutations; ``events`` records to other contacts
+(merge requests, forwarded messages, cascaded erasures).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from spotzee.domain import contacts as domain
+from spotzee.domain.events import effective_timestamp
+from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow, MergeHistory
+from spotzee.schemas.contacts import AliasState, ContactState, FieldChange
+from spotzee.schemas.events import IdentifyMessage, event_name
+from spotzee.schemas.records import (
+    ContactErase,
+    ContactPatch,
+    DedupeSweep,
+    EventsRecord,
+    IngestedMessage,
+    MergeIn,
+    MergeRequest,
+    events_record_adapter,
+    record_key,
+)
+from spotzee.streams import topics
+from spotzee.streams.codec import dumps, loads
+from spotzee.streams.interface import Context
+
+log = logging.getLogger(__name__)
+
+CONTACTS = "contacts"
+ALIASES = "aliases"
+DEDUPE = "dedupe"
+SEP = "\x00"
+
+
+def contact_key(project_id: str, contact_id: str) -> str:
+    return f"{project_id}:{contact_id}"
+
+
+class ContactProcessor:
+    topic = topics.EVENTS
+    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE)
+
+    def __init__(self, *, dedupe_window: timedelta, recent_limit: int) -> None:
+        self.dedupe_window = dedupe_window
+        self.recent_limit = recent_limit
+
+    def process(self, ctx: Context, key: str, value: bytes) -> None:
+        record: EventsRecord = events_record_adapter.validate_json(value)
+        if isinstance(record, IngestedMessage):
+            self._ingest(ctx, record)
+        elif isinstance(record, MergeRequest):
+            self._merge_request(ctx, record)
+        elif isinstance(record, MergeIn):
+            self._merge_in(ctx, record)
+        elif isinstance(record, ContactPatch):
+            self._patch(ctx, record)
+        elif isinstance(record, ContactErase):
+            self._erase(ctx, record)
+        elif isinstance(record, DedupeSweep):
+            self._sweep(ctx, record)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _ingest(self, ctx: Context, record: IngestedMessage) -> None:
+        key = record_key(record)
+        now = ctx.clock.now()
+        if self._is_duplicate(ctx, key, record.message_id, now):
+            return
+        self._remember(ctx, record.project_id, record.contact_id, record.message_id, now)
+        alias = self._alias(ctx, key)
+        if alias is not None:
+            forwarded = record.model_copy(update={"forwarded_to": alias.merged_into})
+            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+            return
+        contacts = ctx.table(CONTACTS)
+        state = self._state(ctx, key)
+        outcome = domain.apply_message(
+            state,
+            record.message,
+            project_id=record.project_id,
+            contact_id=record.contact_id,
+            message_id=record.message_id,
+            received_at=record.received_at,
+            recent_limit=self.recent_limit,
+        )
+        contacts.set(key, dumps(outcome.state))
+        for source in outcome.merge_sources:
+            request = MergeRequest(
+                project_id=record.project_id, source_id=source, target_id=record.contact_id, requested_at=now
+            )
+            ctx.emit(topics.EVENTS, record_key(request), dumps(request))
+        ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
+        source = "identify" if isinstance(record.message, IdentifyMessage) else record.message.type
+        self._emit_changes(ctx, record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+
+    def _merge_request(self, ctx: Context, record: MergeRequest) -> None:
+        key = record_key(record)
+        if record.source_id == record.target_id:
+            return
+        alias = self._alias(ctx, key)
+        if alias is not None:
+            # An id belongs to the first contact it was merged into; later claims are ignored.
+            if alias.merged_into != record.target_id:
+                log.info(
+                    "merge of %s into %s ignored: already merged into %s", key, record.target_id, alias.merged_into
+                )
+            return
+        state = self._state(ctx, key)
+        ctx.table(CONTACTS).delete(key)
+        merged = AliasState(
+            project_id=record.project_id, id=record.source_id, merged_into=record.target_id, merged_at=ctx.clock.now()
+        )
+        ctx.table(ALIASES).set(key, dumps(merged))
+        hand_over = MergeIn(
+            project_id=record.project_id,
+            source_id=record.source_id,
+            target_id=record.target_id,
+            source_state=state,
+            merged_at=merged.merged_at,
+        )
+        ctx.emit(topics.EVENTS, record_key(hand_over), dumps(hand_over))
+
+    def _merge_in(self, ctx: Context, record: MergeIn) -> None:
+        key = record_key(record)
+        alias = self._alias(ctx, key)
+        if alias is not None:
+            forwarded = record.model_copy(update={"target_id": alias.merged_into})
+            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+            return
+        now = ctx.clock.now()
+        outcome = domain.merge_profiles(
+            self._state(ctx, key),
+            record.source_state,
+            source_id=record.source_id,
+            target_id=record.target_id,
+            project_id=record.project_id,
+            now=now,
+            recent_limit=self.recent_limit,
+        )
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        pid = record.project_id
+        ctx.emit(
+            topics.ANALYTICS,
+            key,
+            dumps(
+                AliasRow(
+                    project_id=pid, alias_id=record.source_id, contact_id=record.target_id, merged_at=record.merged_at
+                )
+            ),
+        )
+        ctx.emit(
+            topics.ANALYTICS,
+            key,
+            dumps(MergeHistory(project_id=pid, source_id=record.source_id, target_id=record.target_id)),
+        )
+        self._emit_changes(ctx, pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
+
+    def _patch(self, ctx: Context, record: ContactPatch) -> None:
+        key = record_key(record)
+        alias = self._alias(ctx, key)
+        if alias is not None:
+            forwarded = record.model_copy(update={"id": alias.merged_into})
+            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+            return
+        now = ctx.clock.now()
+        outcome = domain.apply_patch(
+            self._state(ctx, key), record.traits, project_id=record.project_id, contact_id=record.id, now=now
+        )
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
+
+    def _erase(self, ctx: Context, record: ContactErase) -> None:
+        key = record_key(record)
+        alias = self._alias(ctx, key)
+        if record.cascade_from is not None and (alias is None or alias.merged_into != record.cascade_from):
+            return  # this id now belongs to someone else (or was never merged): not ours to erase
+        state = self._state(ctx, key)
+        ctx.table(CONTACTS).delete(key)
+        ctx.table(ALIASES).delete(key)
+        dedupe = ctx.table(DEDUPE)
+        for entry, _ in list(dedupe.scan_prefix(key + SEP)):
+            dedupe.delete(entry)
+        ctx.cancel(self._sweep_timer(key))
+        for other in state.anonymous_ids if state else []:
+            cascade = ContactErase(
+                project_id=record.project_id,
+                id=other,
+                requested_at=record.requested_at,
+                request_id=record.request_id,
+                cascade_from=record.id,
+            )
+            ctx.emit(topics.EVENTS, record_key(cascade), dumps(cascade))
+        ctx.emit(topics.ANALYTICS, key, dumps(EraseHistory(project_id=record.project_id, contact_ids=[record.id])))
+
+    def _sweep(self, ctx: Context, record: DedupeSweep) -> None:
+        key = record_key(record)
+        now = ctx.clock.now()
+        dedupe = ctx.table(DEDUPE)
+        oldest: datetime | None = None
+        for entry, seen_raw in list(dedupe.scan_prefix(key + SEP)):
+            seen = datetime.fromisoformat(seen_raw.decode())
+            if seen <= now - self.dedupe_window:
+                dedupe.delete(entry)
+            else:
+                oldest = seen if oldest is None else min(oldest, seen)
+        if oldest is not None:
+            ctx.schedule(self._sweep_timer(key), oldest + self.dedupe_window, topics.EVENTS, key, dumps(record))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _state(self, ctx: Context, key: str) -> ContactState | None:
+        raw = ctx.table(CONTACTS).get(key)
+        return loads(ContactState, raw) if raw is not None else None
+
+    def _alias(self, ctx: Context, key: str) -> AliasState | None:
+        raw = ctx.table(ALIASES).get(key)
+        return loads(AliasState, raw) if raw is not None else None
+
+    def _is_duplicate(self, ctx: Context, key: str, message_id: str, now: datetime) -> bool:
+        seen = ctx.table(DEDUPE).get(key + SEP + message_id)
+        return seen is not None and datetime.fromisoformat(seen.decode()) > now - self.dedupe_window
+
+    def _remember(self, ctx: Context, project_id: str, contact_id: str, message_id: str, now: datetime) -> None:
+        key = contact_key(project_id, contact_id)
+        ctx.table(DEDUPE).set(key + SEP + message_id, now.isoformat().encode())
+        sweep = DedupeSweep(project_id=project_id, id=contact_id)
+        ctx.schedule(
+            self._sweep_timer(key), now + self.dedupe_window, topics.EVENTS, key, dumps(sweep), keep_existing=True
+        )
+
+    @staticmethod
+    def _sweep_timer(key: str) -> str:
+        return f"dedupe-sweep:{key}"
+
+    @staticmethod
+    def _event_row(record: IngestedMessage) -> EventRow:
+        message = record.message
+        return EventRow(
+            project_id=record.project_id,
+            message_id=record.message_id,
+            event_type=message.type,
+            event=event_name(message),
+            contact_id=record.contact_id,
+            user_id=message.user_id or "",
+            anonymous_id=message.anonymous_id or "",
+            timestamp=effective_timestamp(message, record.received_at),
+            original_timestamp=message.timestamp or message.original_timestamp,
+            sent_at=message.sent_at,
+            received_at=record.received_at,
+            properties=_json(getattr(message, "properties", {})),
+            traits=_json(getattr(message, "traits", {})),
+            context=_json(message.context),
+            raw=record.raw,
+        )
+
+    @staticmethod
+    def _emit_changes(
+        ctx: Context,
+        project_id: str,
+        contact_id: str,
+        changes: list[FieldChange],
+        at: datetime,
+        source: str,
+        cause: str,
+    ) -> None:
+        key = contact_key(project_id, contact_id)
+        for change in changes:
+            row = ContactChangeRow(
+                project_id=project_id,
+                contact_id=contact_id,
+                change_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}|{cause}|{change.path}")),
+                changed_at=at,
+                source=source,
+                path=change.path,
+                old_value=_json(change.old),
+                new_value=_json(change.new),
+            )
+            ctx.emit(topics.ANALYTICS, key, dumps(row))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)

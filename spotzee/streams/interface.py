@@ -1,0 +1,79 @@
+"""The small runtime-neutral interface processors are written against.
+
+A processor sees one record at a time through a ``Context``: its tables (key -> bytes, scoped
+to the partition that owns the record), ``emit`` to a topic, the injected clock, and timers
+that re-deliver a record at a given time. The embedded runtime and the Kafka runtime each
+implement ``Context``; the processor code is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A test clock that only moves when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, delta: timedelta) -> None:
+        self._now += delta
+
+    def set(self, value: datetime) -> None:
+        self._now = value
+
+
+class Table(Protocol):
+    """One processor table. Reads see the record's own uncommitted writes."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def scan_prefix(self, prefix: str) -> Iterator[tuple[str, bytes]]: ...
+
+
+class Context(Protocol):
+    @property
+    def clock(self) -> Clock: ...
+
+    def table(self, name: str) -> Table: ...
+
+    def emit(self, topic: str, key: str, value: bytes) -> None:
+        """Send a record; it becomes visible only when the current record commits."""
+
+    def schedule(
+        self, timer_id: str, at: datetime, topic: str, key: str, value: bytes, *, keep_existing: bool = False
+    ) -> None:
+        """Deliver ``value`` to ``topic`` at ``at`` (or later). Same id replaces, unless ``keep_existing``."""
+
+    def cancel(self, timer_id: str) -> None: ...
+
+
+class Processor(Protocol):
+    """A stateful processor of one input topic."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
+
+    def process(self, ctx: Context, key: str, value: bytes) -> None: ...

@@ -1,0 +1,1 @@
+"""State-store implementations behind streams.interface.Table."""
