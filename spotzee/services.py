@@ -24,6 +24,7 @@ class Services:
     clock: Clock
     runtime: EmbeddedRuntime
     clickhouse: ClickHouse
+    analyst: ClickHouse  # read-only session for POST /api/v1/sql
     sink: SinkLoop
     tenancy: Tenancy
     started: bool = field(default=False)
@@ -39,6 +40,7 @@ class Services:
         try:
             clickhouse = ClickHouse.from_settings(settings)
             migrate(clickhouse)
+            analyst = clickhouse.read_only(max_seconds=settings.sql_max_seconds, max_rows=settings.sql_max_rows)
         except Exception:
             runtime.close()
             raise
@@ -51,7 +53,7 @@ class Services:
         )
         runtime.sink_offset_reader = lambda: sink.offset
         tenancy = Tenancy(runtime, clock)
-        return cls(settings, clock, runtime, clickhouse, sink, tenancy)
+        return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy)
 
     def start(self) -> None:
         self.sink.start()
@@ -66,5 +68,6 @@ class Services:
             self.sink.stop()
             self.started = False
         self.runtime.close()
+        self.analyst.close()
         self.clickhouse.close()
         log.info("spotzee stopped")

@@ -19,16 +19,24 @@ from spotzee.settings import Settings
 
 
 class ClickHouse:
-    def __init__(self, dsn: str, *, username: str = "default", password: str = "", database: str = "default") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        username: str = "default",
+        password: str = "",
+        database: str = "default",
+        session_settings: dict[str, Any] | None = None,
+    ) -> None:
         self.dsn = dsn
+        self._credentials = {"username": username, "password": password, "database": database}
         self._lock = threading.Lock()
+        settings = session_settings or {}
         try:
             if dsn.startswith("chdb://"):
-                self.client: Client = clickhouse_connect.get_client(dsn=dsn)
+                self.client: Client = clickhouse_connect.get_client(dsn=dsn, settings=settings)
             else:
-                self.client = clickhouse_connect.get_client(
-                    dsn=dsn, username=username, password=password, database=database
-                )
+                self.client = clickhouse_connect.get_client(dsn=dsn, settings=settings, **self._credentials)
         except ClickHouseError as exc:
             raise AnalyticsUnavailable(f"cannot open ClickHouse at {dsn}: {exc}") from exc
 
@@ -42,6 +50,22 @@ class ClickHouse:
             password=settings.clickhouse_password.get_secret_value(),
             database=settings.clickhouse_database,
         )
+
+    def read_only(self, *, max_seconds: int, max_rows: int) -> ClickHouse:
+        """A second session that is read-only for good, with time and row limits.
+
+        The limits are set before ``readonly = 1`` and never per query: once a session is
+        read-only it can't change settings, and chDB applies some per-call settings with SET
+        and restores them after, which a read-only session would refuse. Keeping analysts'
+        SQL in its own session also keeps the sink's session writable whatever they send.
+        """
+        limits = {
+            "max_execution_time": max_seconds,
+            "max_result_rows": max_rows,
+            "result_overflow_mode": "break",
+            "readonly": 1,
+        }
+        return ClickHouse(self.dsn, session_settings=limits, **self._credentials)
 
     def command(
         self, sql: str, *, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None

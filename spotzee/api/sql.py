@@ -15,17 +15,11 @@ router = APIRouter(prefix="/api/v1", tags=["analytics"])
 
 @router.post("/sql", response_model=SqlResult)
 async def run_sql(body: SqlQuery, key: AdminKeyDep, services: ServicesDep) -> SqlResult:
-    """Runs with ``readonly=1`` and time/row limits. ClickHouse history spans every project of
+    """Runs in a ``readonly=1`` session with time and row limits. ClickHouse history spans every project of
     the installation, so only the installation organisation's admin keys may query it."""
     if key.organisation_id != services.tenancy.installation_organisation():
         raise Forbidden("SQL over the history is for the installation organisation's admin keys")
     limit = services.settings.sql_max_rows
-    settings = {
-        "readonly": 1,
-        "max_execution_time": services.settings.sql_max_seconds,
-        "max_result_rows": limit,
-        "result_overflow_mode": "break",
-    }
-    columns, rows = await run_in_threadpool(services.clickhouse.query, body.query, settings=settings)
+    columns, rows = await run_in_threadpool(services.analyst.query, body.query)
     truncated = len(rows) >= limit
     return SqlResult(columns=columns, rows=[[json_cell(v) for v in row] for row in rows[:limit]], truncated=truncated)

@@ -96,9 +96,13 @@ class EmbeddedRuntime:
             thread.start()
             self._threads.append(thread)
 
+    def stop_accepting(self) -> None:
+        """The first step of a graceful stop: appends answer LogUnavailable (HTTP 503) from now on."""
+        self._accepting = False
+
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Graceful: refuse new appends, finish pending appends, process the backlog, stop."""
-        self._accepting = False
+        self.stop_accepting()
         deadline = time.monotonic() + drain_timeout
         while (not self._appends.empty() or self.processing_lag() > 0) and time.monotonic() < deadline:
             if self._paused.is_set():

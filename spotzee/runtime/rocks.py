@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import struct
 from pathlib import Path
 
@@ -72,7 +73,12 @@ class RocksDB:
             self.closed = True
             for cf in self._cfs.values():
                 cf.close()
+            # Column-family handles and iterators keep the database (and its LOCK) alive
+            # until they are collected: drop ours and collect, so the path can be reopened.
+            self._cfs.clear()
+            self._handles.clear()
             self.db.close()
+            gc.collect()
 
 
 def encode_log_value(key: str, value: bytes) -> bytes:
