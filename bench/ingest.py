@@ -137,7 +137,7 @@ def positive_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description="Spotzee ingestion benchmark (see the module docstring).")
-    parser.add_argument("--events", type=positive_int, default=200_000, help="events to send (default 200000)")
+    parser.add_argument("--events", type=positive_int, default=100_000, help="events to send (default 100000)")
     parser.add_argument("--clients", type=positive_int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="events per /v1/batch (default 500)")
     parser.add_argument("--users", type=positive_int, default=50_000, help="distinct userIds (default 50000)")
