@@ -55,7 +55,7 @@ def apply_message(
     """Apply one Segment-spec message to the contact ``contact_id`` (pure)."""
     before = state
     current = (
-        state.model_copy(deep=True)
+        _working_copy(state)
         if state is not None
         else new_contact(
             project_id, contact_id, received_at, user_id=message.user_id if message.user_id == contact_id else None
@@ -104,7 +104,7 @@ def apply_patch(
 ) -> Outcome:
     """An admin API attribute change: identify semantics, without an event."""
     before = state
-    current = state.model_copy(deep=True) if state is not None else new_contact(project_id, contact_id, now)
+    current = _working_copy(state) if state is not None else new_contact(project_id, contact_id, now)
     _set_attributes(current, traits)
     current.updated_at = max(current.updated_at, now)
     current.version += 1
@@ -123,11 +123,7 @@ def merge_profiles(
 ) -> Outcome:
     """Merge the profile of ``source_id`` into ``target_id`` (the known contact wins)."""
     before = target
-    merged = (
-        target.model_copy(deep=True)
-        if target is not None
-        else new_contact(project_id, target_id, now, user_id=target_id)
-    )
+    merged = _working_copy(target) if target is not None else new_contact(project_id, target_id, now, user_id=target_id)
     aliases = [source_id, *(source.anonymous_ids if source else [])]
     for alias in aliases:
         if alias != target_id and alias not in merged.anonymous_ids:
@@ -179,6 +175,23 @@ def diff_attributes(before: ContactState | None, after: ContactState) -> list[Fi
     ]
 
 
+def _working_copy(state: ContactState) -> ContactState:
+    """A copy the reducer may change without touching ``state``.
+
+    Shallow, with fresh containers: every nested value the reducer changes (traits, groups,
+    event stats, recent events) is replaced, never mutated in place, so a deep copy -- most of
+    the cost of an event -- is not needed.
+    """
+    return state.model_copy(
+        update={
+            "anonymous_ids": list(state.anonymous_ids),
+            "groups": dict(state.groups),
+            "events": dict(state.events),
+            "recent_events": list(state.recent_events),
+        }
+    )
+
+
 def _set_attributes(state: ContactState, traits: dict[str, Any]) -> None:
     """Apply (already normalised) traits: first-class fields to their columns, the rest merged."""
     rest = dict(traits)
@@ -192,10 +205,10 @@ def _count(state: ContactState, name: str, happened: datetime) -> None:
     stats = state.events.get(name)
     if stats is None:
         state.events[name] = EventStats(count=1, first_at=happened, last_at=happened)
-    else:
-        stats.count += 1
-        stats.first_at = min(stats.first_at, happened)
-        stats.last_at = max(stats.last_at, happened)
+    else:  # replaced, not mutated: the stats object may be shared with the input state
+        state.events[name] = EventStats(
+            count=stats.count + 1, first_at=min(stats.first_at, happened), last_at=max(stats.last_at, happened)
+        )
 
 
 def _recent(events: list[RecentEvent], limit: int) -> list[RecentEvent]:

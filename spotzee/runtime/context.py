@@ -91,6 +91,9 @@ class BatchContext:
         self.tables = {name: OverlayTable(db.cf(TABLE_PREFIX + name)) for name in tables}
         self.batch = Staged()
         self._record = Staged()
+        # Whether each timer touched in this batch exists after the batch (folded) / the record.
+        self._timers_batch: dict[str, bool] = {}
+        self._timers_record: dict[str, bool] = {}
 
     @property
     def clock(self) -> Clock:
@@ -108,14 +111,16 @@ class BatchContext:
         if keep_existing and self._timer_exists(timer_id):
             return
         self._record.timers.append(TimerOp(timer_id, at, topic, key, value))
+        self._timers_record[timer_id] = True
 
     def cancel(self, timer_id: str) -> None:
         self._record.timers.append(TimerOp(timer_id, None))
+        self._timers_record[timer_id] = False
 
     def _timer_exists(self, timer_id: str) -> bool:
-        for op in reversed([*self.batch.timers, *self._record.timers]):
-            if op.timer_id == timer_id:
-                return op.at is not None
+        for staged in (self._timers_record, self._timers_batch):
+            if timer_id in staged:
+                return staged[timer_id]
         return self._db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
 
     def commit_record(self) -> None:
@@ -123,9 +128,12 @@ class BatchContext:
             table.fold()
         self.batch.emits.extend(self._record.emits)
         self.batch.timers.extend(self._record.timers)
+        self._timers_batch.update(self._timers_record)
+        self._timers_record.clear()
         self._record = Staged()
 
     def rollback_record(self) -> None:
         for table in self.tables.values():
             table.rollback()
+        self._timers_record.clear()
         self._record = Staged()

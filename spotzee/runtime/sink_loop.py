@@ -76,18 +76,20 @@ class SinkLoop:
         waiting_since: float | None = None
         while self._running:
             try:
-                records = self._read(self.offset, self.batch_rows)
-                if not records:
+                raw = self._read_raw(self.offset, self.batch_rows)
+                if not raw:
                     waiting_since = None
                     self.wakeup.wait(timeout=0.1)
                     self.wakeup.clear()
                     continue
                 now = time.monotonic()
                 waiting_since = waiting_since or now
-                full = len(records) >= self.batch_rows or any(is_mutation(r) for _, r in records)
-                if not full and now - waiting_since < self.flush_interval and self._running:
-                    time.sleep(min(0.02, self.flush_interval))
+                full = len(raw) >= self.batch_rows or any(_is_mutation_raw(value) for _, value in raw)
+                remaining = self.flush_interval - (now - waiting_since)
+                if not full and remaining > 0 and self._running:
+                    time.sleep(min(remaining, 0.05))  # let the batch fill; nothing is parsed meanwhile
                     continue
+                records = [(seq, analytics_record_adapter.validate_json(value)) for seq, value in raw]
                 self._write_range(self._cut(records))
                 waiting_since = None
                 self.last_error = None
@@ -124,11 +126,21 @@ class SinkLoop:
         self.offset = last + 1
 
     def _read(self, start: int, limit: int) -> list[tuple[int, AnalyticsRecord]]:
-        out: list[tuple[int, AnalyticsRecord]] = []
+        return [(seq, analytics_record_adapter.validate_json(value)) for seq, value in self._read_raw(start, limit)]
+
+    def _read_raw(self, start: int, limit: int) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
         it = self.db.cf(OUTBOX).iter()
         it.seek(U64.pack(start))
         while it.valid() and len(out) < limit:
-            seq = U64.unpack(bytes(it.key()))[0]
-            out.append((seq, analytics_record_adapter.validate_json(bytes(it.value()))))
+            out.append((int(U64.unpack(bytes(it.key()))[0]), bytes(it.value())))
             it.next()
         return out
+
+
+_MUTATION_PREFIXES = (b'{"type":"merge_history"', b'{"type":"erase_history"')
+
+
+def _is_mutation_raw(value: bytes) -> bool:
+    """Mutations are recognised without parsing: records are dumped with ``type`` first."""
+    return value.startswith(_MUTATION_PREFIXES)

@@ -10,11 +10,12 @@ Outputs: ``analytics`` rows and history mutations; ``events`` records to other c
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from spotzee.domain import contacts as domain
 from spotzee.domain.events import effective_timestamp
@@ -291,4 +292,4 @@ class ContactProcessor:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+    return orjson.dumps(value, default=str).decode()

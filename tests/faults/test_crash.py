@@ -57,7 +57,12 @@ def _healthy(port: int) -> bool:
 
 def batch(index: int) -> list[dict[str, Any]]:
     return [
-        {"type": "track", "userId": f"user-{(index * BATCH + i) % USERS}", "event": "tick", "messageId": f"m-{index}-{i}"}
+        {
+            "type": "track",
+            "userId": f"user-{(index * BATCH + i) % USERS}",
+            "event": "tick",
+            "messageId": f"m-{index}-{i}",
+        }
         for i in range(BATCH)
     ]
 
@@ -106,7 +111,9 @@ def test_sigkill_after_2xx_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
         time.sleep(0.3)
         os.kill(proc.pid, signal.SIGKILL)
     with server(data, port):
-        admin = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['admin_key']}"})
+        admin = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['admin_key']}"}
+        )
         # The client re-sends everything it sent (acked or not): messageIds must not double.
         for index in range(sent_upto):
             assert send(port, write_key, index)
@@ -120,7 +127,9 @@ def test_sigkill_after_2xx_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
 
         assert sql("SELECT count() FROM events") == expected
         assert sql("SELECT uniqExact(message_id) FROM events") == expected
-        project = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['secret_key']}"})
+        project = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['secret_key']}"}
+        )
         total = sum(project.get(f"/api/v1/contacts/user-{u}").json()["events"]["tick"]["count"] for u in range(USERS))
         assert total == expected
         per_user = sum(1 for index in range(sent_upto) for event in batch(index) if event["userId"] == "user-0")

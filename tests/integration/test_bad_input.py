@@ -87,7 +87,12 @@ def test_401_for_missing_unknown_and_revoked_keys(stack: Stack) -> None:
 
 def test_403_for_a_secret_key_on_ingestion_and_a_write_key_on_admin(stack: Stack) -> None:
     before = stack.log_size()
-    assert stack.client(stack.keys.secret_key, basic=True).post("/v1/track", json={"userId": "u1", "event": "e"}).status_code == 403
+    assert (
+        stack.client(stack.keys.secret_key, basic=True)
+        .post("/v1/track", json={"userId": "u1", "event": "e"})
+        .status_code
+        == 403
+    )
     assert stack.client(stack.keys.write_key).get("/api/v1/contacts/u1").status_code == 403
     assert stack.project.post("/api/v1/sql", json={"query": "SELECT 1"}).status_code == 403
     assert_nothing_stored(stack, before)
@@ -99,7 +104,9 @@ def test_413_for_oversized_events_and_batches(stack: Stack) -> None:
     response = stack.ingest.post("/v1/track", json=big)
     assert response.status_code == 413
     assert "32 KB" in error_of(response)["message"]
-    in_batch = stack.ingest.post("/v1/batch", json={"batch": [{"type": "track", "userId": "u1", "event": "ok"}, {**big, "type": "track"}]})
+    in_batch = stack.ingest.post(
+        "/v1/batch", json={"batch": [{"type": "track", "userId": "u1", "event": "ok"}, {**big, "type": "track"}]}
+    )
     assert in_batch.status_code == 413
     assert error_of(in_batch)["details"][0]["path"] == "batch[1]"
     events = [{"type": "track", "userId": "u1", "event": "e", "properties": {"pad": "y" * 20_000}} for _ in range(30)]

@@ -49,21 +49,28 @@ def test_an_anonymous_id_belongs_to_the_first_contact_it_merged_into(stack: Stac
 def test_identify_traits_nested_paths_and_null_removal(stack: Stack) -> None:
     post = stack.ingest.post
     post("/v1/identify", json={"userId": "u1", "traits": {"address": {"city": "Paris", "zip": "75001"}, "plan": "pro"}})
-    post("/v1/identify", json={"userId": "u1", "traits": {"address.city": "Lyon", "plan": None, "phone": "+33 6 12 34 56 78"}})
+    post(
+        "/v1/identify",
+        json={"userId": "u1", "traits": {"address.city": "Lyon", "plan": None, "phone": "+33 6 12 34 56 78"}},
+    )
     post("/v1/identify", json={"userId": "u1", "traits": {"timezone": "Europe/Paris", "locale": "fr_fr"}})
     stack.settle()
     contact = stack.project.get("/api/v1/contacts/u1").json()
     assert contact["traits"] == {"address": {"city": "Lyon", "zip": "75001"}}
     assert contact["phone"] == "+33612345678"
     assert (contact["timezone"], contact["locale"]) == ("Europe/Paris", "fr-FR")
-    changes = stack.sql("SELECT path, old_value, new_value FROM contact_changes WHERE path = 'traits.address.city' ORDER BY changed_at")
+    changes = stack.sql(
+        "SELECT path, old_value, new_value FROM contact_changes WHERE path = 'traits.address.city' ORDER BY changed_at"
+    )
     assert changes == [["traits.address.city", "null", '"Paris"'], ["traits.address.city", '"Paris"', '"Lyon"']]
 
 
 def test_patch_updates_attributes_and_records_the_change(stack: Stack) -> None:
     stack.ingest.post("/v1/identify", json={"userId": "u1", "traits": {"plan": "free"}})
     stack.settle()
-    response = stack.project.patch("/api/v1/contacts/u1", json={"email": "NEW@example.com", "traits": {"plan": "pro", "tier": {"level": 2}}})
+    response = stack.project.patch(
+        "/api/v1/contacts/u1", json={"email": "NEW@example.com", "traits": {"plan": "pro", "tier": {"level": 2}}}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["email"] == "NEW@example.com"
@@ -72,12 +79,16 @@ def test_patch_updates_attributes_and_records_the_change(stack: Stack) -> None:
     assert stack.project.patch("/api/v1/contacts/nobody", json={"traits": {}}).status_code == 404
     stack.settle()
     sources = stack.sql("SELECT source, path FROM contact_changes WHERE source = 'api' ORDER BY path")
-    assert ["api", "email"] in sources and ["api", "traits.plan"] in sources
+    assert ["api", "email"] in sources
+    assert ["api", "traits.plan"] in sources
 
 
 def test_erase_removes_state_merged_ids_dedupe_and_history(stack: Stack) -> None:
     stack.ingest.post("/v1/track", json={"anonymousId": "anon", "event": "viewed", "messageId": "m1"})
-    stack.ingest.post("/v1/identify", json={"userId": "u1", "anonymousId": "anon", "traits": {"email": "u1@example.com"}, "messageId": "m2"})
+    stack.ingest.post(
+        "/v1/identify",
+        json={"userId": "u1", "anonymousId": "anon", "traits": {"email": "u1@example.com"}, "messageId": "m2"},
+    )
     stack.ingest.post("/v1/track", json={"userId": "u2", "event": "kept", "messageId": "m3"})
     stack.settle()
     assert stack.scalar("SELECT count() FROM events") == 3
@@ -95,5 +106,6 @@ def test_erase_removes_state_merged_ids_dedupe_and_history(stack: Stack) -> None
     stack.ingest.post("/v1/track", json={"userId": "u1", "event": "again", "messageId": "m2"})
     stack.settle()
     contact = stack.project.get("/api/v1/contacts/u1").json()
-    assert contact["email"] is None and list(contact["events"]) == ["again"]
+    assert contact["email"] is None
+    assert list(contact["events"]) == ["again"]
     assert stack.project.delete("/api/v1/contacts/ghost").status_code == 404

@@ -15,7 +15,9 @@ def test_track_lands_in_state_and_clickhouse(stack: Stack) -> None:
     assert response.status_code == 200
     assert response.json() == {"success": True}
     stack.settle()
-    rows = stack.sql("SELECT message_id, event_type, event, contact_id, JSONExtractInt(properties, 'amount') FROM events")
+    rows = stack.sql(
+        "SELECT message_id, event_type, event, contact_id, JSONExtractInt(properties, 'amount') FROM events"
+    )
     assert rows == [["m1", "track", "purchase", "u1", 42]]
     contact = stack.project.get("/api/v1/contacts/u1").json()
     assert contact["events"]["purchase"]["count"] == 1
@@ -36,7 +38,12 @@ def test_every_call_type_is_accepted(stack: Stack) -> None:
         assert response.status_code == 200, (kind, response.text)
     stack.settle()
     assert stack.sql("SELECT event_type, count() FROM events GROUP BY event_type ORDER BY event_type") == [
-        ["alias", 1], ["group", 1], ["identify", 1], ["page", 1], ["screen", 1], ["track", 1],
+        ["alias", 1],
+        ["group", 1],
+        ["identify", 1],
+        ["page", 1],
+        ["screen", 1],
+        ["track", 1],
     ]
     contact = stack.project.get("/api/v1/contacts/u2").json()
     assert contact["groups"] == {"acme": {"plan": "pro"}}
@@ -58,7 +65,9 @@ def test_batch_with_gzip_and_write_key_in_body(stack: Stack) -> None:
 
 def test_message_id_is_deduplicated(stack: Stack) -> None:
     for _ in range(3):
-        assert stack.ingest.post("/v1/track", json={"userId": "u1", "event": "e", "messageId": "same"}).status_code == 200
+        assert (
+            stack.ingest.post("/v1/track", json={"userId": "u1", "event": "e", "messageId": "same"}).status_code == 200
+        )
     stack.settle()
     assert stack.scalar("SELECT count() FROM events") == 1
     assert stack.project.get("/api/v1/contacts/u1").json()["events"]["e"]["count"] == 1

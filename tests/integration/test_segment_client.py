@@ -22,12 +22,15 @@ def test_segment_client_events_land_in_clickhouse_exactly_once(stack: Stack) -> 
         on_error=lambda error, _batch: errors.append(error),
         max_retries=2,
     )
-    sent: list[str] = []
     for u in range(USERS):
         user = f"user-{u}"
-        client.identify(user, {"email": f"{user}@example.com", "plan": "free" if u % 2 else "pro"}, anonymous_id=f"anon-{u}")
+        client.identify(
+            user, {"email": f"{user}@example.com", "plan": "free" if u % 2 else "pro"}, anonymous_id=f"anon-{u}"
+        )
         for i in range(EVENTS_PER_USER):
-            client.track(user, "purchase" if i % 2 else "view", {"amount": i, "sku": f"sku-{i}"}, timestamp=datetime.now(UTC))
+            client.track(
+                user, "purchase" if i % 2 else "view", {"amount": i, "sku": f"sku-{i}"}, timestamp=datetime.now(UTC)
+            )
         client.page(user, category="docs", name="Intro", properties={"url": "https://example.com/intro"})
         client.screen(user, name="Home")
         client.group(user, f"team-{u % 3}", {"size": u})

@@ -16,7 +16,9 @@ def test_bootstrap_writes_keys_json_with_mode_0600(stack: Stack) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     keys = json.loads(path.read_text())
     assert set(keys) == {"organisation_id", "project_id", "write_key", "secret_key", "admin_key"}
-    assert keys["write_key"].startswith("pk_") and keys["secret_key"].startswith("sk_") and keys["admin_key"].startswith("ak_")
+    assert keys["write_key"].startswith("pk_")
+    assert keys["secret_key"].startswith("sk_")
+    assert keys["admin_key"].startswith("ak_")
 
 
 def test_keys_are_stored_hashed(stack: Stack) -> None:
@@ -53,7 +55,9 @@ def test_rotate_and_revoke_keys_and_read_the_audit(stack: Stack) -> None:
     new_key = rotated.json()["key"]
     assert stack.ingest.post("/v1/track", json={"userId": "u", "event": "e"}).status_code == 401
     assert stack.client(new_key, basic=True).post("/v1/track", json={"userId": "u", "event": "e"}).status_code == 200
-    extra = stack.admin.post(f"/api/v1/projects/{stack.keys.project_id}/keys", json={"kind": "secret", "name": "ci"}).json()
+    extra = stack.admin.post(
+        f"/api/v1/projects/{stack.keys.project_id}/keys", json={"kind": "secret", "name": "ci"}
+    ).json()
     assert stack.client(extra["key"]).get("/api/v1/contacts/u").status_code in (200, 404)
     assert stack.admin.delete(f"/api/v1/keys/{extra['id']}").json()["revoked_at"] is not None
     assert stack.client(extra["key"]).get("/api/v1/contacts/u").status_code == 401
@@ -62,7 +66,8 @@ def test_rotate_and_revoke_keys_and_read_the_audit(stack: Stack) -> None:
     actions = [entry["action"] for entry in audit]
     assert actions[:3] == ["key.revoke", "key.create", "key.rotate"]
     rotation = audit[2]
-    assert rotation["target"] == write_id and rotation["before"]["revoked_at"] is None
+    assert rotation["target"] == write_id
+    assert rotation["before"]["revoked_at"] is None
     assert rotation["after"]["revoked"]["revoked_at"] is not None
     assert rotation["actor_key_id"] != "system"
     first_page = stack.admin.get("/api/v1/audit", params={"limit": 2}).json()
@@ -101,7 +106,8 @@ def test_sql_is_read_only_and_limited(stack: Stack) -> None:
     wrong = stack.admin.post("/api/v1/sql", json={"query": "SELECT nope FROM nowhere"})
     assert wrong.status_code == 400
     big = stack.admin.post("/api/v1/sql", json={"query": "SELECT number FROM numbers(1000000)"}).json()
-    assert big["truncated"] is True and len(big["rows"]) == stack.services.settings.sql_max_rows
+    assert big["truncated"] is True
+    assert len(big["rows"]) == stack.services.settings.sql_max_rows
     assert stack.client("ak_wrong").post("/api/v1/sql", json={"query": "SELECT 1"}).status_code == 401
 
 
@@ -112,7 +118,11 @@ def test_health_and_metrics(stack: Stack) -> None:
     stack.ingest.post("/v1/batch", json={"batch": [{"type": "track", "userId": "u", "event": "e"}] * 3})
     stack.ingest.post("/v1/track", json={"event": "no identity"})
     stack.settle()
-    wait_until(lambda: 'spotzee_ingest_requests_total{endpoint="track",status="400"} 1.0' in stack.client().get("/metrics").text)
+    wait_until(
+        lambda: (
+            'spotzee_ingest_requests_total{endpoint="track",status="400"} 1.0' in stack.client().get("/metrics").text
+        )
+    )
     text = stack.client().get("/metrics").text
     assert 'spotzee_ingest_requests_total{endpoint="batch",status="200"} 1.0' in text
     assert 'spotzee_ingest_events_total{status="accepted"} 3.0' in text

@@ -16,7 +16,14 @@ from pydantic import TypeAdapter
 
 from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.runtime.rocks import OUTBOX
-from spotzee.schemas.analytics import AliasRow, AnalyticsRecord, EraseHistory, EventRow, MergeHistory, analytics_record_adapter
+from spotzee.schemas.analytics import (
+    AliasRow,
+    AnalyticsRecord,
+    EraseHistory,
+    EventRow,
+    MergeHistory,
+    analytics_record_adapter,
+)
 from spotzee.schemas.contacts import AliasState, ContactState
 from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.records import ContactErase, EventsRecord, IngestedMessage, record_key
@@ -130,7 +137,8 @@ def test_merge_forwarding_and_history(harness: Harness) -> None:
     assert merged.events["view"].count == 2
     assert state(harness, "a1") is None
     alias = harness.get(ALIASES, "p:a1")
-    assert alias is not None and loads(AliasState, alias).merged_into == "u1"
+    assert alias is not None
+    assert loads(AliasState, alias).merged_into == "u1"
     records = harness.analytics()
     events = [r for r in records if isinstance(r, EventRow)]
     assert [(e.message_id, e.contact_id) for e in events] == [("1", "a1"), ("2", "u1"), ("3", "u1")]

@@ -22,7 +22,9 @@ def msg(**body: Any) -> SegmentMessage:
     return message_adapter.validate_python(body)
 
 
-def apply(state: ContactState | None, body: dict[str, Any], at: datetime = T0, contact: str = "u1", mid: str = "m") -> ContactState:
+def apply(
+    state: ContactState | None, body: dict[str, Any], at: datetime = T0, contact: str = "u1", mid: str = "m"
+) -> ContactState:
     return apply_message(
         state, msg(**body), project_id="p", contact_id=contact, message_id=mid, received_at=at, recent_limit=5
     ).state
@@ -30,7 +32,12 @@ def apply(state: ContactState | None, body: dict[str, Any], at: datetime = T0, c
 
 def test_track_counts_and_seen_times() -> None:
     state = apply(None, {"type": "track", "userId": "u1", "event": "buy"}, T0, mid="1")
-    state = apply(state, {"type": "track", "userId": "u1", "event": "buy", "timestamp": (T0 - timedelta(days=1)).isoformat()}, T0, mid="2")
+    state = apply(
+        state,
+        {"type": "track", "userId": "u1", "event": "buy", "timestamp": (T0 - timedelta(days=1)).isoformat()},
+        T0,
+        mid="2",
+    )
     state = apply(state, {"type": "page", "userId": "u1", "name": "Home"}, T0 + timedelta(hours=1), mid="3")
     assert state.events["buy"].count == 2
     assert state.events["buy"].first_at == T0 - timedelta(days=1)
@@ -42,15 +49,25 @@ def test_track_counts_and_seen_times() -> None:
 
 def test_identify_with_both_ids_asks_for_a_merge_once() -> None:
     body = {"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "x"}}
-    first = apply_message(None, msg(**body), project_id="p", contact_id="u1", message_id="1", received_at=T0, recent_limit=5)
+    first = apply_message(
+        None, msg(**body), project_id="p", contact_id="u1", message_id="1", received_at=T0, recent_limit=5
+    )
     assert first.merge_sources == ["a1"]
-    again = apply_message(first.state, msg(**body), project_id="p", contact_id="u1", message_id="2", received_at=T0, recent_limit=5)
+    again = apply_message(
+        first.state, msg(**body), project_id="p", contact_id="u1", message_id="2", received_at=T0, recent_limit=5
+    )
     assert again.merge_sources == []
 
 
 def test_alias_merges_previous_id() -> None:
     outcome = apply_message(
-        None, msg(type="alias", userId="new", previousId="old"), project_id="p", contact_id="new", message_id="1", received_at=T0, recent_limit=5
+        None,
+        msg(type="alias", userId="new", previousId="old"),
+        project_id="p",
+        contact_id="new",
+        message_id="1",
+        received_at=T0,
+        recent_limit=5,
     )
     assert outcome.merge_sources == ["old"]
 
@@ -58,9 +75,17 @@ def test_alias_merges_previous_id() -> None:
 def test_merge_known_wins_and_counts_add() -> None:
     known = apply(None, {"type": "identify", "userId": "u1", "traits": {"email": "k@example.com", "a": {"x": 1}}})
     known = apply(known, {"type": "track", "userId": "u1", "event": "e"}, T0 + timedelta(days=2), mid="k")
-    anon = apply(None, {"type": "identify", "anonymousId": "a1", "traits": {"email": "a@example.com", "a": {"y": 2}, "b": 3}}, contact="a1")
-    anon = apply(anon, {"type": "track", "anonymousId": "a1", "event": "e"}, T0 - timedelta(days=1), contact="a1", mid="a")
-    outcome = merge_profiles(known, anon, source_id="a1", target_id="u1", project_id="p", now=T0 + timedelta(days=3), recent_limit=5)
+    anon = apply(
+        None,
+        {"type": "identify", "anonymousId": "a1", "traits": {"email": "a@example.com", "a": {"y": 2}, "b": 3}},
+        contact="a1",
+    )
+    anon = apply(
+        anon, {"type": "track", "anonymousId": "a1", "event": "e"}, T0 - timedelta(days=1), contact="a1", mid="a"
+    )
+    outcome = merge_profiles(
+        known, anon, source_id="a1", target_id="u1", project_id="p", now=T0 + timedelta(days=3), recent_limit=5
+    )
     merged = outcome.state
     assert merged.email == "k@example.com"
     assert merged.traits == {"a": {"x": 1, "y": 2}, "b": 3}
@@ -80,7 +105,10 @@ def test_merge_into_a_contact_not_seen_yet() -> None:
 def test_patch_reports_changes() -> None:
     state = apply(None, {"type": "identify", "userId": "u1", "traits": {"plan": "free"}})
     outcome = apply_patch(state, {"plan": "pro", "email": "x@example.com"}, project_id="p", contact_id="u1", now=T0)
-    assert [(c.path, c.old, c.new) for c in outcome.changes] == [("email", None, "x@example.com"), ("traits.plan", "free", "pro")]
+    assert [(c.path, c.old, c.new) for c in outcome.changes] == [
+        ("email", None, "x@example.com"),
+        ("traits.plan", "free", "pro"),
+    ]
 
 
 def test_effective_timestamp_corrects_skew() -> None:
@@ -93,9 +121,16 @@ def test_effective_timestamp_corrects_skew() -> None:
 
 leaf = st.one_of(st.none(), st.integers(-5, 5), st.sampled_from(["a", "b"]), st.booleans())
 trait_keys = st.sampled_from(["plan", "score", "address.city", "address.zip", "flags.beta"])
-identify = st.builds(lambda t: {"type": "identify", "userId": "u1", "traits": t}, st.dictionaries(trait_keys, leaf, max_size=3))
+identify = st.builds(
+    lambda t: {"type": "identify", "userId": "u1", "traits": t}, st.dictionaries(trait_keys, leaf, max_size=3)
+)
 track = st.builds(
-    lambda e, offset: {"type": "track", "userId": "u1", "event": e, "timestamp": (T0 + timedelta(minutes=offset)).isoformat()},
+    lambda e, offset: {
+        "type": "track",
+        "userId": "u1",
+        "event": e,
+        "timestamp": (T0 + timedelta(minutes=offset)).isoformat(),
+    },
     st.sampled_from(["buy", "view", "refund"]),
     st.integers(-1000, 1000),
 )
@@ -111,7 +146,9 @@ def recompute(log: list[dict[str, Any]]) -> dict[str, Any]:
     for body in log:
         if body["type"] == "identify":
             for path, value in body["traits"].items():
-                for existing in [p for p in leaves if p == path or p.startswith(path + ".") or path.startswith(p + ".")]:
+                for existing in [
+                    p for p in leaves if p == path or p.startswith(path + ".") or path.startswith(p + ".")
+                ]:
                     del leaves[existing]
                 if value is not None:
                     leaves[path] = value
