@@ -29,14 +29,16 @@ class ClickHouse:
         session_settings: dict[str, Any] | None = None,
     ) -> None:
         self.dsn = dsn
-        self._credentials = {"username": username, "password": password, "database": database}
+        self._username, self._password, self._database = username, password, database
         self._lock = threading.Lock()
         settings = session_settings or {}
         try:
             if dsn.startswith("chdb://"):
                 self.client: Client = clickhouse_connect.get_client(dsn=dsn, settings=settings)
             else:
-                self.client = clickhouse_connect.get_client(dsn=dsn, settings=settings, **self._credentials)
+                self.client = clickhouse_connect.get_client(
+                    dsn=dsn, settings=settings, username=username, password=password, database=database
+                )
         except ClickHouseError as exc:
             raise AnalyticsUnavailable(f"cannot open ClickHouse at {dsn}: {exc}") from exc
 
@@ -65,7 +67,13 @@ class ClickHouse:
             "result_overflow_mode": "break",
             "readonly": 1,
         }
-        return ClickHouse(self.dsn, session_settings=limits, **self._credentials)
+        return ClickHouse(
+            self.dsn,
+            username=self._username,
+            password=self._password,
+            database=self._database,
+            session_settings=limits,
+        )
 
     def command(
         self, sql: str, *, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
