@@ -72,8 +72,15 @@ async def patch_contact(
     if not await services.runtime.wait_processed(positions, WAIT_SECONDS):
         response.status_code = 202
     after = resolve(services, project_id, before.id) or before
+    # The audit names the fields, never their values: an erase must not leave personal data behind.
+    fields = sorted(traits)
     services.tenancy.audit(
-        key, "contact.update", before.id, project_id, body.model_dump(exclude_unset=True), {"version": after.version}
+        key,
+        "contact.update",
+        before.id,
+        project_id,
+        {"version": before.version, "fields": fields},
+        {"version": after.version},
     )
     return ContactPublic.from_state(after)
 
