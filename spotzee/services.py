@@ -46,7 +46,7 @@ class Services:
             raise
         sink = SinkLoop(
             runtime.db,
-            AnalyticsSink(clickhouse),
+            AnalyticsSink(clickhouse, epoch=runtime.epoch()),
             batch_rows=settings.sink_batch_rows,
             flush_interval=settings.sink_flush_interval,
             wakeup=runtime.outbox_wakeup,

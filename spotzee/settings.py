@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _seconds(value: Any) -> Any:
+    """Durations from the environment may be plain seconds (``86400``)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return timedelta(seconds=int(value))
+    return value
 
 
 class Settings(BaseSettings):
@@ -21,14 +29,15 @@ class Settings(BaseSettings):
         default=None, description="Base URL used in links; defaults to the address the server listens on."
     )
 
-    runtime: str = Field(default="embedded", pattern="^(embedded|kafka)$")
     partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the contact key space.")
     process_batch_size: int = Field(default=1000, ge=1, description="Records per partition per commit.")
     inbound_max_backlog: int = Field(
         default=200_000, ge=0, description="Unprocessed records above which ingestion answers 429."
     )
     retry_after_seconds: int = Field(default=2, ge=1)
-    dedupe_window: timedelta = Field(default=timedelta(hours=24), description="messageId dedupe window.")
+    dedupe_window: Annotated[timedelta, BeforeValidator(_seconds)] = Field(
+        default=timedelta(hours=24), description="messageId dedupe window: seconds, or ISO 8601 (PT24H)."
+    )
     recent_events_per_contact: int = Field(default=20, ge=0, le=500)
 
     clickhouse_dsn: str | None = Field(

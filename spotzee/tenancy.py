@@ -18,10 +18,11 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from spotzee.domain import keys as key_rules
-from spotzee.errors import Forbidden, NotFound, Unauthorized
+from spotzee.errors import Conflict, Forbidden, NotFound, Unauthorized
 from spotzee.runtime.base import Runtime
 from spotzee.schemas.analytics import AuditRow
 from spotzee.schemas.tenancy import (
+    AdminKeyCreate,
     ApiKey,
     BootstrapKeys,
     Definition,
@@ -177,6 +178,19 @@ class Tenancy:
             self._commit([key], actor.id, "key.create", key.id, project_id, actor.organisation_id, None, _public(key))
         return KeyIssued(**KeyPublic.from_key(key).model_dump(), key=raw)
 
+    def create_admin_key(self, actor: ApiKey, body: AdminKeyCreate) -> KeyIssued:
+        with self._lock:
+            raw, key = self._make_key(KeyKind.admin, actor.organisation_id, None, body.name)
+            self._commit([key], actor.id, "key.create", key.id, "", actor.organisation_id, None, _public(key))
+        return KeyIssued(**KeyPublic.from_key(key).model_dump(), key=raw)
+
+    def list_admin_keys(self, organisation_id: str) -> list[KeyPublic]:
+        return [
+            KeyPublic.from_key(k)
+            for k in sorted(self.keys.values(), key=lambda k: (k.created_at, k.id))
+            if k.organisation_id == organisation_id and k.kind is KeyKind.admin
+        ]
+
     def rotate_key(self, actor: ApiKey, key_id: str) -> KeyIssued:
         """Issue a replacement (same kind, project and name) and revoke the old key at once."""
         with self._lock:
@@ -198,6 +212,13 @@ class Tenancy:
     def revoke_key(self, actor: ApiKey, key_id: str) -> KeyPublic:
         with self._lock:
             old = self._own_key(actor, key_id)
+            admins = [
+                k
+                for k in self.keys.values()
+                if k.kind is KeyKind.admin and k.active and k.organisation_id == old.organisation_id
+            ]
+            if old.kind is KeyKind.admin and len(admins) == 1:
+                raise Conflict("this is the organisation's last active admin key: create or rotate another first")
             revoked = old.model_copy(update={"revoked_at": self.clock.now()})
             self._commit(
                 [revoked],

@@ -1,7 +1,8 @@
 """The one ClickHouse client (clickhouse-connect, chDB in-process or a server over HTTP).
 
 clickhouse-connect and chDB exceptions are mapped here, at the edge, to Spotzee's errors.
-chDB is one session per process, so every call is serialised through a lock.
+A client is one session (chDB: one handle on the process's single embedded engine), and its
+calls are serialised through a lock; the read-only analyst session is a second client.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ClickHouse:
         """
         limits = {
             "max_execution_time": max_seconds,
-            "max_result_rows": max_rows,
+            "max_result_rows": max_rows + 1,  # one more than returned, to tell "exactly the limit" from "cut"
             "result_overflow_mode": "break",
             "readonly": 1,
         }

@@ -49,7 +49,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 INDEX idx_contact contact_id TYPE bloom_filter GRANULARITY 4
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(timestamp)
-            ORDER BY (project_id, event, timestamp, message_id)
+            ORDER BY (project_id, event, timestamp, contact_id, message_id)
             SETTINGS {DEDUP}
             """,
             f"""
@@ -73,7 +73,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 alias_id String,
                 contact_id String,
                 merged_at DateTime64(3, 'UTC')
-            ) ENGINE = ReplacingMergeTree
+            ) ENGINE = ReplacingMergeTree(merged_at)
             ORDER BY (project_id, alias_id)
             SETTINGS {DEDUP}
             """,
@@ -106,6 +106,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree
             ORDER BY (project_id, at, dead_letter_id)
             SETTINGS {DEDUP}
+            """,
+            # Identity resolution at query time (merges never rewrite history rows): every event
+            # with the contact it belongs to now, and the id it was recorded under.
+            """
+            CREATE VIEW IF NOT EXISTS events_resolved AS
+            SELECT
+                e.* EXCEPT (contact_id),
+                if(a.contact_id = '', e.contact_id, a.contact_id) AS contact_id,
+                e.contact_id AS recorded_contact_id
+            FROM events AS e
+            LEFT JOIN (
+                SELECT project_id, alias_id, argMax(contact_id, merged_at) AS contact_id
+                FROM contact_aliases GROUP BY project_id, alias_id
+            ) AS a ON e.project_id = a.project_id AND e.contact_id = a.alias_id
             """,
         ),
     ),

@@ -1,9 +1,9 @@
 """The analytics sink: writes analytics records to ClickHouse, idempotently.
 
 A runtime hands the sink ranges of records in order (``seq`` ascending, never reused). Rows are
-grouped by table and inserted with ``insert_deduplication_token = table:first:last``, so
-re-writing the same range after a crash inserts nothing twice. History mutations (merge,
-erase) run alone, after every row before them, and are idempotent by construction.
+grouped by table and inserted with ``insert_deduplication_token = epoch:table:first:last``, so
+re-writing the same range after a crash inserts nothing twice. History mutations (GDPR erase)
+run alone, after every row before them, and are idempotent by construction.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from spotzee.schemas.analytics import (
     DeadLetterRow,
     EraseHistory,
     EventRow,
-    MergeHistory,
 )
 
 TABLES: dict[type, str] = {
@@ -33,7 +32,7 @@ TABLES: dict[type, str] = {
     AuditRow: "audit_log",
     DeadLetterRow: "dead_letters",
 }
-MUTATIONS = (MergeHistory, EraseHistory)
+MUTATIONS = (EraseHistory,)
 
 
 def is_mutation(record: AnalyticsRecord) -> bool:
@@ -48,8 +47,11 @@ COLUMNS = {model: _columns(model) for model in TABLES}
 
 
 class AnalyticsSink:
-    def __init__(self, clickhouse: ClickHouse) -> None:
+    def __init__(self, clickhouse: ClickHouse, *, epoch: str = "") -> None:
+        """``epoch`` names the sequence the record numbers come from (a data dir's outbox, a
+        topic partition), so that a new sequence restarting at 0 never matches old tokens."""
         self.clickhouse = clickhouse
+        self.epoch = epoch
         self.rows_written = 0
 
     def write(self, records: Sequence[tuple[int, AnalyticsRecord]]) -> None:
@@ -69,23 +71,17 @@ class AnalyticsSink:
         for model, rows in by_model.items():
             table = TABLES[model]
             self.clickhouse.insert(
-                table, rows, COLUMNS[model], settings={"insert_deduplication_token": f"{table}:{first}:{last}"}
+                table,
+                rows,
+                COLUMNS[model],
+                settings={"insert_deduplication_token": f"{self.epoch}:{table}:{first}:{last}"},
             )
             self.rows_written += len(rows)
 
     def _mutate(self, record: AnalyticsRecord) -> None:
-        sync = {"mutations_sync": 2}
-        if isinstance(record, MergeHistory):
-            params = {"p": record.project_id, "src": record.source_id, "dst": record.target_id}
-            for table in ("events", "contact_aliases"):
-                self.clickhouse.command(
-                    f"ALTER TABLE {table} UPDATE contact_id = {{dst:String}} "
-                    "WHERE project_id = {p:String} AND contact_id = {src:String}",
-                    parameters=params,
-                    settings=sync,
-                )
-        elif isinstance(record, EraseHistory):
-            erase: dict[str, Any] = {"p": record.project_id, "ids": record.contact_ids}
+        if isinstance(record, EraseHistory):
+            keys = [f"{record.project_id}:{contact_id}" for contact_id in record.contact_ids]
+            erase: dict[str, Any] = {"p": record.project_id, "ids": record.contact_ids, "keys": keys}
             statements = (
                 "DELETE FROM events WHERE project_id = {p:String} AND "
                 "(contact_id IN {ids:Array(String)} OR user_id IN {ids:Array(String)} "
@@ -93,6 +89,7 @@ class AnalyticsSink:
                 "DELETE FROM contact_changes WHERE project_id = {p:String} AND contact_id IN {ids:Array(String)}",
                 "DELETE FROM contact_aliases WHERE project_id = {p:String} AND "
                 "(alias_id IN {ids:Array(String)} OR contact_id IN {ids:Array(String)})",
+                "DELETE FROM dead_letters WHERE project_id = {p:String} AND key IN {keys:Array(String)}",
             )
             for statement in statements:
                 self.clickhouse.command(statement, parameters=erase)

@@ -44,12 +44,12 @@ def _existing(services: Services, project_id: str, contact_id: str) -> ContactSt
     return state
 
 
-@router.get("/{contact_id}", response_model=ContactPublic)
+@router.get("/{contact_id:path}", response_model=ContactPublic)
 async def get_contact(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> ContactPublic:
     return ContactPublic.from_state(_existing(services, key.project_id or "", contact_id))
 
 
-@router.patch("/{contact_id}", response_model=ContactPublic)
+@router.patch("/{contact_id:path}", response_model=ContactPublic)
 async def patch_contact(
     contact_id: str, body: ContactUpdate, key: SecretKeyDep, services: ServicesDep, response: Response
 ) -> ContactPublic:
@@ -85,7 +85,7 @@ async def patch_contact(
     return ContactPublic.from_state(after)
 
 
-@router.delete("/{contact_id}", status_code=202)
+@router.delete("/{contact_id:path}", status_code=202)
 async def erase_contact(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> dict[str, object]:
     """GDPR erase: state, dedupe entries, merged ids and ClickHouse rows. A later event for the
     same id starts a new, empty contact (erase is not a suppression)."""
@@ -104,7 +104,7 @@ async def erase_contact(contact_id: str, key: SecretKeyDep, services: ServicesDe
         "contact.erase",
         target,
         project_id,
-        {"id": target, "anonymous_ids": state.anonymous_ids if state else []},
+        {"id": target, "merged_ids": len(state.anonymous_ids) if state else 0},
         None,
     )
     return {

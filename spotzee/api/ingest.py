@@ -21,7 +21,7 @@ from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, PayloadTooLarge, SpotzeeError, Unauthorized
 from spotzee.schemas.events import MESSAGE_TYPES, IdentifyMessage, SegmentMessage
 from spotzee.schemas.records import IngestedMessage, record_key
-from spotzee.schemas.tenancy import KeyKind
+from spotzee.schemas.tenancy import ApiKey, KeyKind
 from spotzee.streams.codec import dumps
 
 router = APIRouter(tags=["ingestion"])
@@ -128,10 +128,23 @@ def _write_key(request: Request, body: dict[str, Any]) -> str:
     return key
 
 
+def _header_key(request: Request, services: ServicesDep) -> ApiKey | None:
+    """A key sent in the Basic header is checked before the body is read: a bad key is a 401
+    whatever the body, and an unauthenticated caller can't make the server parse 500 KB."""
+    raw = basic_username(request)
+    return services.tenancy.authenticate(raw, allowed=(KeyKind.write,)) if raw else None
+
+
 async def _accept(
-    request: Request, services: ServicesDep, metrics: MetricsDep, body: dict[str, Any], items: list[tuple[str, Any]]
+    request: Request,
+    services: ServicesDep,
+    metrics: MetricsDep,
+    body: dict[str, Any],
+    items: list[tuple[str, Any]],
+    key: ApiKey | None,
 ) -> dict[str, bool]:
-    key = services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
+    if key is None:
+        key = services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
     project_id = key.project_id or ""
     received_at = services.clock.now()
     records = [build_record(item, path=path, project_id=project_id, received_at=received_at) for path, item in items]
@@ -147,6 +160,7 @@ async def _accept(
 def _single(kind: str) -> Any:
     async def endpoint(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
         started = time.perf_counter()
+        key = _header_key(request, services)
         body = parse_object(await read_body(request, MAX_EVENT_BYTES))
         declared = body.get("type")
         if declared is not None and declared != kind:
@@ -154,7 +168,7 @@ def _single(kind: str) -> Any:
                 f"type: '{declared}' sent to /v1/{kind}", details=[{"path": "type", "reason": f"must be '{kind}' here"}]
             )
         body["type"] = kind
-        result = await _accept(request, services, metrics, body, [("", body)])
+        result = await _accept(request, services, metrics, body, [("", body)], key)
         metrics.ingest_latency.labels(endpoint=kind).observe(time.perf_counter() - started)
         return result
 
@@ -175,6 +189,7 @@ for _kind in MESSAGE_TYPES:
 @router.post("/v1/batch", summary="Segment-spec batch of up to 2,500 events / 500 KB")
 async def ingest_batch(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
     started = time.perf_counter()
+    key = _header_key(request, services)
     body = parse_object(await read_body(request, MAX_BATCH_BYTES))
     batch = body.get("batch")
     if not isinstance(batch, list):
@@ -200,6 +215,6 @@ async def ingest_batch(request: Request, services: ServicesDep, metrics: Metrics
             if "sentAt" not in item and "sentAt" in body:
                 item["sentAt"] = body["sentAt"]
         items.append((f"batch[{index}]", item))
-    result = await _accept(request, services, metrics, body, items)
+    result = await _accept(request, services, metrics, body, items, key)
     metrics.ingest_latency.labels(endpoint="batch").observe(time.perf_counter() - started)
     return result

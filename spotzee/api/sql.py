@@ -21,5 +21,5 @@ async def run_sql(body: SqlQuery, key: AdminKeyDep, services: ServicesDep) -> Sq
         raise Forbidden("SQL over the history is for the installation organisation's admin keys")
     limit = services.settings.sql_max_rows
     columns, rows = await run_in_threadpool(services.analyst.query, body.query)
-    truncated = len(rows) >= limit
+    truncated = len(rows) > limit
     return SqlResult(columns=columns, rows=[[json_cell(v) for v in row] for row in rows[:limit]], truncated=truncated)

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from spotzee.api.deps import AdminKeyDep, SecretOrAdminKeyDep, ServicesDep
 from spotzee.errors import InvalidInput
 from spotzee.schemas.tenancy import (
+    AdminKeyCreate,
     AuditEntryPublic,
     AuditPage,
     KeyCreate,
@@ -44,6 +45,17 @@ async def list_keys(project_id: str, key: AdminKeyDep, services: ServicesDep) ->
 @router.post("/projects/{project_id}/keys", status_code=201, response_model=KeyIssued)
 async def create_key(project_id: str, body: KeyCreate, key: AdminKeyDep, services: ServicesDep) -> KeyIssued:
     return services.tenancy.create_key(key, project_id, body)
+
+
+@router.get("/keys", response_model=list[KeyPublic])
+async def list_admin_keys(key: AdminKeyDep, services: ServicesDep) -> list[KeyPublic]:
+    """The organisation's admin keys (project keys are listed under their project)."""
+    return services.tenancy.list_admin_keys(key.organisation_id)
+
+
+@router.post("/keys", status_code=201, response_model=KeyIssued)
+async def create_admin_key(body: AdminKeyCreate, key: AdminKeyDep, services: ServicesDep) -> KeyIssued:
+    return services.tenancy.create_admin_key(key, body)
 
 
 @router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyIssued)

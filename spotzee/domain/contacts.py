@@ -1,8 +1,9 @@
 """The contact reducer: how messages, admin patches and merges change a contact's state.
 
 Identity rule (docs/contacts.md): a contact is identified by the app's ``userId``, or by its
-``anonymousId`` until a ``userId`` is known. When an ``identify`` carries both, or an ``alias``
-names ``previousId -> userId``, the profile of the other id is merged into the known one:
+``anonymousId`` until a ``userId`` is known. When a call carries both (usually ``identify``; any
+call, as in Segment's identity resolution), or an ``alias`` names ``previousId -> userId``, the
+profile of the other id is merged into the known one:
 values already set on the known profile win, the other profile fills what is missing, and
 behavioural counters and event history are combined.
 """
@@ -70,8 +71,9 @@ def apply_message(
             merge_sources.append(message.anonymous_id)
     if isinstance(message, AliasMessage) and message.previous_id != contact_id:
         merge_sources.append(message.previous_id)
+    # anonymous_ids lists completed merges only (merge_profiles adds them); until the hand-over
+    # arrives, every message carrying both ids asks again, which the source side ignores.
     merge_sources = [s for s in merge_sources if s not in current.anonymous_ids]
-    current.anonymous_ids.extend(merge_sources)
 
     if isinstance(message, IdentifyMessage):
         _set_attributes(current, message.traits)

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
@@ -50,6 +51,8 @@ from spotzee.streams.interface import Clock, Processor
 log = logging.getLogger(__name__)
 
 OUTBOX_NEXT = b"outbox_next"
+PARTITIONS = b"partitions"
+EPOCH = b"epoch"
 APPEND_BATCH_MAX = 20_000
 
 
@@ -68,6 +71,7 @@ class EmbeddedRuntime:
         self.clock = clock
         self.partitions = settings.partitions
         self.db = RocksDB(settings.data_dir / "rocksdb", processor.tables)
+        self._check_partitions()
         self.commit_lock = threading.Lock()
         self.committed = [self.db.get_u64(_committed_key(p)) for p in range(self.partitions)]
         self.next_offset = [self._recover_next_offset(p) for p in range(self.partitions)]
@@ -437,6 +441,31 @@ class EmbeddedRuntime:
                 break
             yield key, bytes(it.value())
             it.next()
+
+    def _check_partitions(self) -> None:
+        """The partition count is fixed when the data dir is created: keys hash onto it."""
+        stored = self.db.cf(META).get(PARTITIONS)
+        if stored is None:
+            batch = self.db.batch()
+            batch.put(PARTITIONS, U64.pack(self.partitions), self.db.handle(META))
+            self.db.write(batch)
+        elif (found := int(U64.unpack(bytes(stored))[0])) != self.partitions:
+            self.db.close()
+            raise SpotzeeError(
+                f"this data dir was created with {found} partitions; start it with --partitions {found} "
+                f"(SPOTZEE_PARTITIONS), not {self.partitions}"
+            )
+
+    def epoch(self) -> str:
+        """A random id of this data dir's sequences, made once (the sink's dedupe tokens use it)."""
+        stored = self.db.cf(META).get(EPOCH)
+        if stored is not None:
+            return bytes(stored).decode()
+        value = uuid.uuid4().hex
+        batch = self.db.batch()
+        batch.put(EPOCH, value.encode(), self.db.handle(META))
+        self.db.write(batch)
+        return value
 
     def _recover_next_offset(self, partition: int) -> int:
         it = self.db.cf(LOG).iter()

@@ -138,7 +138,7 @@ class SinkLoop:
         return out
 
 
-_MUTATION_PREFIXES = (b'{"type":"merge_history"', b'{"type":"erase_history"')
+_MUTATION_PREFIXES = (b'{"type":"erase_history"',)
 
 
 def _is_mutation_raw(value: bytes) -> bool:

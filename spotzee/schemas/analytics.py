@@ -44,6 +44,8 @@ class ContactChangeRow(Model):
 
 
 class AliasRow(Model):
+    """``alias_id`` now belongs to ``contact_id`` (the latest row per alias wins)."""
+
     type: Literal["alias"] = "alias"
     project_id: str
     alias_id: str
@@ -77,15 +79,6 @@ class DeadLetterRow(Model):
     at: UTCDateTime
 
 
-class MergeHistory(Model):
-    """Re-attribute the history of ``source_id`` to ``target_id``."""
-
-    type: Literal["merge_history"] = "merge_history"
-    project_id: str
-    source_id: str
-    target_id: str
-
-
 class EraseHistory(Model):
     """Delete every history row of these contact ids (GDPR erase)."""
 
@@ -95,7 +88,7 @@ class EraseHistory(Model):
 
 
 AnalyticsRecord = Annotated[
-    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | MergeHistory | EraseHistory,
+    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | EraseHistory,
     Field(discriminator="type"),
 ]
 analytics_record_adapter: TypeAdapter[AnalyticsRecord] = TypeAdapter(AnalyticsRecord)

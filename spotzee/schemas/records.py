@@ -83,8 +83,9 @@ class ContactErase(Model):
     id: str
     requested_at: UTCDateTime
     request_id: str
-    cascade_from: str | None = Field(
-        default=None, description="Set when erasing an id merged into ``cascade_from``: erase only if still so."
+    only_if_merged_into: list[str] | None = Field(
+        default=None,
+        description="Cascaded erase of a merged id: erase it only if it is still merged into one of these ids.",
     )
 
     @property

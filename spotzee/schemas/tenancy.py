@@ -5,8 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from spotzee.domain.traits import normalize_timezone
 from spotzee.schemas.common import Model, UTCDateTime
 
 
@@ -56,7 +57,11 @@ Definition = Annotated[Organisation | Project | ApiKey, Field(discriminator="typ
 
 class ProjectCreate(Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    timezone: Annotated[str, Field(max_length=64), AfterValidator(normalize_timezone)] = "UTC"
+
+
+class AdminKeyCreate(Model):
+    name: Annotated[str, Field(max_length=200)] = ""
 
 
 class KeyCreate(Model):

@@ -19,7 +19,7 @@ import orjson
 
 from spotzee.domain import contacts as domain
 from spotzee.domain.events import effective_timestamp
-from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow, MergeHistory
+from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
 from spotzee.schemas.contacts import AliasState, ContactState, FieldChange
 from spotzee.schemas.events import IdentifyMessage, event_name
 from spotzee.schemas.records import (
@@ -140,9 +140,12 @@ class ContactProcessor:
             forwarded = record.model_copy(update={"target_id": alias.merged_into})
             ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
             return
+        target = self._state(ctx, key)
+        if target is not None and record.source_id in target.anonymous_ids:
+            return  # already merged: a replayed hand-over must not count twice
         now = ctx.clock.now()
         outcome = domain.merge_profiles(
-            self._state(ctx, key),
+            target,
             record.source_state,
             source_id=record.source_id,
             target_id=record.target_id,
@@ -152,20 +155,12 @@ class ContactProcessor:
         )
         ctx.table(CONTACTS).set(key, dumps(outcome.state))
         pid = record.project_id
-        ctx.emit(
-            topics.ANALYTICS,
-            key,
-            dumps(
-                AliasRow(
-                    project_id=pid, alias_id=record.source_id, contact_id=record.target_id, merged_at=record.merged_at
-                )
-            ),
-        )
-        ctx.emit(
-            topics.ANALYTICS,
-            key,
-            dumps(MergeHistory(project_id=pid, source_id=record.source_id, target_id=record.target_id)),
-        )
+        # History is re-attributed by mapping, not by rewriting rows: every id now merged into the
+        # target (the source and whatever was merged into it before) maps to it in contact_aliases.
+        moved = [record.source_id, *(record.source_state.anonymous_ids if record.source_state else [])]
+        for alias_id in moved:
+            row = AliasRow(project_id=pid, alias_id=alias_id, contact_id=record.target_id, merged_at=record.merged_at)
+            ctx.emit(topics.ANALYTICS, key, dumps(row))
         self._emit_changes(ctx, pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
 
     def _patch(self, ctx: Context, record: ContactPatch) -> None:
@@ -185,8 +180,10 @@ class ContactProcessor:
     def _erase(self, ctx: Context, record: ContactErase) -> None:
         key = record_key(record)
         alias = self._alias(ctx, key)
-        if record.cascade_from is not None and (alias is None or alias.merged_into != record.cascade_from):
-            return  # this id now belongs to someone else (or was never merged): not ours to erase
+        if record.only_if_merged_into is not None and (
+            alias is None or alias.merged_into not in record.only_if_merged_into
+        ):
+            return  # this id belongs to someone else (or was never merged): not ours to erase
         state = self._state(ctx, key)
         ctx.table(CONTACTS).delete(key)
         ctx.table(ALIASES).delete(key)
@@ -194,16 +191,20 @@ class ContactProcessor:
         for entry, _ in list(dedupe.scan_prefix(key + SEP)):
             dedupe.delete(entry)
         ctx.cancel(self._sweep_timer(key))
-        for other in state.anonymous_ids if state else []:
+        if record.only_if_merged_into is not None:
+            return  # the root erase deletes the history of every id of the contact
+        # anonymous_ids holds every id merged into this contact, also through chains (A -> U2 -> U1).
+        ids = [record.id, *(state.anonymous_ids if state else [])]
+        for other in ids[1:]:
             cascade = ContactErase(
                 project_id=record.project_id,
                 id=other,
                 requested_at=record.requested_at,
                 request_id=record.request_id,
-                cascade_from=record.id,
+                only_if_merged_into=ids,
             )
             ctx.emit(topics.EVENTS, record_key(cascade), dumps(cascade))
-        ctx.emit(topics.ANALYTICS, key, dumps(EraseHistory(project_id=record.project_id, contact_ids=[record.id])))
+        ctx.emit(topics.ANALYTICS, key, dumps(EraseHistory(project_id=record.project_id, contact_ids=ids)))
 
     def _sweep(self, ctx: Context, record: DedupeSweep) -> None:
         key = record_key(record)

@@ -20,8 +20,11 @@ def test_identify_merges_the_anonymous_profile_and_its_history(stack: Stack) -> 
     assert contact["events"]["viewed"]["count"] == 2  # before the merge + forwarded after it
     assert {e["message_id"] for e in contact["recent_events"]} == {"a", "b"}
     assert stack.project.get("/api/v1/contacts/anon-1").json()["id"] == "u1"  # merged ids resolve
-    rows = stack.sql("SELECT message_id, contact_id FROM events WHERE event = 'viewed' ORDER BY message_id")
-    assert rows == [["a", "u1"], ["b", "u1"]]
+    resolved = (
+        "SELECT message_id, contact_id, recorded_contact_id FROM events_resolved "
+        "WHERE event = 'viewed' ORDER BY message_id"
+    )
+    assert stack.sql(resolved) == [["a", "u1", "anon-1"], ["b", "u1", "u1"]]
     assert stack.sql("SELECT alias_id, contact_id FROM contact_aliases") == [["anon-1", "u1"]]
 
 
@@ -32,7 +35,7 @@ def test_alias_merges_a_previous_id(stack: Stack) -> None:
     contact = stack.project.get("/api/v1/contacts/new-id").json()
     assert contact["events"]["bought"]["count"] == 1
     assert "old-id" in contact["anonymous_ids"]
-    assert stack.sql("SELECT contact_id FROM events WHERE message_id = 'x'") == [["new-id"]]
+    assert stack.sql("SELECT contact_id FROM events_resolved WHERE message_id = 'x'") == [["new-id"]]
 
 
 def test_an_anonymous_id_belongs_to_the_first_contact_it_merged_into(stack: Stack) -> None:
@@ -44,6 +47,7 @@ def test_an_anonymous_id_belongs_to_the_first_contact_it_merged_into(stack: Stac
     assert stack.project.get("/api/v1/contacts/alice").json()["events"]["e"]["count"] == 1
     assert "e" not in stack.project.get("/api/v1/contacts/bob").json()["events"]
     assert stack.project.get("/api/v1/contacts/device").json()["id"] == "alice"
+    assert stack.project.get("/api/v1/contacts/bob").json()["anonymous_ids"] == []  # the losing claim is not listed
 
 
 def test_identify_traits_nested_paths_and_null_removal(stack: Stack) -> None:

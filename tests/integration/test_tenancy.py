@@ -6,6 +6,9 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
+
+from spotzee.errors import SpotzeeError
 from spotzee.services import Services
 from spotzee.settings import Settings
 from tests.support import Stack, running_stack, wait_until
@@ -129,3 +132,40 @@ def test_health_and_metrics(stack: Stack) -> None:
     assert "spotzee_processing_lag_records 0.0" in text
     assert "spotzee_sink_lag_records 0.0" in text
     assert stack.client().get("/openapi.json").json()["info"]["title"] == "Spotzee"
+
+
+def test_admin_keys_can_be_added_but_the_last_one_is_never_revoked(stack: Stack) -> None:
+    (only,) = stack.admin.get("/api/v1/keys").json()
+    refused = stack.admin.delete(f"/api/v1/keys/{only['id']}")
+    assert refused.status_code == 409
+    second = stack.admin.post("/api/v1/keys", json={"name": "ops"})
+    assert second.status_code == 201
+    assert second.json()["key"].startswith("ak_")
+    assert stack.admin.delete(f"/api/v1/keys/{only['id']}").status_code == 200
+    assert stack.admin.get("/api/v1/keys").status_code == 401  # the bootstrap key is revoked now
+    assert stack.client(second.json()["key"]).get("/api/v1/keys").status_code == 200
+
+
+def test_project_timezones_are_validated_and_unknown_routes_use_the_error_envelope(stack: Stack) -> None:
+    bad = stack.admin.post("/api/v1/projects", json={"name": "X", "timezone": "Mars/Base"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"][0]["path"] == "timezone"
+    missing = stack.client().get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+
+
+def test_contact_ids_with_slashes_and_auth_before_body(stack: Stack) -> None:
+    assert stack.ingest.post("/v1/identify", json={"userId": "team/42", "traits": {"a": 1}}).status_code == 200
+    stack.settle()
+    assert stack.project.get("/api/v1/contacts/team/42").json()["id"] == "team/42"
+    bad_key = stack.client("pk_nope", basic=True).post("/v1/track", content=b"{not json")
+    assert bad_key.status_code == 401  # the key is checked before the body is parsed
+
+
+def test_a_data_dir_keeps_its_partition_count(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    Services.open(Settings(data_dir=data, partitions=4)).stop()
+    with pytest.raises(SpotzeeError, match="created with 4 partitions"):
+        Services.open(Settings(data_dir=data, partitions=8))
+    Services.open(Settings(data_dir=data, partitions=4)).stop()

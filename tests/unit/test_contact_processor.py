@@ -21,7 +21,6 @@ from spotzee.schemas.analytics import (
     AnalyticsRecord,
     EraseHistory,
     EventRow,
-    MergeHistory,
     analytics_record_adapter,
 )
 from spotzee.schemas.contacts import AliasState, ContactState
@@ -142,8 +141,27 @@ def test_merge_forwarding_and_history(harness: Harness) -> None:
     records = harness.analytics()
     events = [r for r in records if isinstance(r, EventRow)]
     assert [(e.message_id, e.contact_id) for e in events] == [("1", "a1"), ("2", "u1"), ("3", "u1")]
-    assert any(isinstance(r, MergeHistory) and (r.source_id, r.target_id) == ("a1", "u1") for r in records)
-    assert any(isinstance(r, AliasRow) for r in records)
+    aliases = [(r.alias_id, r.contact_id) for r in records if isinstance(r, AliasRow)]
+    assert aliases == [("a1", "u1")]
+
+
+def test_chained_merges_map_every_id_to_the_last_contact_and_erase_all(harness: Harness) -> None:
+    c = harness.clock
+    harness.send(ingest(c, "1", type="track", anonymousId="a", event="view"))
+    harness.send(ingest(c, "2", type="identify", userId="u2", anonymousId="a"))
+    harness.send(ingest(c, "3", type="alias", userId="u1", previousId="u2"))
+    harness.send(ingest(c, "4", type="track", anonymousId="a", event="view"))  # forwarded a -> u2 -> u1
+    harness.settle()
+    merged = state(harness, "u1")
+    assert merged is not None
+    assert merged.events["view"].count == 2
+    assert sorted(merged.anonymous_ids) == ["a", "u2"]
+    latest = {r.alias_id: r.contact_id for r in harness.analytics() if isinstance(r, AliasRow)}
+    assert latest == {"a": "u1", "u2": "u1"}
+    harness.send(ContactErase(project_id="p", id="u1", requested_at=c.now(), request_id="r"))
+    harness.settle()
+    assert harness.table_keys(CONTACTS) == []
+    assert harness.table_keys(ALIASES) == []
 
 
 def test_dedupe_within_the_window_then_swept(harness: Harness) -> None:
@@ -170,7 +188,7 @@ def test_erase_cascades_to_merged_ids(harness: Harness) -> None:
     assert harness.table_keys(ALIASES) == []
     assert harness.table_keys(DEDUPE) == []
     erased = [r.contact_ids for r in harness.analytics() if isinstance(r, EraseHistory)]
-    assert sorted(erased) == [["a1"], ["u1"]]
+    assert erased == [["u1", "a1"]]
 
 
 ids = st.sampled_from(["u1", "u2", "u3"])

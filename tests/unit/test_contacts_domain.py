@@ -47,7 +47,7 @@ def test_track_counts_and_seen_times() -> None:
     assert state.version == 3
 
 
-def test_identify_with_both_ids_asks_for_a_merge_once() -> None:
+def test_identify_with_both_ids_asks_for_a_merge_until_it_is_done() -> None:
     body = {"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "x"}}
     first = apply_message(
         None, msg(**body), project_id="p", contact_id="u1", message_id="1", received_at=T0, recent_limit=5
@@ -56,7 +56,13 @@ def test_identify_with_both_ids_asks_for_a_merge_once() -> None:
     again = apply_message(
         first.state, msg(**body), project_id="p", contact_id="u1", message_id="2", received_at=T0, recent_limit=5
     )
-    assert again.merge_sources == []
+    assert again.merge_sources == ["a1"]  # the hand-over has not arrived yet
+    anon = apply(None, {"type": "track", "anonymousId": "a1", "event": "e"}, contact="a1")
+    done = merge_profiles(again.state, anon, source_id="a1", target_id="u1", project_id="p", now=T0, recent_limit=5)
+    after = apply_message(
+        done.state, msg(**body), project_id="p", contact_id="u1", message_id="3", received_at=T0, recent_limit=5
+    )
+    assert after.merge_sources == []
 
 
 def test_alias_merges_previous_id() -> None:
