@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,9 @@ class Settings(BaseSettings):
         default=None, description="Base URL used in links; defaults to the address the server listens on."
     )
 
+    runtime: Literal["embedded", "kafka"] = Field(
+        default="embedded", description="embedded: one process, RocksDB log; kafka: Apache Kafka + workers."
+    )
     partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the contact key space.")
     process_batch_size: int = Field(default=1000, ge=1, description="Records per partition per commit.")
     inbound_max_backlog: int = Field(
@@ -56,6 +59,20 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = Field(default=False, description="JSON log lines instead of the console renderer.")
+
+    # -- Kafka runtime ------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Comma-separated bootstrap servers.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_topic_prefix: str = Field(default="spotzee.", description="Prefix of every topic name (namespacing).")
+    kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
+    kafka_request_timeout: float = Field(default=10.0, gt=0, description="Seconds before a produce counts as failed.")
+    worker_id: str = Field(default="worker-1", description="Names this worker's state directory under data_dir.")
 
     def resolved_clickhouse_dsn(self) -> str:
         if self.clickhouse_dsn:
