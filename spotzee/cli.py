@@ -15,32 +15,83 @@ from spotzee.settings import Settings
 app = typer.Typer(help="Spotzee: customer-engagement engine.", no_args_is_help=True, add_completion=False)
 
 
+DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (state, log, chDB). Env: SPOTZEE_DATA_DIR.")]
+PortOption = Annotated[int | None, typer.Option(help="HTTP port. Env: SPOTZEE_PORT.")]
+HostOption = Annotated[str | None, typer.Option(help="Listen address. Env: SPOTZEE_HOST.")]
+PartitionsOption = Annotated[
+    int | None, typer.Option(help="Partitions of the contact key space (fixed per data dir / topic).")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the command line's options on top."""
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)
+
+
 @app.command()
 def up(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory (state, log, chDB). Env: SPOTZEE_DATA_DIR.")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP port. Env: SPOTZEE_PORT.")] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address. Env: SPOTZEE_HOST.")] = None,
-    partitions: Annotated[
-        int | None, typer.Option(help="Partitions of the contact key space (fixed per data dir).")
-    ] = None,
+    data_dir: DataDirOption = None,
+    port: PortOption = None,
+    host: HostOption = None,
+    partitions: PartitionsOption = None,
 ) -> None:
     """Run the whole stack in one process: ingestion API, processors, ClickHouse (chDB) sink."""
+    _serve(_settings(data_dir=data_dir, port=port, host=host, partitions=partitions, runtime="embedded"), sink=True)
+
+
+@app.command()
+def api(
+    runtime: Annotated[str | None, typer.Option(help="embedded or kafka. Env: SPOTZEE_RUNTIME.")] = None,
+    data_dir: DataDirOption = None,
+    port: PortOption = None,
+    host: HostOption = None,
+    partitions: PartitionsOption = None,
+    sink: Annotated[
+        bool | None, typer.Option(help="Kafka runtime: also run the ClickHouse sink here (default: when chDB).")
+    ] = None,
+) -> None:
+    """Run the HTTP API. With --runtime kafka it produces to Kafka and reads state from the changelog."""
+    settings = _settings(data_dir=data_dir, port=port, host=host, partitions=partitions, runtime=runtime)
+    run_sink = sink if sink is not None else settings.resolved_clickhouse_dsn().startswith("chdb://")
+    _serve(settings, sink=run_sink)
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOption = None,
+    partitions: PartitionsOption = None,
+    worker_id: Annotated[
+        str | None, typer.Option(help="Names this worker's state dir. Env: SPOTZEE_WORKER_ID.")
+    ] = None,
+    sink: Annotated[
+        bool, typer.Option(help="Also run the ClickHouse analytics sink (needs a ClickHouse server).")
+    ] = True,
+    processor: Annotated[bool, typer.Option(help="Run the contact processor.")] = True,
+) -> None:
+    """Run a Kafka runtime worker: faust agents for the contact processor and the analytics sink."""
+    from spotzee.logging import configure
+    from spotzee.runtime.kafka.worker import run_worker
+
+    settings = _settings(data_dir=data_dir, partitions=partitions, worker_id=worker_id, runtime="kafka")
+    configure(settings.log_level, json_lines=settings.log_json)
+    run_worker(settings, sink=sink, processor=processor)
+
+
+def _serve(settings: Settings, *, sink: bool) -> None:
     import uvicorn
 
     from spotzee.api.app import create_app
+    from spotzee.errors import SpotzeeError
     from spotzee.logging import configure
     from spotzee.services import Services
 
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {"data_dir": data_dir, "port": port, "host": host, "partitions": partitions}.items()
-        if v is not None
-    }
-    settings = Settings.model_validate(overrides)
     configure(settings.log_level, json_lines=settings.log_json)
-    services = Services.open(settings)
+    try:
+        services = Services.open(settings, run_sink=sink)
+    except SpotzeeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
     keys = services.tenancy.bootstrap(settings.data_dir)
     if keys is not None:
         typer.echo(
@@ -52,7 +103,8 @@ def up(
         typer.echo(f"  secret_key       {keys.secret_key}   (project admin API: Bearer)")
         typer.echo(f"  admin_key        {keys.admin_key}   (organisation: projects, keys, audit, SQL)")
         typer.echo(f"  keys file        {(settings.data_dir / 'keys.json').resolve()}")
-    typer.echo(f"Spotzee listening on http://{settings.host}:{settings.port}  (data: {settings.data_dir.resolve()})")
+    where = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"Spotzee ({settings.runtime}) listening on {where}  (data: {settings.data_dir.resolve()})")
     sys.stdout.flush()
     uvicorn.run(
         create_app(settings, services=services),
@@ -128,6 +180,16 @@ def sql(
         typer.echo(format_table(result["columns"], result["rows"]))
         if result.get("truncated"):
             typer.echo("(truncated at the server's row limit)")
+
+
+def _mount_kafka_commands() -> None:
+    from spotzee.runtime.kafka.cli import lag, topics_app
+
+    app.add_typer(topics_app, name="topics", help="Create or describe the Kafka topics (explicit partitions, configs).")
+    app.command("lag", help="Consumer lag per partition of the processor and sink groups.")(lag)
+
+
+_mount_kafka_commands()
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
-"""Assembles one process: the runtime, ClickHouse, the sink and tenancy, started and stopped together."""
+"""Assembles one process: a runtime (embedded or Kafka), ClickHouse, the sink and tenancy."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
@@ -18,25 +21,33 @@ from spotzee.tenancy import Tenancy
 log = logging.getLogger(__name__)
 
 
+class Sink(Protocol):
+    """Whatever writes analytics records to ClickHouse in this process."""
+
+    last_error: str | None
+
+    def alive(self) -> bool: ...
+
+    @property
+    def rows_written(self) -> int: ...
+
+
 @dataclass
 class Services:
     settings: Settings
     clock: Clock
-    runtime: EmbeddedRuntime
+    runtime: Any  # EmbeddedRuntime | KafkaRuntime (spotzee.runtime.base.Runtime)
     clickhouse: ClickHouse
     analyst: ClickHouse  # read-only session for POST /api/v1/sql
-    sink: SinkLoop
+    sink: Sink | None
     tenancy: Tenancy
     started: bool = field(default=False)
 
     @classmethod
-    def open(cls, settings: Settings, clock: Clock | None = None) -> Services:
+    def open(cls, settings: Settings, clock: Clock | None = None, *, run_sink: bool = True) -> Services:
         clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        processor = ContactProcessor(
-            dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact
-        )
-        runtime = EmbeddedRuntime(settings, processor, clock)
+        runtime = _open_runtime(settings, clock)
         try:
             clickhouse = ClickHouse.from_settings(settings)
             migrate(clickhouse)
@@ -44,30 +55,80 @@ class Services:
         except Exception:
             runtime.close()
             raise
-        sink = SinkLoop(
-            runtime.db,
-            AnalyticsSink(clickhouse, epoch=runtime.epoch()),
-            batch_rows=settings.sink_batch_rows,
-            flush_interval=settings.sink_flush_interval,
-            wakeup=runtime.outbox_wakeup,
-        )
-        runtime.sink_offset_reader = lambda: sink.offset
+        sink: Sink | None
+        if isinstance(runtime, EmbeddedRuntime):
+            loop = SinkLoop(
+                runtime.db,
+                AnalyticsSink(clickhouse, epoch=runtime.epoch()),
+                batch_rows=settings.sink_batch_rows,
+                flush_interval=settings.sink_flush_interval,
+                wakeup=runtime.outbox_wakeup,
+            )
+            runtime.sink_offset_reader = lambda: loop.offset
+            sink = loop
+        elif run_sink:
+            from spotzee.runtime.kafka.sink import ThreadedSinkApp
+
+            sink = ThreadedSinkApp(settings, clickhouse)
+        else:
+            sink = None
         tenancy = Tenancy(runtime, clock)
+        if hasattr(runtime, "on_definition"):
+            runtime.on_definition(tenancy.on_definition)
         return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy)
 
-    def start(self) -> None:
-        self.sink.start()
-        self.runtime.start()
+    async def start(self) -> None:
+        if isinstance(self.runtime, EmbeddedRuntime):
+            assert isinstance(self.sink, SinkLoop)
+            self.sink.start()
+            self.runtime.start()
+        else:
+            await self.runtime.start()
+            if self.sink is not None:
+                self.sink.start()  # type: ignore[attr-defined]
         self.started = True
-        log.info("spotzee started: data dir %s, %d partitions", self.settings.data_dir, self.settings.partitions)
+        log.info(
+            "spotzee started: %s runtime, data dir %s, %d partitions",
+            self.settings.runtime,
+            self.settings.data_dir,
+            self.settings.partitions,
+        )
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Graceful: drain appends and processing, flush the sink, close stores."""
         if self.started:
-            self.runtime.stop()
-            self.sink.stop()
+            if isinstance(self.runtime, EmbeddedRuntime):
+                await run_in_threadpool(self.runtime.stop)
+                await run_in_threadpool(self.sink.stop)  # type: ignore[union-attr]
+            else:
+                await self.runtime.stop()
+                if self.sink is not None:
+                    await run_in_threadpool(self.sink.stop)  # type: ignore[attr-defined]
             self.started = False
+        self.close()
+
+    def close(self) -> None:
         self.runtime.close()
         self.analyst.close()
         self.clickhouse.close()
         log.info("spotzee stopped")
+
+    def stats(self) -> dict[str, float]:
+        runtime = self.runtime
+        return {
+            "processing_lag_records": runtime.processing_lag(),
+            "sink_lag_records": runtime.sink_lag(),
+            "timers_pending": runtime.timers_pending(),
+            "processed_records": runtime.processed_total,
+            "dead_lettered_records": runtime.dead_lettered_total,
+            "clickhouse_rows_written": self.sink.rows_written if self.sink is not None else 0,
+        }
+
+
+def _open_runtime(settings: Settings, clock: Clock) -> Any:
+    if settings.runtime == "kafka":
+        from spotzee.runtime.kafka.runtime import KafkaRuntime
+
+        return KafkaRuntime(settings, clock)
+    processor = ContactProcessor(dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact)
+    return EmbeddedRuntime(settings, processor, clock)

@@ -65,6 +65,12 @@ class Tenancy:
         for _, raw in self.runtime.scan_definitions(""):
             self._remember(_definition.validate_json(raw))
 
+    def on_definition(self, key: str, value: bytes | None) -> None:
+        """A definition written by another process (Kafka runtime: the definitions topic)."""
+        if value is not None:
+            with self._lock:
+                self._remember(_definition.validate_json(value))
+
     def _remember(self, item: Definition) -> None:
         if isinstance(item, Organisation):
             self.organisations[item.id] = item

@@ -54,8 +54,9 @@ class AnalyticsSink:
         self.epoch = epoch
         self.rows_written = 0
 
-    def write(self, records: Sequence[tuple[int, AnalyticsRecord]]) -> None:
-        """Write one range: rows only, or exactly one mutation."""
+    def write(self, records: Sequence[tuple[int, AnalyticsRecord]], *, epoch: str | None = None) -> None:
+        """Write one range: rows only, or exactly one mutation. ``epoch`` overrides the sink's
+        (a Kafka sink numbers records by offset within each topic partition)."""
         if not records:
             return
         if is_mutation(records[0][1]):
@@ -74,7 +75,9 @@ class AnalyticsSink:
                 table,
                 rows,
                 COLUMNS[model],
-                settings={"insert_deduplication_token": f"{self.epoch}:{table}:{first}:{last}"},
+                settings={
+                    "insert_deduplication_token": f"{epoch if epoch is not None else self.epoch}:{table}:{first}:{last}"
+                },
             )
             self.rows_written += len(rows)
 

@@ -24,21 +24,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened: Services = services if services is not None else await run_in_threadpool(Services.open, settings, clock)
         app.state.services = opened
-        metrics.watch(
-            lambda: {
-                "processing_lag_records": opened.runtime.processing_lag(),
-                "sink_lag_records": opened.runtime.sink_lag(),
-                "timers_pending": opened.runtime.timers_pending(),
-                "processed_records": opened.runtime.processed_total,
-                "dead_lettered_records": opened.runtime.dead_lettered_total,
-                "clickhouse_rows_written": opened.sink.sink.rows_written,
-            }
-        )
-        opened.start()
+        metrics.watch(opened.stats)
+        await opened.start()
         try:
             yield
         finally:
-            await run_in_threadpool(opened.stop)
+            await opened.stop()
 
     app = FastAPI(
         title="Spotzee",

@@ -16,11 +16,12 @@ router = APIRouter(tags=["operations"])
 async def health(services: ServicesDep) -> JSONResponse:
     runtime = services.runtime.health()
     clickhouse = await run_in_threadpool(services.clickhouse.ping)
-    sink_ok = services.sink.alive() and services.sink.last_error is None
+    sink = services.sink
+    sink_ok = sink is None or (sink.alive() and sink.last_error is None)
     checks = {
         "log": "ok" if runtime.log else runtime.detail.get("log", "down"),
         "state": "ok" if runtime.state else runtime.detail.get("state", "down"),
-        "clickhouse": "ok" if clickhouse and sink_ok else (services.sink.last_error or "unreachable"),
+        "clickhouse": "ok" if clickhouse and sink_ok else ((sink.last_error if sink else None) or "unreachable"),
     }
     ready = all(v == "ok" for v in checks.values())
     body = {

@@ -7,7 +7,7 @@ batch -- state, offsets, emitted records and timers -- in one RocksDB write batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -85,9 +85,14 @@ class Staged:
 class BatchContext:
     """One partition's batch in progress."""
 
-    def __init__(self, db: RocksDB, tables: tuple[str, ...], clock: Clock) -> None:
+    def __init__(
+        self, db: RocksDB, tables: tuple[str, ...], clock: Clock, timer_exists: Callable[[str], bool] | None = None
+    ) -> None:
         self._db = db
         self._clock = clock
+        self._stored_timer_exists = timer_exists or (
+            lambda timer_id: db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
+        )
         self.tables = {name: OverlayTable(db.cf(TABLE_PREFIX + name)) for name in tables}
         self.batch = Staged()
         self._record = Staged()
@@ -121,7 +126,7 @@ class BatchContext:
         for staged in (self._timers_record, self._timers_batch):
             if timer_id in staged:
                 return staged[timer_id]
-        return self._db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
+        return self._stored_timer_exists(timer_id)
 
     def commit_record(self) -> None:
         for table in self.tables.values():

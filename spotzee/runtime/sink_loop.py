@@ -52,6 +52,10 @@ class SinkLoop:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    @property
+    def rows_written(self) -> int:
+        return self.sink.rows_written
+
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 

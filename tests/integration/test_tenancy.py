@@ -90,7 +90,7 @@ def test_definitions_survive_a_restart(tmp_path: Path) -> None:
         assert created["id"] in services.tenancy.projects
         assert len(services.tenancy.keys) == 5
     finally:
-        services.stop()
+        services.close()
 
 
 def test_sql_is_read_only_and_limited(stack: Stack) -> None:
@@ -165,7 +165,7 @@ def test_contact_ids_with_slashes_and_auth_before_body(stack: Stack) -> None:
 
 def test_a_data_dir_keeps_its_partition_count(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    Services.open(Settings(data_dir=data, partitions=4)).stop()
+    Services.open(Settings(data_dir=data, partitions=4)).close()
     with pytest.raises(SpotzeeError, match="created with 4 partitions"):
         Services.open(Settings(data_dir=data, partitions=8))
-    Services.open(Settings(data_dir=data, partitions=4)).stop()
+    Services.open(Settings(data_dir=data, partitions=4)).close()

@@ -1,0 +1,271 @@
+"""The API process's side of the Kafka runtime.
+
+- appends: an idempotent producer with ``acks=all``: a 2xx only after the broker's ack; a broker
+  that can't be reached within ``kafka_request_timeout`` is LogUnavailable (HTTP 503);
+- reads: a read replica of processor state, fed by the changelog topic (complete batches only,
+  the same rule as a restoring worker), so ``GET /api/v1/contacts/{id}`` is local and fast;
+- definitions: the compacted ``definitions`` topic, loaded before serving and followed after;
+- lag: the processor and sink consumer groups' lag, polled in the background (429 above bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as SyncTopicPartition
+from kafka.errors import KafkaError as SyncKafkaError
+
+from spotzee.errors import LogUnavailable, Overloaded
+from spotzee.runtime.base import Health, Position
+from spotzee.runtime.kafka import admin
+from spotzee.runtime.kafka.changelog import Replay
+from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config
+from spotzee.runtime.kafka.worker import CHANGELOG, make_producer
+from spotzee.runtime.rocks import META, TABLE_PREFIX, U64, RocksDB
+from spotzee.settings import Settings
+from spotzee.streams import topics
+from spotzee.streams.contacts import ContactProcessor
+from spotzee.streams.interface import Clock
+
+log = logging.getLogger(__name__)
+
+
+class KafkaRuntime:
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.partitions = settings.partitions
+        self.events_topic = admin.topic_name(settings, topics.EVENTS)
+        self.analytics_topic = admin.topic_name(settings, topics.ANALYTICS)
+        self.definitions_topic = admin.topic_name(settings, topics.DEFINITIONS)
+        self.changelog_topic = admin.topic_name(settings, CHANGELOG)
+        tables = ContactProcessor.tables
+        self.replica = RocksDB(settings.data_dir / "kafka-replica", tables)
+        self.replica_input = [self.replica.get_u64(b"input/%d" % p) for p in range(self.partitions)]
+        self._definitions: dict[str, bytes] = {}
+        self._definition_listeners: list[Callable[[str, bytes | None], None]] = []
+        try:
+            self._sync_producer = KafkaProducer(**kafka_python_config(settings), acks="all", retries=5)
+            self._definitions_end = self._load_definitions()
+        except SyncKafkaError as exc:
+            self.replica.close()
+            raise LogUnavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
+        self.producer: AIOKafkaProducer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lag: dict[str, int] = {admin.PROCESSOR_GROUP: 0, admin.SINK_GROUP: 0}
+        self._lag_error: str | None = None
+        self._replica_error: str | None = None
+        self._last_send_error: str | None = None
+        self.processed_total = 0
+        self.dead_lettered_total = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.producer = make_producer(self.settings)
+        try:
+            await self.producer.start()
+        except KafkaError as exc:
+            raise LogUnavailable(f"Kafka unreachable at {self.settings.kafka_bootstrap}: {exc}") from exc
+        self._tasks = [
+            asyncio.create_task(self._follow_replica()),
+            asyncio.create_task(self._follow_definitions()),
+            asyncio.create_task(self._poll_lag()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    def close(self) -> None:
+        self._sync_producer.close(timeout=5)
+        self.replica.close()
+
+    # -- appends -------------------------------------------------------------------------------
+
+    async def append(self, records: list[tuple[str, bytes]]) -> list[Position]:
+        if self.producer is None:
+            raise LogUnavailable("the Kafka producer is not running")
+        if self._lag[admin.PROCESSOR_GROUP] + len(records) > self.settings.inbound_max_backlog:
+            raise Overloaded(
+                f"processing lag over {self.settings.inbound_max_backlog} records",
+                retry_after=self.settings.retry_after_seconds,
+            )
+        try:
+            futures = [
+                await self.producer.send(self.events_topic, value=value, key=key.encode()) for key, value in records
+            ]
+            metadata = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout)
+        except (KafkaError, TimeoutError) as exc:
+            self._last_send_error = f"{type(exc).__name__}: {exc}"
+            raise LogUnavailable(f"the broker did not acknowledge the events: {self._last_send_error}") from exc
+        self._last_send_error = None
+        return [Position(m.partition, m.offset) for m in metadata]
+
+    async def wait_processed(self, positions: list[Position], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.replica_input[p.partition] > p.offset for p in positions):
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    # -- state reads (replica) -------------------------------------------------------------------
+
+    def read(self, table: str, key: str) -> bytes | None:
+        value = self.replica.cf(TABLE_PREFIX + table).get(key.encode())
+        return None if value is None else bytes(value)
+
+    async def _follow_replica(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **aiokafka_config(self.settings), enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.changelog_topic, p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, self.replica.get_u64(b"changelog/%d" % tp.partition))
+            replays = {tp.partition: Replay() for tp in tps}
+            while True:
+                try:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                    for tp, messages in batches.items():
+                        replay = replays[tp.partition]
+                        for message in messages:
+                            replay.add(message.offset, message.key or b"", message.value)
+                        self._apply(tp.partition, replay)
+                    self._replica_error = None
+                except KafkaError as exc:
+                    self._replica_error = str(exc)
+                    await asyncio.sleep(1)
+        finally:
+            await consumer.stop()
+
+    def _apply(self, partition: int, replay: Replay) -> None:
+        applied = replay.take_applied()
+        if replay.marker_offset is None or replay.input_offset is None:
+            return
+        batch = self.replica.batch()
+        for raw_key, value in applied.items():
+            table, _, key = raw_key.decode().partition("\x00")
+            if table not in ContactProcessor.tables:
+                continue  # timers are the workers' business
+            handle = self.replica.handle(TABLE_PREFIX + table)
+            if value is None:
+                batch.delete(key.encode(), handle)
+            else:
+                batch.put(key.encode(), value, handle)
+        meta = self.replica.handle(META)
+        batch.put(b"input/%d" % partition, U64.pack(replay.input_offset), meta)
+        batch.put(b"changelog/%d" % partition, U64.pack(replay.marker_offset + 1), meta)
+        self.replica.write(batch)
+        self.replica_input[partition] = replay.input_offset
+
+    # -- lag, health ---------------------------------------------------------------------------
+
+    async def _poll_lag(self) -> None:
+        while True:
+            try:
+                for group in (admin.PROCESSOR_GROUP, admin.SINK_GROUP):
+                    self._lag[group] = await asyncio.to_thread(admin.total_lag, self.settings, group)
+                self._lag_error = None
+            except Exception as exc:  # the broker may be down: health shows it
+                self._lag_error = str(exc)
+            await asyncio.sleep(1.0)
+
+    def processing_lag(self) -> int:
+        return self._lag[admin.PROCESSOR_GROUP]
+
+    def sink_lag(self) -> int:
+        return self._lag[admin.SINK_GROUP]
+
+    def timers_pending(self) -> int:
+        return 0  # timers live on the workers
+
+    def health(self) -> Health:
+        detail: dict[str, str] = {}
+        log_ok = self.producer is not None and self._last_send_error is None and self._lag_error is None
+        if not log_ok:
+            detail["log"] = self._last_send_error or self._lag_error or "producer not started"
+        state_ok = self._replica_error is None and bool(self._tasks) and not self._tasks[0].done()
+        if not state_ok:
+            detail["state"] = self._replica_error or "read replica not running"
+        return Health(log=log_ok, state=state_ok, detail=detail)
+
+    # -- definitions ------------------------------------------------------------------------------
+
+    def put_definitions(self, items: list[tuple[str, bytes | None]], outbox: list[bytes]) -> None:
+        """Definitions to the compacted topic, then their audit rows; each acked before returning."""
+        try:
+            futures = [self._sync_producer.send(self.definitions_topic, key=k.encode(), value=v) for k, v in items]
+            futures += [self._sync_producer.send(self.analytics_topic, key=b"audit", value=v) for v in outbox]
+            for future in futures:
+                future.get(timeout=self.settings.kafka_request_timeout)
+        except SyncKafkaError as exc:
+            raise LogUnavailable(f"the broker did not acknowledge the definitions: {exc}") from exc
+        for key, value in items:
+            self._remember_definition(key, value)
+
+    def scan_definitions(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        for key in sorted(self._definitions):
+            if key.startswith(prefix):
+                yield key, self._definitions[key]
+
+    def on_definition(self, listener: Callable[[str, bytes | None], None]) -> None:
+        self._definition_listeners.append(listener)
+
+    def _remember_definition(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._definitions.pop(key, None)
+        else:
+            self._definitions[key] = value
+
+    def _load_definitions(self) -> int:
+        consumer = KafkaConsumer(
+            **kafka_python_config(self.settings), enable_auto_commit=False, consumer_timeout_ms=1000
+        )
+        try:
+            tp = SyncTopicPartition(self.definitions_topic, 0)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                for records in consumer.poll(timeout_ms=1000).values():
+                    for record in records:
+                        self._remember_definition(record.key.decode(), record.value)
+            return int(end)
+        finally:
+            consumer.close()
+
+    async def _follow_definitions(self) -> None:
+        consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.definitions_topic, 0)
+            consumer.assign([tp])
+            consumer.seek(tp, self._definitions_end)
+            async for message in consumer:
+                key = (message.key or b"").decode()
+                self._remember_definition(key, message.value)
+                for listener in self._definition_listeners:
+                    listener(key, message.value)
+        finally:
+            await consumer.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {"processing_lag_records": self.processing_lag(), "sink_lag_records": self.sink_lag()}
