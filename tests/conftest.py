@@ -13,9 +13,25 @@ from tests.support import Stack, running_stack
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+RUNTIMES = ("embedded", "kafka")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runtimes(*names): run a `stack` test only on these runtimes")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test using ``stack`` runs on both runtimes, with the same assertions."""
+    if "stack" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("runtimes")
+        metafunc.parametrize("stack", marker.args if marker else RUNTIMES, indirect=True)
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    with running_stack(tmp_path / "data") as running:
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    runtime = getattr(request, "param", "embedded")
+    bootstrap = request.getfixturevalue("kafka_bootstrap") if runtime == "kafka" else None
+    with running_stack(tmp_path / "data", runtime=runtime, kafka_bootstrap=bootstrap) as running:
         yield running
 
 

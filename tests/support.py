@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,7 @@ import httpx
 import uvicorn
 
 from spotzee.api.app import create_app
+from spotzee.runtime.kafka import admin
 from spotzee.schemas.tenancy import BootstrapKeys
 from spotzee.services import Services
 from spotzee.settings import Settings
@@ -41,6 +47,11 @@ class Stack:
     services: Services
     keys: BootstrapKeys
     base_url: str
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def runtime(self) -> str:
+        return self.services.settings.runtime
 
     def client(self, key: str | None = None, *, basic: bool = False) -> httpx.Client:
         if key is None:
@@ -70,29 +81,115 @@ class Stack:
     def scalar(self, query: str) -> Any:
         return self.sql(query)[0][0]
 
-    def settle(self, timeout: float = 20.0) -> None:
+    def settle(self, timeout: float = 30.0) -> None:
         """Wait until everything appended is processed and written to ClickHouse."""
         runtime = self.services.runtime
-        wait_until(lambda: runtime.processing_lag() == 0 and runtime.sink_lag() == 0, timeout)
+        if self.runtime == "embedded":
+            wait_until(lambda: runtime.processing_lag() == 0 and runtime.sink_lag() == 0, timeout)
+            return
+        settings = self.services.settings
+        quiet = [0]
+
+        def caught_up() -> bool:
+            rows = admin.consumer_lag(settings, [admin.PROCESSOR_GROUP, admin.SINK_GROUP])
+            ends = {r.partition: r.end for r in rows if r.topic.endswith(".events")}
+            done = all(r.lag == 0 for r in rows) and all(runtime.replica_input[p] >= end for p, end in ends.items())
+            quiet[0] = quiet[0] + 1 if done else 0
+            return quiet[0] >= 2  # twice in a row: nothing emitted by the last batch is still on its way
+
+        wait_until(caught_up, timeout, interval=0.1)
 
     def log_size(self) -> int:
-        return sum(self.services.runtime.next_offset)
+        if self.runtime == "embedded":
+            return sum(self.services.runtime.next_offset)
+        rows = admin.consumer_lag(self.services.settings, [admin.PROCESSOR_GROUP])
+        return sum(r.end for r in rows)
+
+
+def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings:
+    """Settings of a fresh Kafka installation: its own topic prefix (and so consumer groups)."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "runtime": "kafka",
+        "kafka_bootstrap": bootstrap,
+        "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
+        "partitions": 4,
+        "sink_flush_interval": 0.05,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SPOTZEE_RUNTIME": "kafka",
+        "SPOTZEE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SPOTZEE_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+        "SPOTZEE_PARTITIONS": str(settings.partitions),
+        "SPOTZEE_DATA_DIR": str(settings.data_dir / "workers"),
+        "SPOTZEE_WORKER_ID": worker_id,
+        "SPOTZEE_DEDUPE_WINDOW": str(int(settings.dedupe_window.total_seconds())),
+        "SPOTZEE_LOG_LEVEL": "WARNING",
+    }
+
+
+def start_worker(settings: Settings, worker_id: str) -> subprocess.Popen[bytes]:
+    """A ``spotzee worker`` process (contact processor only; the sink runs in the API process)."""
+    log_path = settings.data_dir / f"{worker_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spotzee", "worker", "--no-sink"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker_env(settings, worker_id),
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
-def running_stack(data_dir: Path, *, clock: Clock | None = None, **overrides: Any) -> Iterator[Stack]:
+def running_stack(
+    data_dir: Path,
+    *,
+    clock: Clock | None = None,
+    runtime: str = "embedded",
+    kafka_bootstrap: str | None = None,
+    workers: int = 1,
+    **overrides: Any,
+) -> Iterator[Stack]:
     port = free_port()
-    settings = Settings(data_dir=data_dir, port=port, sink_flush_interval=0.05, **overrides)
-    services = Services.open(settings, clock)
-    keys = services.tenancy.bootstrap(data_dir)
-    assert keys is not None
-    app = create_app(settings, services=services)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=30)
+    if runtime == "kafka":
+        assert kafka_bootstrap is not None, "the Kafka runtime needs a broker"
+        settings = kafka_settings(data_dir, kafka_bootstrap, port=port, **overrides)
+        admin.create_topics(settings)
+        procs = [start_worker(settings, f"worker-{i + 1}") for i in range(workers)]
+    else:
+        settings = Settings(data_dir=data_dir, port=port, sink_flush_interval=0.05, **overrides)
+        procs = []
     try:
-        yield Stack(services, keys, f"http://127.0.0.1:{port}")
+        services = Services.open(settings, clock)
+        keys = services.tenancy.bootstrap(data_dir)
+        assert keys is not None
+        app = create_app(settings, services=services)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, timeout=60)
+        try:
+            yield Stack(services, keys, f"http://127.0.0.1:{port}", procs)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=60)
     finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+        for proc in procs:
+            stop_worker(proc)

@@ -24,7 +24,12 @@ def test_identify_merges_the_anonymous_profile_and_its_history(stack: Stack) -> 
         "SELECT message_id, contact_id, recorded_contact_id FROM events_resolved "
         "WHERE event = 'viewed' ORDER BY message_id"
     )
-    assert stack.sql(resolved) == [["a", "u1", "anon-1"], ["b", "u1", "u1"]]
+    rows = stack.sql(resolved)
+    assert [row[:2] for row in rows] == [["a", "u1"], ["b", "u1"]]
+    assert rows[0][2] == "anon-1"
+    # "b" was recorded under whichever id owned it when processed: the merge hand-over and "b"
+    # travel on different partitions; either way it resolves to u1.
+    assert rows[1][2] in ("anon-1", "u1")
     assert stack.sql("SELECT alias_id, contact_id FROM contact_aliases") == [["anon-1", "u1"]]
 
 

@@ -129,8 +129,9 @@ def test_health_and_metrics(stack: Stack) -> None:
     text = stack.client().get("/metrics").text
     assert 'spotzee_ingest_requests_total{endpoint="batch",status="200"} 1.0' in text
     assert 'spotzee_ingest_events_total{status="accepted"} 3.0' in text
-    assert "spotzee_processing_lag_records 0.0" in text
-    assert "spotzee_sink_lag_records 0.0" in text
+    # the Kafka runtime polls consumer-group lag once a second
+    wait_until(lambda: "spotzee_processing_lag_records 0.0" in stack.client().get("/metrics").text)
+    wait_until(lambda: "spotzee_sink_lag_records 0.0" in stack.client().get("/metrics").text)
     assert stack.client().get("/openapi.json").json()["info"]["title"] == "Spotzee"
 
 

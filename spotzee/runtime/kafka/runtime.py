@@ -66,6 +66,7 @@ class KafkaRuntime:
         self._last_send_error: str | None = None
         self.processed_total = 0
         self.dead_lettered_total = 0
+        self._accepting = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -80,8 +81,14 @@ class KafkaRuntime:
             asyncio.create_task(self._follow_definitions()),
             asyncio.create_task(self._poll_lag()),
         ]
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
+        """The first step of a graceful stop: appends answer LogUnavailable (HTTP 503) from now on."""
+        self._accepting = False
 
     async def stop(self) -> None:
+        self.stop_accepting()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -98,8 +105,8 @@ class KafkaRuntime:
     # -- appends -------------------------------------------------------------------------------
 
     async def append(self, records: list[tuple[str, bytes]]) -> list[Position]:
-        if self.producer is None:
-            raise LogUnavailable("the Kafka producer is not running")
+        if self.producer is None or not self._accepting:
+            raise LogUnavailable("the log is not accepting writes")
         if self._lag[admin.PROCESSOR_GROUP] + len(records) > self.settings.inbound_max_backlog:
             raise Overloaded(
                 f"processing lag over {self.settings.inbound_max_backlog} records",
@@ -199,9 +206,9 @@ class KafkaRuntime:
 
     def health(self) -> Health:
         detail: dict[str, str] = {}
-        log_ok = self.producer is not None and self._last_send_error is None and self._lag_error is None
+        log_ok = self._accepting and self._last_send_error is None and self._lag_error is None
         if not log_ok:
-            detail["log"] = self._last_send_error or self._lag_error or "producer not started"
+            detail["log"] = self._last_send_error or self._lag_error or "not accepting writes"
         state_ok = self._replica_error is None and bool(self._tasks) and not self._tasks[0].done()
         if not state_ok:
             detail["state"] = self._replica_error or "read replica not running"
