@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     kafka_topic_prefix: str = Field(default="spotzee.", description="Prefix of every topic name (namespacing).")
     kafka_replication_factor: int = Field(default=1, ge=1, description="Replication factor of created topics.")
     kafka_request_timeout: float = Field(default=10.0, gt=0, description="Seconds before a produce counts as failed.")
+    kafka_session_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds before a silent worker's partitions go to the others."
+    )
     worker_id: str = Field(default="worker-1", description="Names this worker's state directory under data_dir.")
 
     def resolved_clickhouse_dsn(self) -> str:

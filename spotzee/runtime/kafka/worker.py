@@ -53,6 +53,8 @@ def _app(settings: Settings, app_id: str) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=0.5,
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=max(settings.kafka_session_timeout / 5, 0.5),
         producer_acks=-1,
         processing_guarantee="at_least_once",
         datadir=str(datadir),
