@@ -70,8 +70,8 @@ def worker(
     processor: Annotated[bool, typer.Option(help="Run the contact processor.")] = True,
 ) -> None:
     """Run a Kafka runtime worker: faust agents for the contact processor and the analytics sink."""
+    from spotzee.agents.worker import run_worker
     from spotzee.logging import configure
-    from spotzee.runtime.kafka.worker import run_worker
 
     settings = _settings(data_dir=data_dir, partitions=partitions, worker_id=worker_id, runtime="kafka")
     configure(settings.log_level, json_lines=settings.log_json)

@@ -15,6 +15,8 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
+
 from spotzee.errors import InvalidInput
 from spotzee.settings import Settings
 
@@ -122,3 +124,14 @@ def faust_broker_settings(settings: Settings) -> dict[str, Any]:
     elif context is not None:
         result["broker_credentials"] = faust.SSLCredentials(context)
     return result
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **aiokafka_config(settings),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=int(settings.kafka_request_timeout * 1000),
+    )

@@ -27,8 +27,7 @@ from spotzee.errors import LogUnavailable, Overloaded
 from spotzee.runtime.base import Health, Position
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.changelog import Replay
-from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config
-from spotzee.runtime.kafka.worker import CHANGELOG, make_producer
+from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config, make_producer
 from spotzee.runtime.rocks import META, TABLE_PREFIX, U64, RocksDB
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -46,7 +45,7 @@ class KafkaRuntime:
         self.events_topic = admin.topic_name(settings, topics.EVENTS)
         self.analytics_topic = admin.topic_name(settings, topics.ANALYTICS)
         self.definitions_topic = admin.topic_name(settings, topics.DEFINITIONS)
-        self.changelog_topic = admin.topic_name(settings, CHANGELOG)
+        self.changelog_topic = admin.topic_name(settings, admin.CONTACTS_CHANGELOG)
         tables = ContactProcessor.tables
         self.replica = RocksDB(settings.data_dir / "kafka-replica", tables)
         self.replica_input = [self.replica.get_u64(b"input/%d" % p) for p in range(self.partitions)]

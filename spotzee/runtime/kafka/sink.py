@@ -12,9 +12,9 @@ import threading
 
 import faust
 
+from spotzee.agents.worker import build_sink_app
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink
-from spotzee.runtime.kafka.worker import build_sink_app
 from spotzee.settings import Settings
 
 log = logging.getLogger(__name__)

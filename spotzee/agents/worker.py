@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from faust.types import TP
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.runtime.kafka import admin, codec
-from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings
+from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
 from spotzee.runtime.kafka.engine import Engine, InputRecord
 from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
@@ -35,8 +35,6 @@ from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
 
 log = logging.getLogger(__name__)
-
-CHANGELOG = "contacts-changelog"
 
 
 def _app(settings: Settings, app_id: str) -> faust.App:
@@ -61,17 +59,6 @@ def _app(settings: Settings, app_id: str) -> faust.App:
     )
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        **aiokafka_config(settings),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=512 * 1024,
-        request_timeout_ms=int(settings.kafka_request_timeout * 1000),
-    )
-
-
 def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple[faust.App, Engine]:
     app = _app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP))
     events_name = admin.topic_name(settings, topics.EVENTS)
@@ -81,7 +68,7 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         settings.data_dir / "kafka-state" / settings.worker_id,
         lambda: make_producer(settings),
         lambda base: admin.topic_name(settings, base),
-        admin.topic_name(settings, CHANGELOG),
+        admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
     )
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
