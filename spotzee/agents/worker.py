@@ -27,6 +27,7 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.runtime.kafka import admin, codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
+from spotzee.runtime.kafka.definitions import DefinitionsReplica
 from spotzee.runtime.kafka.engine import Engine, InputRecord
 from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
@@ -72,6 +73,16 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
     )
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    # Definitions (projects, keys; later segments, journeys, templates) in every worker.
+    definitions = DefinitionsReplica(settings)
+    engine.definitions = definitions
+
+    async def follow_definitions() -> None:
+        count = await asyncio.to_thread(definitions.load)
+        log.info("definitions loaded: %d", count)
+        await definitions.follow()
+
+    app.task(follow_definitions)
     restoring: set[asyncio.Task[object]] = set()  # keep references: tasks are weakly held by the loop
 
     @app.agent(events, name="contacts")

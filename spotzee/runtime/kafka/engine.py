@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -67,6 +68,7 @@ class Engine:
         self.changelog_topic = changelog_topic
         self.consumer_factory = consumer_factory
         self.stores: dict[int, PartitionStore] = {}
+        self.definitions: Any = None  # the worker's DefinitionsReplica, for processors that need definitions
         self.processed_total = 0
         self.dead_lettered_total = 0
 
@@ -228,7 +230,7 @@ class Engine:
             at=self.clock.now(),
         )
         ctx.emit(topics.ANALYTICS, record.key, dumps(row))
-        ctx.emit(topics.DEAD_LETTER, record.key, record.value)
+        ctx.emit(topics.DEAD_LETTER, record.key, dumps(row))  # the record with its error, for replay
 
     async def _commit(self, store: PartitionStore, ctx: BatchContext, next_input_offset: int) -> None:
         changes: Changes = {}

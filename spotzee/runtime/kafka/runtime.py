@@ -19,8 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from kafka import KafkaConsumer, KafkaProducer
-from kafka import TopicPartition as SyncTopicPartition
+from kafka import KafkaProducer
 from kafka.errors import KafkaError as SyncKafkaError
 
 from spotzee.errors import LogUnavailable, Overloaded
@@ -28,6 +27,7 @@ from spotzee.runtime.base import Health, Position
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.changelog import Replay
 from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config, make_producer
+from spotzee.runtime.kafka.definitions import DefinitionsReplica
 from spotzee.runtime.rocks import META, TABLE_PREFIX, U64, RocksDB
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -49,11 +49,10 @@ class KafkaRuntime:
         tables = ContactProcessor.tables
         self.replica = RocksDB(settings.data_dir / "kafka-replica", tables)
         self.replica_input = [self.replica.get_u64(b"input/%d" % p) for p in range(self.partitions)]
-        self._definitions: dict[str, bytes] = {}
-        self._definition_listeners: list[Callable[[str, bytes | None], None]] = []
+        self.definitions = DefinitionsReplica(settings)
         try:
             self._sync_producer = KafkaProducer(**kafka_python_config(settings), acks="all", retries=5)
-            self._definitions_end = self._load_definitions()
+            self.definitions.load()
         except SyncKafkaError as exc:
             self.replica.close()
             raise LogUnavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
@@ -77,7 +76,7 @@ class KafkaRuntime:
             raise LogUnavailable(f"Kafka unreachable at {self.settings.kafka_bootstrap}: {exc}") from exc
         self._tasks = [
             asyncio.create_task(self._follow_replica()),
-            asyncio.create_task(self._follow_definitions()),
+            asyncio.create_task(self.definitions.follow()),
             asyncio.create_task(self._poll_lag()),
         ]
         self._accepting = True
@@ -225,53 +224,13 @@ class KafkaRuntime:
         except SyncKafkaError as exc:
             raise LogUnavailable(f"the broker did not acknowledge the definitions: {exc}") from exc
         for key, value in items:
-            self._remember_definition(key, value)
+            self.definitions.remember(key, value)
 
     def scan_definitions(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        for key in sorted(self._definitions):
-            if key.startswith(prefix):
-                yield key, self._definitions[key]
+        return self.definitions.scan(prefix)
 
     def on_definition(self, listener: Callable[[str, bytes | None], None]) -> None:
-        self._definition_listeners.append(listener)
-
-    def _remember_definition(self, key: str, value: bytes | None) -> None:
-        if value is None:
-            self._definitions.pop(key, None)
-        else:
-            self._definitions[key] = value
-
-    def _load_definitions(self) -> int:
-        consumer = KafkaConsumer(
-            **kafka_python_config(self.settings), enable_auto_commit=False, consumer_timeout_ms=1000
-        )
-        try:
-            tp = SyncTopicPartition(self.definitions_topic, 0)
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            end = consumer.end_offsets([tp])[tp]
-            while consumer.position(tp) < end:
-                for records in consumer.poll(timeout_ms=1000).values():
-                    for record in records:
-                        self._remember_definition(record.key.decode(), record.value)
-            return int(end)
-        finally:
-            consumer.close()
-
-    async def _follow_definitions(self) -> None:
-        consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tp = TopicPartition(self.definitions_topic, 0)
-            consumer.assign([tp])
-            consumer.seek(tp, self._definitions_end)
-            async for message in consumer:
-                key = (message.key or b"").decode()
-                self._remember_definition(key, message.value)
-                for listener in self._definition_listeners:
-                    listener(key, message.value)
-        finally:
-            await consumer.stop()
+        self.definitions.listeners.append(listener)
 
     def stats(self) -> dict[str, Any]:
         return {"processing_lag_records": self.processing_lag(), "sink_lag_records": self.sink_lag()}
