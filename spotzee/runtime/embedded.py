@@ -264,12 +264,8 @@ class EmbeddedRuntime:
         with self.commit_lock:
             batch = self.db.batch()
             for name, table in ctx.tables.items():
-                handle = self.db.handle(TABLE_PREFIX + name)
                 for k, v in table.batch.items():
-                    if v is None:
-                        batch.delete(k.encode(), handle)
-                    else:
-                        batch.put(k.encode(), v, handle)
+                    self.db.stage(batch, TABLE_PREFIX + name, k.encode(), v)
             batch.delete_range(LOG_KEY.pack(partition, start), LOG_KEY.pack(partition, last + 1), self.db.handle(LOG))
             batch.put(_committed_key(partition), U64.pack(last + 1), self.db.handle(META))
             next_offset, outbox_next = self._stage_emits(batch, ctx.batch.emits)
@@ -370,14 +366,7 @@ class EmbeddedRuntime:
         return None if value is None else bytes(value)
 
     def scan(self, table: str, prefix: str) -> Iterator[tuple[str, bytes]]:
-        it = self.db.cf(TABLE_PREFIX + table).iter()
-        it.seek(prefix.encode())
-        while it.valid():
-            key = bytes(it.key()).decode()
-            if not key.startswith(prefix):
-                break
-            yield key, bytes(it.value())
-            it.next()
+        return self.db.scan_prefix(TABLE_PREFIX + table, prefix)
 
     def processing_lag(self) -> int:
         return sum(n - c for n, c in zip(self.next_offset, self.committed, strict=True))
@@ -421,26 +410,15 @@ class EmbeddedRuntime:
     def put_definitions(self, items: list[tuple[str, bytes | None]], outbox: list[bytes]) -> None:
         with self.commit_lock:
             batch = self.db.batch()
-            handle = self.db.handle(DEFINITIONS)
             for key, value in items:
-                if value is None:
-                    batch.delete(key.encode(), handle)
-                else:
-                    batch.put(key.encode(), value, handle)
+                self.db.stage(batch, DEFINITIONS, key.encode(), value)
             _, outbox_next = self._stage_emits(batch, [(topics.ANALYTICS, "", v) for v in outbox])
             self.db.write(batch)
             self.outbox_next = outbox_next
         self.outbox_wakeup.set()
 
     def scan_definitions(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        it = self.db.cf(DEFINITIONS).iter()
-        it.seek(prefix.encode())
-        while it.valid():
-            key = bytes(it.key()).decode()
-            if not key.startswith(prefix):
-                break
-            yield key, bytes(it.value())
-            it.next()
+        return self.db.scan_prefix(DEFINITIONS, prefix)
 
     def _check_partitions(self) -> None:
         """The partition count is fixed when the data dir is created: keys hash onto it."""

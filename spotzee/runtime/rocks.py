@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from rocksdict import ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
@@ -63,6 +64,24 @@ class RocksDB:
             self.db.write(batch, self._sync)
         except Exception as exc:  # rocksdict raises plain exceptions for I/O errors
             raise LogUnavailable(f"log write failed: {exc}") from exc
+
+    def scan_prefix(self, name: str, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Entries of a column family whose (UTF-8) key starts with ``prefix``, in key order."""
+        it = self._cfs[name].iter()
+        it.seek(prefix.encode())
+        while it.valid():
+            key = bytes(it.key()).decode()
+            if not key.startswith(prefix):
+                break
+            yield key, bytes(it.value())
+            it.next()
+
+    def stage(self, batch: WriteBatch, name: str, key: bytes, value: bytes | None) -> None:
+        """Add a put (or, for ``None``, a delete) on column family ``name`` to ``batch``."""
+        if value is None:
+            batch.delete(key, self._handles[name])
+        else:
+            batch.put(key, value, self._handles[name])
 
     def get_u64(self, key: bytes, default: int = 0) -> int:
         raw = self._cfs[META].get(key)

@@ -170,11 +170,7 @@ class KafkaRuntime:
             table, _, key = raw_key.decode().partition("\x00")
             if table not in ContactProcessor.tables:
                 continue  # timers are the workers' business
-            handle = self.replica.handle(TABLE_PREFIX + table)
-            if value is None:
-                batch.delete(key.encode(), handle)
-            else:
-                batch.put(key.encode(), value, handle)
+            self.replica.stage(batch, TABLE_PREFIX + table, key.encode(), value)
         meta = self.replica.handle(META)
         batch.put(b"input/%d" % partition, U64.pack(replay.input_offset), meta)
         batch.put(b"changelog/%d" % partition, U64.pack(replay.marker_offset + 1), meta)

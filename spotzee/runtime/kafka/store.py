@@ -46,11 +46,7 @@ class PartitionStore:
         batch = self.db.batch()
         for raw_key, value in changes.items():
             table, key = raw_key.decode().split(SEP, 1)
-            handle = self.db.handle(TABLE_PREFIX + table)
-            if value is None:
-                batch.delete(key.encode(), handle)
-            else:
-                batch.put(key.encode(), value, handle)
+            self.db.stage(batch, TABLE_PREFIX + table, key.encode(), value)
         meta = self.db.handle(META)
         if input_offset is not None:
             batch.put(INPUT_OFFSET, U64.pack(input_offset), meta)
