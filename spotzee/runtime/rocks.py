@@ -37,14 +37,17 @@ def _options() -> Options:
 class RocksDB:
     """The process's RocksDB: column families by name, atomic synced batch writes."""
 
-    def __init__(self, path: Path, tables: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, tables: tuple[str, ...], *, sync: bool = True) -> None:
+        """``sync=False`` for stores that are caches of a durable log (a Kafka worker's partition
+        state, the API's replica): a write batch stays atomic, only the fsync is skipped, and a
+        crash loses at most the newest batches, which are replayed from the changelog."""
         path.mkdir(parents=True, exist_ok=True)
         families = {name: Options(raw_mode=True) for name in (*BASE_FAMILIES, *(TABLE_PREFIX + t for t in tables))}
         self.db = Rdict(str(path), _options(), column_families=families)
         self._cfs = {name: self.db.get_column_family(name) for name in families}
         self._handles = {name: self.db.get_column_family_handle(name) for name in families}
         self._sync = WriteOptions()
-        self._sync.sync = True
+        self._sync.sync = sync
         self.closed = False
 
     def cf(self, name: str) -> Rdict:

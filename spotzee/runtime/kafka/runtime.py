@@ -47,7 +47,7 @@ class KafkaRuntime:
         self.definitions_topic = admin.topic_name(settings, topics.DEFINITIONS)
         self.changelog_topic = admin.topic_name(settings, admin.CONTACTS_CHANGELOG)
         tables = ContactProcessor.tables
-        self.replica = RocksDB(settings.data_dir / "kafka-replica", tables)
+        self.replica = RocksDB(settings.data_dir / "kafka-replica", tables, sync=False)  # rebuilt from the changelog
         self.replica_input = [self.replica.get_u64(b"input/%d" % p) for p in range(self.partitions)]
         self.definitions = DefinitionsReplica(settings)
         try:

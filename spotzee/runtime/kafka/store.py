@@ -21,7 +21,7 @@ class PartitionStore:
         self.partition = partition
         self.path = root / f"partition-{partition}"
         self.tables = tables
-        self.db = RocksDB(self.path, (*tables, *TIMER_TABLES))
+        self.db = RocksDB(self.path, (*tables, *TIMER_TABLES), sync=False)  # the changelog is the durable copy
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
 

@@ -1,0 +1,254 @@
+"""Reading contact attributes and event properties, and what each operator means (shared, pure).
+
+Semantics (documented in ``spotzee.schemas.rules``):
+
+- a missing value (absent trait, ``None`` field) satisfies only ``not_exists`` and the negated
+  operators: ``neq``, ``not_contains`` and ``not_in`` are exactly ``not eq``, ``not contains`` and
+  ``not in``, so ``{"type": "none", ...}`` and the negated operators agree;
+- numbers compare with numbers (booleans are not numbers), strings with strings; when either
+  side is a datetime the other is read as an ISO-8601 instant; anything else is incomparable
+  (``eq`` false, ``gt``/``lt``/``between`` false);
+- ``contains``: substring of a string, or element of a list; ``in``: the value is one of the
+  list (a list attribute: shares an element with it);
+- dates (``before``, ``after``, ``within_last``, ``more_than``) read the attribute as an instant:
+  a datetime field, or an ISO-8601 string in a trait (naive means UTC);
+  ``within_last N``: ``now - N < t <= now``; ``more_than N`` (ago): ``t <= now - N``. Both
+  boundaries are instants at which the value has already flipped, so timers can be exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.rules import (
+    CONTACT_FIELDS,
+    AttributeRule,
+    OccurrenceCondition,
+    PropertyFilter,
+    canonical_attribute_path,
+    duration,
+)
+
+_NEGATED = {"neq": "eq", "not_contains": "contains", "not_in": "in"}
+
+
+def read_path(data: Any, path: str) -> Any:
+    """The value at a dot path inside nested dicts, or None."""
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def read_attribute(contact: ContactState, path: str) -> Any:
+    """A first-class field or a trait (``country``, ``traits.country``, ``address.city``)."""
+    canonical = canonical_attribute_path(path)
+    if canonical in CONTACT_FIELDS:
+        return getattr(contact, canonical)
+    return read_path(contact.traits, canonical.removeprefix("traits."))
+
+
+def number(value: Any) -> float | None:
+    """A finite number as float, else None (booleans, strings and NaN are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def exact_float(value: Fraction) -> float:
+    """A correctly rounded float of an exact sum (overflow saturates)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def exact_sum(values: Iterable[float]) -> Fraction:
+    """The exact sum: independent of order, so incremental and recomputed sums agree bit for bit."""
+    return sum((Fraction(v) for v in values), Fraction(0))
+
+
+@lru_cache(maxsize=4096)
+def _parse_instant(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def as_instant(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str):
+        return _parse_instant(value)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def equal(a: Any, b: Any) -> bool:
+    if isinstance(a, datetime) or isinstance(b, datetime):
+        left, right = as_instant(a), as_instant(b)
+        return left is not None and right is not None and left == right
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a == b
+    return False
+
+
+def order(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 comparing ``a`` with ``b``; None when they are not comparable."""
+    left: Any
+    right: Any
+    if isinstance(a, datetime) or isinstance(b, datetime):
+        left, right = as_instant(a), as_instant(b)
+        if left is None or right is None:
+            return None
+    elif (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
+        left, right = a, b
+    else:
+        return None
+    return -1 if left < right else 1 if left > right else 0
+
+
+def compare(op: str, actual: Any, value: Any) -> bool:
+    """``actual <op> value`` for eq/neq/gt/gte/lt/lte."""
+    if op == "eq":
+        return equal(actual, value)
+    if op == "neq":
+        return not equal(actual, value)
+    sign = order(actual, value)
+    if sign is None:
+        return False
+    return {"gt": sign > 0, "gte": sign >= 0, "lt": sign < 0, "lte": sign <= 0}[op]
+
+
+def _contains(actual: Any, value: Any) -> bool:
+    if isinstance(actual, str):
+        return isinstance(value, str) and value in actual
+    if isinstance(actual, list):
+        return any(equal(item, value) for item in actual)
+    return False
+
+
+def _is_in(actual: Any, options: list[Any]) -> bool:
+    if isinstance(actual, list):
+        return any(equal(item, option) for item in actual for option in options)
+    return any(equal(actual, option) for option in options)
+
+
+def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> bool:
+    """Whether ``actual`` (None when missing) satisfies ``op value`` at ``now``."""
+    if op == "exists":
+        return actual is not None
+    if op == "not_exists":
+        return actual is None
+    if op in _NEGATED:
+        return not holds(_NEGATED[op], actual, value, unit, now)
+    if actual is None:
+        return False
+    if op in ("eq", "gt", "gte", "lt", "lte"):
+        return compare(op, actual, value)
+    if op == "between":
+        low, high = value
+        above, below = order(actual, low), order(actual, high)
+        return above is not None and below is not None and above >= 0 and below <= 0
+    if op == "contains":
+        return _contains(actual, value)
+    if op == "starts_with":
+        return isinstance(actual, str) and actual.startswith(value)
+    if op == "ends_with":
+        return isinstance(actual, str) and actual.endswith(value)
+    if op == "in":
+        return _is_in(actual, value)
+    instant = as_instant(actual)
+    if instant is None:
+        return False
+    if op == "before":
+        return bool(instant < value)
+    if op == "after":
+        return bool(instant > value)
+    assert unit is not None
+    if op == "within_last":
+        return now - duration(value, unit) < instant <= now
+    if op == "more_than":
+        return instant <= now - duration(value, unit)
+    raise ValueError(f"unknown operator {op}")
+
+
+def attribute_holds(rule: AttributeRule, contact: ContactState, now: datetime) -> bool:
+    return holds(rule.op, read_attribute(contact, rule.path), rule.value, rule.unit, now)
+
+
+def attribute_breakpoints(rule: AttributeRule, contact: ContactState) -> list[datetime]:
+    """Instants at which a relative date condition flips by itself (the clock crossing a threshold)."""
+    if rule.op not in ("within_last", "more_than") or rule.unit is None:
+        return []
+    instant = as_instant(read_attribute(contact, rule.path))
+    if instant is None:
+        return []
+    ends = shifted(instant, duration(rule.value, rule.unit))
+    points = [instant] if rule.op == "within_last" else []
+    return points + ([ends] if ends is not None else [])
+
+
+def filters_pass(where: Iterable[PropertyFilter], properties: dict[str, Any]) -> bool:
+    """Property filters never use relative dates, so ``now`` does not matter to them."""
+    return all(holds(f.op, read_path(properties, f.path), f.value, None, _EPOCH) for f in where)
+
+
+def occurred(condition: OccurrenceCondition, at: datetime | None, now: datetime) -> bool:
+    """First/last occurrence at ``at`` (None: never) against ``condition``.
+
+    ``within_last N``: ``at > now - N`` (an event stamped ahead of the clock is recent too);
+    ``more_than N``: ``at <= now - N``.
+    """
+    if at is None:
+        return False
+    if condition.op == "before":
+        return bool(at < condition.value)
+    if condition.op == "after":
+        return bool(at > condition.value)
+    assert condition.unit is not None
+    threshold = now - duration(condition.value, condition.unit)
+    return at > threshold if condition.op == "within_last" else at <= threshold
+
+
+def occurrence_breakpoints(condition: OccurrenceCondition, at: datetime | None) -> list[datetime]:
+    if at is None or condition.unit is None:
+        return []
+    ends = shifted(at, duration(condition.value, condition.unit))
+    return [ends] if ends is not None else []
+
+
+def shifted(at: datetime, by: timedelta) -> datetime | None:
+    """``at + by``, or None past the end of the calendar (that instant never comes)."""
+    try:
+        return at + by
+    except OverflowError:
+        return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
