@@ -1,89 +1,59 @@
-"""Ingestion benchmark: a real ``spotzee up`` server, driven over HTTP on 127.0.0.1.
+"""Ingestion benchmark: real Spotzee processes on 127.0.0.1, driven over HTTP; one table for every configuration.
 
-What it does, in order:
+Configurations (``--runtime embedded|kafka|all``, default all):
 
-1. Starts ``python -m spotzee up`` as a subprocess on a fresh temporary data directory and a free
-   port, waits for ``GET /health`` to answer 200, and reads the write and admin keys from
-   ``keys.json``.
-2. Builds N Segment-spec events up front (so generating them costs nothing during the run): a
-   deterministic mix of ``track`` (purchase with an amount, product_viewed, add_to_cart, ...),
-   ``identify`` (email, plan, country) and ``page`` calls over ``--users`` distinct users, each
-   with a unique ``messageId``. They are serialised into ``POST /v1/batch`` bodies of B events.
-3. C concurrent clients (one ``httpx.AsyncClient``, C connections, HTTP Basic with the write key)
-   take batches from a shared queue and post them. A 429 is honoured (sleep ``Retry-After``,
-   resend the same batch, count a retry); any other non-2xx or a transport error aborts the run.
+- **embedded**: one ``spotzee up`` process (``bench_stacks.embedded_stack``), ``--events`` events.
+- **kafka N workers** for each N of ``--workers`` (default ``1,2``): a broker (``SPOTZEE_KAFKA_BOOTSTRAP``, else
+  one started with ``deploy/kafka/kafka.sh`` and stopped at the end), and per configuration a fresh topic prefix
+  with 8 partitions, ``spotzee api --runtime kafka`` (ingestion + the chDB sink) and N ``spotzee worker --no-sink``
+  processes (``bench_stacks.kafka_stack``), ``--kafka-events`` events.
 
-What it measures:
+Each configuration (``bench_traffic.measure``) warms up, then sends Segment-spec events (track / identify / page
+over ``--users`` users, unique ``messageId``s, serialised before the clock starts) through ``POST /v1/batch``
+from ``--clients`` concurrent clients, with a latency probe alongside, and reports:
 
-- **events/s accepted**: N / (time of the last 2xx - time of the first send).
-- **batch latency** p50 / p99 / max: wall time of each ``POST /v1/batch`` that returned 2xx (ms).
-- **events/s landed in ClickHouse**: after the last 2xx, ``SELECT count() FROM events`` is polled
-  through ``POST /api/v1/sql`` every ~100 ms until it equals N (timeout 300 s); the rate is
-  N / (time the count reached N - time of the first send).
-- **exactly-once**: the count is checked once more after a short settle; anything but N prints a
-  FAIL line and the script exits non-zero.
-- **server peak RSS**: ``VmHWM`` from ``/proc/<pid>/status`` of the server, just before it is stopped.
+- **events/s accepted**: N / (last 2xx - first send).
+- **events/s processed**: N / (time all N distinct messageIds are in ClickHouse - first send).
+- **latency 2xx -> ClickHouse** p50 / p99: a ``bench_probe`` track event every ~100 ms from its own client;
+  ClickHouse polled every ~25 ms; latency = first seen - its 2xx.
+- **batch latency** p50 / p99: wall time of each accepted ``POST /v1/batch``.
+- **peak RSS**: ``VmHWM`` of the API (or ``spotzee up``) process and of each worker, read before they stop.
 
-The server is then stopped with SIGTERM (SIGKILL after 60 s) and the temporary directory deleted.
-Progress goes to stderr; the result table (or ``--json``) goes to stdout.
+Any non-2xx other than 429, a process that dies, events not all in ClickHouse within 300 s, a probe that never
+shows up, or a final count other than exactly N rows and N distinct events prints a ``FAIL`` line and exits
+non-zero. Every process and broker started here is stopped and the temporary directory deleted.
+Progress goes to stderr; the table (or ``--json``) to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import math
-import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
-import orjson
+from bench_common import BenchError, percentile, progress
+from bench_stacks import PARTITIONS, Stack, embedded_stack, kafka_broker, kafka_stack
+from bench_traffic import Measurement, build_batches, measure
 
-HOST = "127.0.0.1"
-HEALTH_TIMEOUT_S = 120.0
-LAND_TIMEOUT_S = 300.0
-POLL_INTERVAL_S = 0.1
-SETTLE_S = 1.0
-STOP_TIMEOUT_S = 60.0
-REQUEST_TIMEOUT_S = 120.0
 MAX_BATCH_EVENTS = 2500
-
-TRACK_EVENTS: list[tuple[str, int]] = [
-    ("product_viewed", 30),
-    ("page_view", 20),
-    ("add_to_cart", 15),
-    ("search", 12),
-    ("checkout_started", 8),
-    ("purchase", 8),
-    ("signed_in", 7),
-]
-PAGES = ["Home", "Pricing", "Docs", "Blog", "Product", "Cart", "Checkout", "Account"]
-PLANS = ["free", "starter", "pro", "enterprise"]
-COUNTRIES = ["US", "GB", "DE", "FR", "IN", "BR", "JP", "CA", "AU", "ES"]
-CURRENCIES = ["USD", "EUR", "GBP"]
-
-
-class BenchError(Exception):
-    """A failure that ends the run with a non-zero exit code."""
+DEFAULT_EVENTS = 100_000
+DEFAULT_KAFKA_EVENTS = 10_000
+RUNTIMES = {"embedded": ("embedded",), "kafka": ("kafka",), "all": ("embedded", "kafka")}
 
 
 @dataclass(frozen=True)
 class Config:
+    runtimes: tuple[str, ...]
+    workers: tuple[int, ...]
     events: int
+    kafka_events: int
     clients: int
     batch_size: int
     users: int
@@ -91,37 +61,22 @@ class Config:
     as_json: bool
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    root: Path
-    url: str
-    write_key: str
-    admin_key: str
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / "server.log"
-
-
-@dataclass
-class SendStats:
-    latencies_ms: list[float] = field(default_factory=list)
-    retries_429: int = 0
-    last_ok: float = 0.0
-
-
 @dataclass(frozen=True)
 class Result:
+    configuration: str
     events: int
     clients: int
     batch_size: int
     accepted_per_s: float
-    landed_per_s: float
+    processed_per_s: float
     latency_p50_ms: float
     latency_p99_ms: float
-    latency_max_ms: float
-    server_peak_rss_mib: float
+    probes: int
+    batch_p50_ms: float
+    batch_p99_ms: float
+    batch_max_ms: float
+    api_peak_rss_mib: float
+    worker_peak_rss_mib: tuple[float, ...]
     retries_429: int
 
 
@@ -135,347 +90,178 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
+def worker_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(positive_int(part) for part in text.split(",") if part.strip())
+    if not counts:
+        raise argparse.ArgumentTypeError("give at least one worker count, e.g. 1,2")
+    return counts
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Spotzee ingestion benchmark (see the module docstring).")
-    parser.add_argument("--events", type=positive_int, default=100_000, help="events to send (default 100000)")
+    parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="all", help="what to run (default all)")
+    parser.add_argument("--workers", type=worker_counts, default=(1, 2), help="Kafka worker counts (default 1,2)")
+    parser.add_argument("--events", type=positive_int, default=DEFAULT_EVENTS, help="embedded events (100000)")
+    parser.add_argument(
+        "--kafka-events",
+        type=positive_int,
+        help=f"events per Kafka configuration (min(--events, {DEFAULT_KAFKA_EVENTS}))",
+    )
     parser.add_argument("--clients", type=positive_int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--batch-size", type=positive_int, default=500, help="events per /v1/batch (default 500)")
     parser.add_argument("--users", type=positive_int, default=50_000, help="distinct userIds (default 50000)")
     parser.add_argument("--seed", type=int, default=42, help="random seed for the generated data")
-    parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_size > MAX_BATCH_EVENTS:
         parser.error(f"--batch-size is limited to {MAX_BATCH_EVENTS} events by the server")
-    return Config(args.events, args.clients, args.batch_size, args.users, args.seed, args.as_json)
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-# -- data -----------------------------------------------------------------------------------------
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def track_event(rng: random.Random, user_id: str) -> dict[str, Any]:
-    names, weights = zip(*TRACK_EVENTS, strict=True)
-    name = rng.choices(names, weights)[0]
-    properties: dict[str, Any] = {"sku": f"SKU-{rng.randrange(5000):04d}"}
-    if name == "purchase":
-        properties |= {
-            "amount": round(rng.lognormvariate(3.5, 0.8), 2),
-            "currency": rng.choice(CURRENCIES),
-            "items": rng.randint(1, 5),
-        }
-    elif name == "add_to_cart":
-        properties |= {"price": round(rng.uniform(2, 300), 2), "quantity": rng.randint(1, 3)}
-    elif name == "search":
-        properties = {"query": rng.choice(["shoes", "shirt", "laptop", "desk", "lamp", "gift card"])}
-    elif name == "page_view":
-        properties = {"path": f"/{rng.choice(PAGES).lower()}"}
-    return {"type": "track", "userId": user_id, "event": name, "properties": properties}
-
-
-def identify_event(rng: random.Random, user_id: str) -> dict[str, Any]:
-    traits = {
-        "email": f"{user_id}@example.com",
-        "plan": rng.choice(PLANS),
-        "country": rng.choice(COUNTRIES),
-        "logins": rng.randint(1, 400),
-    }
-    return {"type": "identify", "userId": user_id, "traits": traits}
-
-
-def page_event(rng: random.Random, user_id: str) -> dict[str, Any]:
-    name = rng.choice(PAGES)
-    properties = {"path": f"/{name.lower()}", "title": f"{name} | Shop", "referrer": "https://www.google.com/"}
-    return {"type": "page", "userId": user_id, "name": name, "properties": properties}
-
-
-def generate_events(count: int, users: int, rng: random.Random) -> Iterator[dict[str, Any]]:
-    """``count`` events: ~75% track, ~15% page, ~10% identify; timestamps over the last 30 days."""
-    now = datetime.now(UTC)
-    run_id = uuid.uuid4().hex[:12]
-    for index in range(count):
-        user_id = f"user-{rng.randrange(users):06d}"
-        roll = rng.random()
-        if roll < 0.10:
-            event = identify_event(rng, user_id)
-        elif roll < 0.25:
-            event = page_event(rng, user_id)
-        else:
-            event = track_event(rng, user_id)
-        event["messageId"] = f"bench-{run_id}-{index}"
-        event["timestamp"] = iso(now - timedelta(seconds=rng.uniform(0, 30 * 86400)))
-        yield event
-
-
-def build_batches(config: Config) -> list[bytes]:
-    """Every request body, serialised before the clock starts."""
-    rng = random.Random(config.seed)
-    bodies: list[bytes] = []
-    batch: list[dict[str, Any]] = []
-    for event in generate_events(config.events, config.users, rng):
-        batch.append(event)
-        if len(batch) == config.batch_size:
-            bodies.append(orjson.dumps({"batch": batch}))
-            batch = []
-    if batch:
-        bodies.append(orjson.dumps({"batch": batch}))
-    return bodies
-
-
-# -- server ---------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(root: Path, port: int) -> subprocess.Popen[bytes]:
-    """``spotzee up`` on ``root/data``, bound to 127.0.0.1; its output goes to ``root/server.log``."""
-    command = [sys.executable, "-m", "spotzee", "up", "--data-dir", str(root / "data"), "--port", str(port)]
-    command += ["--host", HOST]
-    progress(f"starting: {' '.join(command)}")
-    with (root / "server.log").open("wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-
-
-def wait_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"server exited with code {process.returncode}:\n{log_tail(log_path)}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise BenchError(f"GET /health did not return 200 within {HEALTH_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
-
-
-def read_keys(data_dir: Path) -> tuple[str, str]:
-    keys = json.loads((data_dir / "keys.json").read_text())
-    return str(keys["write_key"]), str(keys["admin_key"])
-
-
-def log_tail(log_path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no server log)"
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no VmHWM in /proc/{pid}/status")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        progress(f"server did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; sending SIGKILL")
-        process.kill()
-        process.wait()
-
-
-# -- load -----------------------------------------------------------------------------------------
-
-
-def retry_after_seconds(response: httpx.Response) -> float:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0
-
-
-async def post_batch(client: httpx.AsyncClient, body: bytes, stats: SendStats) -> None:
-    """POST one batch until it is accepted; 429s are waited out and counted."""
-    while True:
-        started = time.perf_counter()
-        try:
-            response = await client.post("/v1/batch", content=body)
-        except httpx.HTTPError as exc:
-            raise BenchError(f"POST /v1/batch failed: {exc!r}") from exc
-        finished = time.perf_counter()
-        if response.status_code == 429:
-            stats.retries_429 += 1
-            await asyncio.sleep(retry_after_seconds(response))
-            continue
-        if not response.is_success:
-            raise BenchError(f"POST /v1/batch answered {response.status_code}: {response.text[:500]}")
-        stats.latencies_ms.append((finished - started) * 1000)
-        stats.last_ok = finished
-        return
-
-
-async def client_worker(client: httpx.AsyncClient, queue: asyncio.Queue[bytes], stats: SendStats) -> None:
-    while True:
-        try:
-            body = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return
-        await post_batch(client, body, stats)
-
-
-async def send_all(server: Server, bodies: list[bytes], clients: int) -> tuple[float, SendStats]:
-    """Send every body from ``clients`` concurrent workers; returns (start time, stats)."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    stats = SendStats()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(
-        base_url=server.url,
-        auth=(server.write_key, ""),
-        headers=headers,
-        limits=limits,
-        timeout=REQUEST_TIMEOUT_S,
-    ) as client:
-        started = time.perf_counter()
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(clients):
-                    group.create_task(client_worker(client, queue, stats))
-        except* BenchError as errors:
-            raise errors.exceptions[0] from None
-    return started, stats
-
-
-async def count_events(client: httpx.AsyncClient) -> int:
-    response = await client.post("/api/v1/sql", json={"query": "SELECT count() FROM events"})
-    if response.status_code != 200:
-        raise BenchError(f"POST /api/v1/sql answered {response.status_code}: {response.text[:500]}")
-    return int(response.json()["rows"][0][0])
-
-
-async def wait_landed(server: Server, expected: int) -> tuple[float, int]:
-    """Poll the events count until it reaches ``expected``; returns (time reached, final count)."""
-    headers = {"Authorization": f"Bearer {server.admin_key}"}
-    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=REQUEST_TIMEOUT_S) as client:
-        deadline = time.perf_counter() + LAND_TIMEOUT_S
-        count = await count_events(client)
-        while count < expected:
-            if time.perf_counter() > deadline:
-                raise BenchError(f"FAIL: {count} of {expected} events in ClickHouse after {LAND_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(POLL_INTERVAL_S)
-            count = await count_events(client)
-        reached = time.perf_counter()
-        await asyncio.sleep(SETTLE_S)
-        return reached, await count_events(client)
-
-
-# -- report ---------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def table_rows(result: Result) -> list[tuple[str, str]]:
-    return [
-        ("events", f"{result.events:,}"),
-        ("clients", str(result.clients)),
-        ("batch size", str(result.batch_size)),
-        ("events/s accepted", f"{result.accepted_per_s:,.0f}"),
-        ("events/s landed in ClickHouse", f"{result.landed_per_s:,.0f}"),
-        ("batch latency p50 ms", f"{result.latency_p50_ms:,.1f}"),
-        ("batch latency p99 ms", f"{result.latency_p99_ms:,.1f}"),
-        ("batch latency max ms", f"{result.latency_max_ms:,.1f}"),
-        ("server peak RSS MiB", f"{result.server_peak_rss_mib:,.1f}"),
-        ("429 retries", str(result.retries_429)),
-    ]
-
-
-def format_table(rows: list[tuple[str, str]]) -> str:
-    names = max(len("metric"), *(len(name) for name, _ in rows))
-    values = max(len("value"), *(len(value) for _, value in rows))
-    lines = [f"{'metric':<{names}}  {'value':>{values}}", f"{'-' * names}  {'-' * values}"]
-    lines += [f"{name:<{names}}  {value:>{values}}" for name, value in rows]
-    return "\n".join(lines)
-
-
-def result_json(result: Result) -> str:
-    data = {key: round(value, 1) if isinstance(value, float) else value for key, value in vars(result).items()}
-    return json.dumps(data, indent=2)
+    kafka_events = args.kafka_events or min(args.events, DEFAULT_KAFKA_EVENTS)
+    return Config(
+        runtimes=RUNTIMES[args.runtime],
+        workers=args.workers,
+        events=args.events,
+        kafka_events=kafka_events,
+        clients=args.clients,
+        batch_size=args.batch_size,
+        users=args.users,
+        seed=args.seed,
+        as_json=args.as_json,
+    )
 
 
 # -- run ------------------------------------------------------------------------------------------
 
 
-def open_server(root: Path) -> Server:
-    port = free_port()
-    process = start_server(root, port)
-    url = f"http://{HOST}:{port}"
-    wait_healthy(process, url, root / "server.log")
-    write_key, admin_key = read_keys(root / "data")
-    return Server(process=process, root=root, url=url, write_key=write_key, admin_key=admin_key)
+def batches(config: Config, events: int) -> list[bytes]:
+    progress(f"generating {events:,} events for {config.users:,} users")
+    return build_batches(events, config.batch_size, config.users, config.seed)
 
 
-async def measure(server: Server, config: Config, bodies: list[bytes]) -> Result:
-    progress(f"sending {config.events:,} events in {len(bodies):,} batches from {config.clients} clients")
-    started, stats = await send_all(server, bodies, config.clients)
-    accepted_s = stats.last_ok - started
-    progress(f"all accepted after {accepted_s:.1f} s; waiting for ClickHouse to hold {config.events:,} events")
-    landed_at, final_count = await wait_landed(server, config.events)
-    if final_count != config.events:
-        raise BenchError(f"FAIL: ClickHouse holds {final_count} events, expected exactly {config.events}")
+def result_of(config: Config, stack: Stack, measured: Measurement) -> Result:
+    """The row values of one configuration; RSS is read here, while the processes still run."""
     return Result(
-        events=config.events,
+        configuration=stack.name,
+        events=measured.events,
         clients=config.clients,
         batch_size=config.batch_size,
-        accepted_per_s=config.events / accepted_s,
-        landed_per_s=config.events / (landed_at - started),
-        latency_p50_ms=percentile(stats.latencies_ms, 50),
-        latency_p99_ms=percentile(stats.latencies_ms, 99),
-        latency_max_ms=max(stats.latencies_ms),
-        server_peak_rss_mib=peak_rss_mib(server.process.pid),
-        retries_429=stats.retries_429,
+        accepted_per_s=measured.events / measured.accepted_s,
+        processed_per_s=measured.events / measured.processed_s,
+        latency_p50_ms=percentile(measured.probe_latencies_ms, 50),
+        latency_p99_ms=percentile(measured.probe_latencies_ms, 99),
+        probes=len(measured.probe_latencies_ms),
+        batch_p50_ms=percentile(measured.batch_latencies_ms, 50),
+        batch_p99_ms=percentile(measured.batch_latencies_ms, 99),
+        batch_max_ms=max(measured.batch_latencies_ms),
+        api_peak_rss_mib=stack.api.peak_rss_mib(),
+        worker_peak_rss_mib=tuple(worker.peak_rss_mib() for worker in stack.workers),
+        retries_429=measured.retries_429,
     )
 
 
-def run(config: Config) -> Result:
-    progress(f"generating {config.events:,} events for {config.users:,} users")
-    bodies = build_batches(config)
+def run_embedded(config: Config, root: Path) -> Result:
+    bodies = batches(config, config.events)
+    with embedded_stack(root) as stack:
+        return result_of(config, stack, measure(stack, bodies, config.events, config.clients))
+
+
+def run_kafka(config: Config, root: Path) -> list[Result]:
+    bodies = batches(config, config.kafka_events)
+    results: list[Result] = []
+    with kafka_broker(root) as (bootstrap, own_broker):
+        for workers in config.workers:
+            with kafka_stack(root / f"kafka-{workers}", bootstrap, workers, own_broker=own_broker) as stack:
+                results.append(result_of(config, stack, measure(stack, bodies, config.kafka_events, config.clients)))
+    return results
+
+
+def run(config: Config) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="spotzee-bench-"))
-    server: Server | None = None
     try:
-        server = open_server(root)
-        return asyncio.run(measure(server, config, bodies))
-    except BenchError:
-        if server is not None and server.process.poll() is not None:
-            progress(f"server exited with code {server.process.returncode}:\n{log_tail(server.log_path)}")
-        raise
+        results: list[Result] = []
+        if "embedded" in config.runtimes:
+            results.append(run_embedded(config, root / "embedded"))
+        if "kafka" in config.runtimes:
+            results += run_kafka(config, root)
+        return results
     finally:
-        if server is not None:
-            progress("stopping the server (SIGTERM)")
-            stop_server(server.process)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def number(value: float, decimals: int = 0) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{decimals}f}"
+
+
+def workers_rss(result: Result) -> str:
+    if not result.worker_peak_rss_mib:
+        return "- (in-process)"
+    return " / ".join(number(value) for value in result.worker_peak_rss_mib)
+
+
+def table_rows(results: list[Result]) -> list[tuple[str, list[str]]]:
+    def row(name: str, cell: Callable[[Result], str]) -> tuple[str, list[str]]:
+        return name, [cell(result) for result in results]
+
+    return [
+        row("events", lambda r: f"{r.events:,}"),
+        row("clients x batch size", lambda r: f"{r.clients} x {r.batch_size}"),
+        row("events/s accepted (until last 2xx)", lambda r: number(r.accepted_per_s)),
+        row("events/s processed (all in ClickHouse)", lambda r: number(r.processed_per_s)),
+        row("latency 2xx -> ClickHouse p50 ms", lambda r: number(r.latency_p50_ms)),
+        row("latency 2xx -> ClickHouse p99 ms", lambda r: number(r.latency_p99_ms)),
+        row("latency probes", lambda r: str(r.probes)),
+        row("batch latency p50 ms", lambda r: number(r.batch_p50_ms)),
+        row("batch latency p99 ms", lambda r: number(r.batch_p99_ms)),
+        row("peak RSS MiB, API / server", lambda r: number(r.api_peak_rss_mib)),
+        row("peak RSS MiB, each worker", workers_rss),
+        row("429 retries", lambda r: str(r.retries_429)),
+    ]
+
+
+def format_table(results: list[Result]) -> str:
+    header = ("metric", [result.configuration for result in results])
+    rows = [header, *table_rows(results)]
+    names = max(len(name) for name, _ in rows)
+    widths = [max(len(cells[index]) for _, cells in rows) for index in range(len(results))]
+
+    def line(name: str, cells: list[str]) -> str:
+        return "  ".join([f"{name:<{names}}", *(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))])
+
+    separator = line("-" * names, ["-" * width for width in widths])
+    return "\n".join([line(*header), separator, *(line(*row) for row in rows[1:])])
+
+
+def results_json(results: list[Result]) -> str:
+    def rounded(value: object) -> object:
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, 1)
+        if isinstance(value, tuple | list):
+            return [rounded(item) for item in value]
+        return value
+
+    data = [{key: rounded(value) for key, value in asdict(result).items()} for result in results]
+    return json.dumps({"partitions": PARTITIONS, "results": data}, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     wall = time.perf_counter()
     try:
-        result = run(config)
+        results = run(config)
     except BenchError as exc:
         print(str(exc) if str(exc).startswith("FAIL") else f"FAIL: {exc}", file=sys.stderr)
         return 1
-    print(result_json(result) if config.as_json else format_table(table_rows(result)))
+    except KeyboardInterrupt:
+        print("FAIL: interrupted (everything started was stopped)", file=sys.stderr)
+        return 130
+    print(results_json(results) if config.as_json else format_table(results))
     progress(f"done in {time.perf_counter() - wall:.1f} s wall time")
     return 0
 
