@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from starlette.concurrency import run_in_threadpool
 
@@ -12,6 +12,7 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
 from spotzee.analytics.sink import AnalyticsSink
 from spotzee.runtime.embedded import EmbeddedRuntime
+from spotzee.runtime.kafka.runtime import KafkaRuntime
 from spotzee.runtime.sink_loop import SinkLoop
 from spotzee.settings import Settings
 from spotzee.streams.contacts import ContactProcessor
@@ -26,6 +27,10 @@ class Sink(Protocol):
 
     last_error: str | None
 
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
     def alive(self) -> bool: ...
 
     @property
@@ -36,7 +41,7 @@ class Sink(Protocol):
 class Services:
     settings: Settings
     clock: Clock
-    runtime: Any  # EmbeddedRuntime | KafkaRuntime (spotzee.runtime.base.Runtime)
+    runtime: EmbeddedRuntime | KafkaRuntime
     clickhouse: ClickHouse
     analyst: ClickHouse  # read-only session for POST /api/v1/sql
     sink: Sink | None
@@ -73,19 +78,19 @@ class Services:
         else:
             sink = None
         tenancy = Tenancy(runtime, clock)
-        if hasattr(runtime, "on_definition"):
-            runtime.on_definition(tenancy.on_definition)
+        if not isinstance(runtime, EmbeddedRuntime):
+            runtime.on_definition(tenancy.on_definition)  # other API processes write definitions too
         return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy)
 
     async def start(self) -> None:
         if isinstance(self.runtime, EmbeddedRuntime):
-            assert isinstance(self.sink, SinkLoop)
-            self.sink.start()
+            if self.sink is not None:
+                self.sink.start()
             self.runtime.start()
         else:
             await self.runtime.start()
             if self.sink is not None:
-                self.sink.start()  # type: ignore[attr-defined]
+                self.sink.start()
         self.started = True
         log.info(
             "spotzee started: %s runtime, data dir %s, %d partitions",
@@ -99,11 +104,10 @@ class Services:
         if self.started:
             if isinstance(self.runtime, EmbeddedRuntime):
                 await run_in_threadpool(self.runtime.stop)
-                await run_in_threadpool(self.sink.stop)  # type: ignore[union-attr]
             else:
                 await self.runtime.stop()
-                if self.sink is not None:
-                    await run_in_threadpool(self.sink.stop)  # type: ignore[attr-defined]
+            if self.sink is not None:
+                await run_in_threadpool(self.sink.stop)
             self.started = False
         self.close()
 
@@ -125,10 +129,8 @@ class Services:
         }
 
 
-def _open_runtime(settings: Settings, clock: Clock) -> Any:
+def _open_runtime(settings: Settings, clock: Clock) -> EmbeddedRuntime | KafkaRuntime:
     if settings.runtime == "kafka":
-        from spotzee.runtime.kafka.runtime import KafkaRuntime
-
         return KafkaRuntime(settings, clock)
     processor = ContactProcessor(dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact)
     return EmbeddedRuntime(settings, processor, clock)
