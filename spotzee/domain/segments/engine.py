@@ -138,7 +138,7 @@ class Dependencies:
     def affected_by_attribute(self, path: str) -> bool:
         """A change at ``path`` (e.g. a ``FieldChange.path``) touches a path the rule reads, or a
         parent or child of it (``traits.address`` replaced; ``traits.address.city`` read)."""
-        changed = canonical_attribute_path(path)
+        changed = "traits" if path == "traits" else canonical_attribute_path(path)
         return any(_overlaps(changed, read) for read in self.attribute_paths)
 
 
@@ -350,7 +350,7 @@ class _RollingSum:
         return n > 0 and compare(self.check.op, exact_float(total / n), self.check.value)
 
     def breakpoints(self) -> list[datetime]:
-        return _expiries(self.times[:1], self.window)
+        return _expiries(self.times, self.window)
 
 
 @dataclass(frozen=True)
