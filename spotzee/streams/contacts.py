@@ -80,10 +80,7 @@ class ContactProcessor:
         if self._is_duplicate(ctx, key, record.message_id, now):
             return
         self._remember(ctx, record.project_id, record.contact_id, record.message_id, now)
-        alias = self._alias(ctx, key)
-        if alias is not None:
-            forwarded = record.model_copy(update={"forwarded_to": alias.merged_into})
-            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+        if self._forward_if_merged(ctx, key, record, "forwarded_to"):
             return
         contacts = ctx.table(CONTACTS)
         state = self._state(ctx, key)
@@ -135,10 +132,7 @@ class ContactProcessor:
 
     def _merge_in(self, ctx: Context, record: MergeIn) -> None:
         key = record_key(record)
-        alias = self._alias(ctx, key)
-        if alias is not None:
-            forwarded = record.model_copy(update={"target_id": alias.merged_into})
-            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+        if self._forward_if_merged(ctx, key, record, "target_id"):
             return
         target = self._state(ctx, key)
         if target is not None and record.source_id in target.anonymous_ids:
@@ -165,10 +159,7 @@ class ContactProcessor:
 
     def _patch(self, ctx: Context, record: ContactPatch) -> None:
         key = record_key(record)
-        alias = self._alias(ctx, key)
-        if alias is not None:
-            forwarded = record.model_copy(update={"id": alias.merged_into})
-            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+        if self._forward_if_merged(ctx, key, record, "id"):
             return
         now = ctx.clock.now()
         outcome = domain.apply_patch(
@@ -225,6 +216,17 @@ class ContactProcessor:
     def _state(self, ctx: Context, key: str) -> ContactState | None:
         raw = ctx.table(CONTACTS).get(key)
         return loads(ContactState, raw) if raw is not None else None
+
+    def _forward_if_merged(
+        self, ctx: Context, key: str, record: IngestedMessage | MergeIn | ContactPatch, field: str
+    ) -> bool:
+        """An id merged into another contact forwards its records there (``field`` names the target)."""
+        alias = self._alias(ctx, key)
+        if alias is None:
+            return False
+        forwarded = record.model_copy(update={field: alias.merged_into})
+        ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+        return True
 
     def _alias(self, ctx: Context, key: str) -> AliasState | None:
         raw = ctx.table(ALIASES).get(key)
