@@ -11,6 +11,7 @@ ReplacingMergeTree ids). See changelog.py for the replay rule.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from spotzee.runtime.context import BatchContext
 from spotzee.runtime.kafka.changelog import MARKER, Replay, changelog_key, marker_value
@@ -253,6 +255,31 @@ class Engine:
         await self._flush(store, ctx.batch.emits, changes, next_input_offset)
 
     async def _flush(
+        self, store: PartitionStore, emits: Sequence[Emit], changes: Changes, next_input_offset: int | None
+    ) -> None:
+        """Commit a batch; while the broker is away, retry the whole commit with a fresh producer.
+
+        Re-sending is safe: outputs are at-least-once, and changelog records only count once
+        their marker is written (the last step before the local write)."""
+        delay = 0.5
+        while True:
+            try:
+                await self.start()
+                await self._flush_once(store, emits, changes, next_input_offset)
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning("partition %d: commit failed (%s); retrying in %.1fs", store.partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                await self._replace_producer()
+
+    async def _replace_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+
+    async def _flush_once(
         self, store: PartitionStore, emits: Sequence[Emit], changes: Changes, next_input_offset: int | None
     ) -> None:
         await _all(

@@ -102,18 +102,36 @@ class KafkaRuntime:
 
     # -- appends -------------------------------------------------------------------------------
 
+    async def _healthy_producer(self) -> AIOKafkaProducer:
+        """The producer, replaced after a failure: a producer that lost the broker mid-request
+        can stay wedged (pending batches, idempotence sequence) after the broker returns."""
+        if self.producer is not None and self._last_send_error is None:
+            return self.producer
+        old, self.producer = self.producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), timeout=self.settings.kafka_request_timeout)
+        fresh = make_producer(self.settings)
+        try:
+            await asyncio.wait_for(fresh.start(), timeout=self.settings.kafka_request_timeout)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            raise LogUnavailable(f"Kafka unreachable at {self.settings.kafka_bootstrap}: {exc}") from exc
+        self.producer = fresh
+        return fresh
+
     async def append(self, records: list[tuple[str, bytes]]) -> list[Position]:
-        if self.producer is None or not self._accepting:
+        if not self._accepting:
             raise LogUnavailable("the log is not accepting writes")
         if self._lag[admin.PROCESSOR_GROUP] + len(records) > self.settings.inbound_max_backlog:
             raise Overloaded(
                 f"processing lag over {self.settings.inbound_max_backlog} records",
                 retry_after=self.settings.retry_after_seconds,
             )
+        producer = await self._healthy_producer()
         try:
-            futures = [
-                await self.producer.send(self.events_topic, value=value, key=key.encode()) for key, value in records
-            ]
+            futures = [await producer.send(self.events_topic, value=value, key=key.encode()) for key, value in records]
             metadata = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout)
         except (KafkaError, TimeoutError) as exc:
             self._last_send_error = f"{type(exc).__name__}: {exc}"
