@@ -62,8 +62,8 @@ def _ssl_files(settings: Settings) -> dict[str, Path]:
     return {name: path for name, path in files.items() if path is not None}
 
 
-def kafka_python_config(settings: Settings) -> dict[str, Any]:
-    """Connection keyword arguments for kafka-python (``KafkaAdminClient``, ``KafkaConsumer``, ...)."""
+def _connection(settings: Settings) -> dict[str, Any]:
+    """What kafka-python and aiokafka name alike: servers, protocol, SASL (TLS differs)."""
     config: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers(settings),
         "security_protocol": settings.kafka_security_protocol,
@@ -71,6 +71,12 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
     if uses_sasl(settings):
         mechanism, username, password = _sasl(settings)
         config.update(sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password)
+    return config
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """Connection keyword arguments for kafka-python (``KafkaAdminClient``, ``KafkaConsumer``, ...)."""
+    config = _connection(settings)
     if uses_ssl(settings):
         config.update({f"ssl_{name}": str(path) for name, path in _ssl_files(settings).items()})
     return config
@@ -93,13 +99,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
 
 def aiokafka_config(settings: Settings) -> dict[str, Any]:
     """Connection keyword arguments for aiokafka (``AIOKafkaProducer``, ``AIOKafkaConsumer``)."""
-    config: dict[str, Any] = {
-        "bootstrap_servers": bootstrap_servers(settings),
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if uses_sasl(settings):
-        mechanism, username, password = _sasl(settings)
-        config.update(sasl_mechanism=mechanism, sasl_plain_username=username, sasl_plain_password=password)
+    config = _connection(settings)
     if uses_ssl(settings):
         config["ssl_context"] = ssl_context(settings)
     return config
