@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,12 @@ from spotzee.runtime.sink_loop import SinkLoop
 from spotzee.settings import Settings
 from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.segments import SegmentRegistry
 from spotzee.tenancy import Tenancy
+
+if TYPE_CHECKING:
+    from spotzee.lists import Lists
+    from spotzee.segments import Segments
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +51,20 @@ class Services:
     analyst: ClickHouse  # read-only session for POST /api/v1/sql
     sink: Sink | None
     tenancy: Tenancy
+    segments: Segments
+    lists: Lists
     started: bool = field(default=False)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None, *, run_sink: bool = True) -> Services:
+        from spotzee.lists import Lists
+        from spotzee.segments import Segments
+
         clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        runtime = _open_runtime(settings, clock)
+        registry = SegmentRegistry()
+        runtime = _open_runtime(settings, clock, registry)
+        registry.load(runtime.scan_definitions("segment/"))
         try:
             clickhouse = ClickHouse.from_settings(settings)
             migrate(clickhouse)
@@ -80,7 +92,10 @@ class Services:
         tenancy = Tenancy(runtime, clock)
         if not isinstance(runtime, EmbeddedRuntime):
             runtime.on_definition(tenancy.on_definition)  # other API processes write definitions too
-        return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy)
+            runtime.on_definition(registry.on_definition)
+        segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
+        lists = Lists(runtime, clock, tenancy, segments)
+        return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy, segments, lists)
 
     async def start(self) -> None:
         if isinstance(self.runtime, EmbeddedRuntime):
@@ -92,6 +107,7 @@ class Services:
             if self.sink is not None:
                 self.sink.start()
         self.started = True
+        self.segments.resume()
         log.info(
             "spotzee started: %s runtime, data dir %s, %d partitions",
             self.settings.runtime,
@@ -102,6 +118,7 @@ class Services:
     async def stop(self) -> None:
         """Graceful: drain appends and processing, flush the sink, close stores."""
         if self.started:
+            await self.segments.stop()
             if isinstance(self.runtime, EmbeddedRuntime):
                 await run_in_threadpool(self.runtime.stop)
             else:
@@ -129,8 +146,10 @@ class Services:
         }
 
 
-def _open_runtime(settings: Settings, clock: Clock) -> EmbeddedRuntime | KafkaRuntime:
+def _open_runtime(settings: Settings, clock: Clock, registry: SegmentRegistry) -> EmbeddedRuntime | KafkaRuntime:
     if settings.runtime == "kafka":
         return KafkaRuntime(settings, clock)
-    processor = ContactProcessor(dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact)
+    processor = ContactProcessor(
+        dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact, segments=registry
+    )
     return EmbeddedRuntime(settings, processor, clock)

@@ -42,6 +42,17 @@ class Settings(BaseSettings):
         default=timedelta(hours=24), description="messageId dedupe window: seconds, or ISO 8601 (PT24H)."
     )
     recent_events_per_contact: int = Field(default=20, ge=0, le=500)
+    topic_retention_records: int = Field(
+        default=1_000_000,
+        ge=1000,
+        description="Embedded runtime: records kept per output topic (segment-changes) for its consumers.",
+    )
+    segment_backfill_chunk: int = Field(
+        default=1000, ge=1, le=100_000, description="Past events per backfill record of one contact."
+    )
+    segment_backfill_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds a backfill step may wait for processing or the sink."
+    )
 
     clickhouse_dsn: str | None = Field(
         default=None, description="chdb:///path or http(s)://host:port; default chdb://<data_dir>/clickhouse"

@@ -249,7 +249,7 @@ class Tenancy:
     # -- audit of data actions (contacts) ---------------------------------------------------
 
     def audit(self, actor: ApiKey, action: str, target: str, project_id: str, before: Any, after: Any) -> None:
-        row = self._audit_row(actor.id, action, target, project_id, actor.organisation_id, before, after)
+        row = self.audit_row(actor.id, action, target, project_id, actor.organisation_id, before, after)
         self.runtime.put_definitions([], [dumps(row)])
 
     # -- internals ----------------------------------------------------------------------------
@@ -279,12 +279,12 @@ class Tenancy:
         before: Any,
         after: Any,
     ) -> None:
-        row = self._audit_row(actor_id, action, target, project_id, organisation_id, before, after)
+        row = self.audit_row(actor_id, action, target, project_id, organisation_id, before, after)
         self.runtime.put_definitions([(f"{item.type}/{item.id}", dumps(item)) for item in items], [dumps(row)])
         for item in items:
             self._remember(item)
 
-    def _audit_row(
+    def audit_row(
         self, actor_id: str, action: str, target: str, project_id: str, organisation_id: str, before: Any, after: Any
     ) -> AuditRow:
         return AuditRow(

@@ -34,6 +34,7 @@ from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.segments import SegmentRegistry
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,18 @@ def _app(settings: Settings, app_id: str) -> faust.App:
 def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple[faust.App, Engine]:
     app = _app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP))
     events_name = admin.topic_name(settings, topics.EVENTS)
+    # Definitions (projects, keys, segments; later journeys, templates) in every worker. Segment
+    # definitions are loaded before any record is processed; barriers in the stream and the
+    # follower bring later ones.
+    definitions = DefinitionsReplica(settings)
+    definitions.load()
+    registry = SegmentRegistry()
+    registry.load(definitions.scan("segment/"))
+    definitions.listeners.append(registry.on_definition)
     engine = Engine(
-        ContactProcessor(dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact),
+        ContactProcessor(
+            dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact, segments=registry
+        ),
         clock or SystemClock(),
         settings.data_dir / "kafka-state" / settings.worker_id,
         lambda: make_producer(settings),
@@ -75,13 +86,10 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
     )
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-    # Definitions (projects, keys; later segments, journeys, templates) in every worker.
-    definitions = DefinitionsReplica(settings)
     engine.definitions = definitions
 
     async def follow_definitions() -> None:
-        count = await asyncio.to_thread(definitions.load)
-        log.info("definitions loaded: %d", count)
+        log.info("definitions loaded: %d", len(definitions.items))
         await definitions.follow()
 
     app.task(follow_definitions)

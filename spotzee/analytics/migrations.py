@@ -123,6 +123,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "segment membership history",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS segment_changes (
+                project_id LowCardinality(String),
+                segment_id LowCardinality(String),
+                contact_id String,
+                version UInt32,
+                change LowCardinality(String),
+                at DateTime64(3, 'UTC'),
+                cause String,
+                change_id String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(at)
+            ORDER BY (project_id, segment_id, at, contact_id, change_id)
+            SETTINGS {DEDUP}
+            """,
+        ),
+    ),
 )
 
 

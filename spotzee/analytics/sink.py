@@ -23,6 +23,7 @@ from spotzee.schemas.analytics import (
     DeadLetterRow,
     EraseHistory,
     EventRow,
+    SegmentChangeRow,
 )
 
 TABLES: dict[type, str] = {
@@ -31,6 +32,7 @@ TABLES: dict[type, str] = {
     AliasRow: "contact_aliases",
     AuditRow: "audit_log",
     DeadLetterRow: "dead_letters",
+    SegmentChangeRow: "segment_changes",
 }
 MUTATIONS = (EraseHistory,)
 
@@ -93,6 +95,7 @@ class AnalyticsSink:
                 "DELETE FROM contact_aliases WHERE project_id = {p:String} AND "
                 "(alias_id IN {ids:Array(String)} OR contact_id IN {ids:Array(String)})",
                 "DELETE FROM dead_letters WHERE project_id = {p:String} AND key IN {keys:Array(String)}",
+                "DELETE FROM segment_changes WHERE project_id = {p:String} AND contact_id IN {ids:Array(String)}",
             )
             for statement in statements:
                 self.clickhouse.command(statement, parameters=erase)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from spotzee.api import contacts, errors, health, ingest, sql, tenancy
+from spotzee.api import contacts, errors, health, ingest, lists, segments, sql, tenancy
 from spotzee.api.metrics import Metrics
 from spotzee.schemas.events import MESSAGE_TYPES
 from spotzee.services import Services
@@ -49,6 +49,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
             metrics.ingest_requests.labels(endpoint=label, status=str(response.status_code)).inc()
         return response
 
-    for router in (ingest.router, contacts.router, tenancy.router, sql.router, health.router):
+    for router in (
+        ingest.router,
+        contacts.router,
+        segments.router,
+        lists.router,
+        tenancy.router,
+        sql.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

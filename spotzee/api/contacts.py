@@ -15,6 +15,7 @@ from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, NotFound
 from spotzee.schemas.contacts import AliasState, ContactPublic, ContactState, ContactUpdate
 from spotzee.schemas.records import ContactErase, ContactPatch, record_key
+from spotzee.schemas.segments import ContactSegmentPublic, ContactSegmentsPublic
 from spotzee.services import Services
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import ALIASES, CONTACTS, contact_key
@@ -42,6 +43,17 @@ def _existing(services: Services, project_id: str, contact_id: str) -> ContactSt
     if state is None:
         raise NotFound(f"contact {contact_id} not found")
     return state
+
+
+@router.get("/{contact_id:path}/segments", response_model=ContactSegmentsPublic)
+async def contact_segments(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> ContactSegmentsPublic:
+    """The segments the contact is in now (an id ending in ``/segments`` can't be read here)."""
+    contact = _existing(services, key.project_id or "", contact_id)
+    items = [
+        ContactSegmentPublic(id=d.id, name=d.name, since=m.since, version=m.version)
+        for d, m in services.segments.of_contact(contact)
+    ]
+    return ContactSegmentsPublic(items=items)
 
 
 @router.get("/{contact_id:path}", response_model=ContactPublic)

@@ -29,9 +29,18 @@ class Runtime(Protocol):
         Raises Overloaded over the inbound bound, LogUnavailable when the log can't take writes.
         """
 
+    async def broadcast(self, key: str, value: bytes) -> list[Position]:
+        """Append one control record to every partition of ``events``."""
+
     async def wait_processed(self, positions: list[Position], timeout: float) -> bool: ...
 
+    async def wait_sink(self, timeout: float) -> bool:
+        """Wait until ClickHouse holds every analytics row emitted before the call."""
+
     def read(self, table: str, key: str) -> bytes | None: ...
+
+    def scan(self, table: str, prefix: str, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """Rows of a processor table whose key starts with ``prefix``, in key order (after ``after``)."""
 
     def processing_lag(self) -> int: ...
 

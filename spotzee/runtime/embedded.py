@@ -35,6 +35,8 @@ from spotzee.runtime.rocks import (
     TABLE_PREFIX,
     TIMER_INDEX,
     TIMERS,
+    TOPICS,
+    U16,
     U64,
     RocksDB,
     decode_log_value,
@@ -76,6 +78,7 @@ class EmbeddedRuntime:
         self.committed = [self.db.get_u64(_committed_key(p)) for p in range(self.partitions)]
         self.next_offset = [self._recover_next_offset(p) for p in range(self.partitions)]
         self.outbox_next = self.db.get_u64(OUTBOX_NEXT)
+        self.topic_next: dict[str, int] = {}
         self.wakeup = threading.Condition()
         self.outbox_wakeup = threading.Event()
         self._appends: queue.Queue[tuple[list[tuple[str, bytes]], concurrent.futures.Future[list[Position]]]] = (
@@ -199,6 +202,38 @@ class EmbeddedRuntime:
         self.next_offset = next_offset
         return positions
 
+    async def broadcast(self, key: str, value: bytes) -> list[Position]:
+        """Append one record to every partition (a control record, e.g. a segment barrier)."""
+        if not self._accepting or self.db.closed:
+            raise LogUnavailable("the log is not accepting writes")
+
+        def write() -> list[Position]:
+            with self.commit_lock:
+                batch = self.db.batch()
+                positions = []
+                for partition in range(self.partitions):
+                    offset = self.next_offset[partition]
+                    batch.put(LOG_KEY.pack(partition, offset), encode_log_value(key, value), self.db.handle(LOG))
+                    positions.append(Position(partition, offset))
+                self.db.write(batch)
+                self.next_offset = [n + 1 for n in self.next_offset]
+            with self.wakeup:
+                self.wakeup.notify_all()
+            return positions
+
+        return await asyncio.to_thread(write)
+
+    async def wait_sink(self, timeout: float) -> bool:
+        """Wait until ClickHouse holds every analytics row emitted so far."""
+        target = self.outbox_next
+        deadline = time.monotonic() + timeout
+        self.outbox_wakeup.set()
+        while time.monotonic() < deadline:
+            if self.sink_offset_reader is None or self.sink_offset_reader() >= target:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
     async def wait_processed(self, positions: list[Position], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -308,11 +343,40 @@ class EmbeddedRuntime:
             elif topic in (topics.ANALYTICS, topics.DEAD_LETTER):
                 batch.put(U64.pack(outbox_next), value, outbox_handle)
                 outbox_next += 1
+            elif topic == topics.SEGMENT_CHANGES:
+                self._stage_topic_record(batch, topic, value)
             else:
                 raise SpotzeeError(f"topic {topic!r} is not bound in the embedded runtime")
         if outbox_next != self.outbox_next:
             batch.put(OUTBOX_NEXT, U64.pack(outbox_next), self.db.handle(META))
         return next_offset, outbox_next
+
+    def _stage_topic_record(self, batch: WriteBatch, topic: str, value: bytes) -> None:
+        """Must hold commit_lock. Appends to a retained topic (``TOPICS``): the last
+        ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
+        seq = self.topic_next.get(topic)
+        if seq is None:
+            seq = self.db.get_u64(b"topic_next/" + topic.encode())
+        prefix = U16.pack(len(topic)) + topic.encode()
+        handle = self.db.handle(TOPICS)
+        batch.put(prefix + U64.pack(seq), value, handle)
+        retention = self.settings.topic_retention_records
+        if seq >= retention and seq % 1000 == 0:
+            batch.delete_range(prefix + U64.pack(0), prefix + U64.pack(seq - retention + 1), handle)
+        self.topic_next[topic] = seq + 1
+        batch.put(b"topic_next/" + topic.encode(), U64.pack(seq + 1), self.db.handle(META))
+
+    def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Records of a retained topic from sequence ``start`` (what a future consumer reads)."""
+        prefix = U16.pack(len(topic)) + topic.encode()
+        it = self.db.cf(TOPICS).iter()
+        it.seek(prefix + U64.pack(start))
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            yield U64.unpack_from(key, len(prefix))[0], bytes(it.value())
+            it.next()
 
     def _stage_timers(self, batch: WriteBatch, ctx: BatchContext) -> None:
         timers, index = self.db.handle(TIMERS), self.db.handle(TIMER_INDEX)
@@ -365,8 +429,8 @@ class EmbeddedRuntime:
         value = self.db.cf(TABLE_PREFIX + table).get(key.encode())
         return None if value is None else bytes(value)
 
-    def scan(self, table: str, prefix: str) -> Iterator[tuple[str, bytes]]:
-        return self.db.scan_prefix(TABLE_PREFIX + table, prefix)
+    def scan(self, table: str, prefix: str, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+        return self.db.scan_prefix(TABLE_PREFIX + table, prefix, after)
 
     def processing_lag(self) -> int:
         return sum(n - c for n, c in zip(self.next_offset, self.committed, strict=True))

@@ -17,9 +17,10 @@ OUTBOX = "outbox"  # seq u64 -> analytics record (what the ClickHouse sink has n
 TIMERS = "timers"  # (due_ms u64, timer_id) -> topic_len u16 | topic | key_len u32 | key | value
 TIMER_INDEX = "timer_index"  # timer_id -> due key
 DEFINITIONS = "definitions"  # kind/id -> definition JSON (the compacted `definitions` topic's model)
+TOPICS = "topics"  # (topic_len u16 | topic | seq u64) -> record: topics with no consumer in this process yet
 TABLE_PREFIX = "t_"  # one column family per processor table
 
-BASE_FAMILIES = (LOG, META, OUTBOX, TIMERS, TIMER_INDEX, DEFINITIONS)
+BASE_FAMILIES = (LOG, META, OUTBOX, TIMERS, TIMER_INDEX, DEFINITIONS, TOPICS)
 
 U64 = struct.Struct(">Q")
 LOG_KEY = struct.Struct(">HQ")
@@ -68,15 +69,17 @@ class RocksDB:
         except Exception as exc:  # rocksdict raises plain exceptions for I/O errors
             raise LogUnavailable(f"log write failed: {exc}") from exc
 
-    def scan_prefix(self, name: str, prefix: str) -> Iterator[tuple[str, bytes]]:
-        """Entries of a column family whose (UTF-8) key starts with ``prefix``, in key order."""
+    def scan_prefix(self, name: str, prefix: str, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """Entries of a column family whose (UTF-8) key starts with ``prefix``, in key order;
+        with ``after``, only keys greater than it (a page cursor)."""
         it = self._cfs[name].iter()
-        it.seek(prefix.encode())
+        it.seek((after if after is not None and after > prefix else prefix).encode())
         while it.valid():
             key = bytes(it.key()).decode()
             if not key.startswith(prefix):
                 break
-            yield key, bytes(it.value())
+            if after is None or key > after:
+                yield key, bytes(it.value())
             it.next()
 
     def stage(self, batch: WriteBatch, name: str, key: bytes, value: bytes | None) -> None:

@@ -79,6 +79,20 @@ class DeadLetterRow(Model):
     at: UTCDateTime
 
 
+class SegmentChangeRow(Model):
+    """History of segment membership (``segment_changes``): one row per entered/exited."""
+
+    type: Literal["segment_membership"] = "segment_membership"
+    project_id: str
+    segment_id: str
+    contact_id: str
+    version: int
+    change: str  # entered | exited
+    at: UTCDateTime
+    cause: str
+    change_id: str
+
+
 class EraseHistory(Model):
     """Delete every history row of these contact ids (GDPR erase)."""
 
@@ -88,12 +102,12 @@ class EraseHistory(Model):
 
 
 AnalyticsRecord = Annotated[
-    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | EraseHistory,
+    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | SegmentChangeRow | EraseHistory,
     Field(discriminator="type"),
 ]
 analytics_record_adapter: TypeAdapter[AnalyticsRecord] = TypeAdapter(AnalyticsRecord)
 
-ROW_TYPES = ("event", "contact_change", "alias", "audit", "dead_letter")
+ROW_TYPES = ("event", "contact_change", "alias", "audit", "dead_letter", "segment_membership")
 
 
 class SqlQuery(Model):

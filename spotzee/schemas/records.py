@@ -13,6 +13,7 @@ from pydantic import Field, TypeAdapter
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.events import SegmentMessage
+from spotzee.schemas.segments import ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
 
 
 class IngestedMessage(Model):
@@ -54,6 +55,7 @@ class MergeIn(Model):
     target_id: str
     source_state: ContactState | None
     merged_at: UTCDateTime
+    source_segments: str | None = Field(default=None, description="The source's segment state (JSON).")
 
     @property
     def contact_id(self) -> str:
@@ -106,7 +108,16 @@ class DedupeSweep(Model):
 
 
 EventsRecord = Annotated[
-    IngestedMessage | MergeRequest | MergeIn | ContactPatch | ContactErase | DedupeSweep,
+    IngestedMessage
+    | MergeRequest
+    | MergeIn
+    | ContactPatch
+    | ContactErase
+    | DedupeSweep
+    | SegmentBarrier
+    | SegmentRefresh
+    | SegmentWake
+    | ListMembership,
     Field(discriminator="type"),
 ]
 events_record_adapter: TypeAdapter[EventsRecord] = TypeAdapter(EventsRecord)

@@ -4,8 +4,9 @@ Input: the ``events`` topic (key ``project:contact``). Tables:
 - ``contacts``: ContactState per contact key;
 - ``aliases``: AliasState at ids merged into another contact (later records are forwarded);
 - ``dedupe``: ``<contact key>\\x00<messageId>`` -> first-seen time, swept by a per-contact timer.
+- segment tables (``streams.segments``): per-contact segment state, current segment and list members.
 Outputs: ``analytics`` rows and history mutations; ``events`` records to other contacts
-(merge requests, forwarded messages, cascaded erasures).
+(merge requests, forwarded messages, cascaded erasures); ``segment-changes``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from spotzee.domain import contacts as domain
 from spotzee.domain.events import effective_timestamp
 from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
 from spotzee.schemas.contacts import AliasState, ContactState, FieldChange
-from spotzee.schemas.events import IdentifyMessage, event_name
+from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name
 from spotzee.schemas.records import (
     ContactErase,
     ContactPatch,
@@ -33,9 +34,12 @@ from spotzee.schemas.records import (
     events_record_adapter,
     record_key,
 )
+from spotzee.schemas.segments import HistoryFact, ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
 from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.interface import Context
+from spotzee.streams.segments import TABLES as SEGMENT_TABLES
+from spotzee.streams.segments import SegmentMemberships, SegmentRegistry
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +55,13 @@ def contact_key(project_id: str, contact_id: str) -> str:
 
 class ContactProcessor:
     topic = topics.EVENTS
-    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE)
+    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE, *SEGMENT_TABLES)
 
-    def __init__(self, *, dedupe_window: timedelta, recent_limit: int) -> None:
+    def __init__(self, *, dedupe_window: timedelta, recent_limit: int, segments: SegmentRegistry | None = None) -> None:
         self.dedupe_window = dedupe_window
         self.recent_limit = recent_limit
+        self.registry = segments or SegmentRegistry()
+        self.segments = SegmentMemberships(self.registry)
 
     def process(self, ctx: Context, key: str, value: bytes) -> None:
         record: EventsRecord = events_record_adapter.validate_json(value)
@@ -71,6 +77,15 @@ class ContactProcessor:
             self._erase(ctx, record)
         elif isinstance(record, DedupeSweep):
             self._sweep(ctx, record)
+        elif isinstance(record, SegmentBarrier):
+            self.registry.apply(record.definition)
+        elif isinstance(record, SegmentRefresh):
+            # An id merged away has no state: its refresh is dropped (the backfill lists the target).
+            self.segments.refresh(ctx, self._state(ctx, record_key(record)), record)
+        elif isinstance(record, SegmentWake):
+            self.segments.wake(ctx, self._state(ctx, record_key(record)), record)
+        elif isinstance(record, ListMembership):
+            self._list_membership(ctx, record)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -102,6 +117,25 @@ class ContactProcessor:
         ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
         source = "identify" if isinstance(record.message, IdentifyMessage) else record.message.type
         self._emit_changes(ctx, record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+        message = record.message
+        fact = (
+            HistoryFact(
+                message_id=record.message_id,
+                name=message.event,
+                timestamp=effective_timestamp(message, record.received_at),
+                properties=message.properties,
+            )
+            if isinstance(message, TrackMessage)
+            else None
+        )
+        self.segments.after_message(
+            ctx,
+            outcome.state,
+            is_new=state is None,
+            fact=fact,
+            changes=outcome.changes,
+            cause=f"event:{record.message_id}",
+        )
 
     def _merge_request(self, ctx: Context, record: MergeRequest) -> None:
         key = record_key(record)
@@ -117,6 +151,7 @@ class ContactProcessor:
             return
         state = self._state(ctx, key)
         ctx.table(CONTACTS).delete(key)
+        source_segments = self.segments.leave(ctx, record.project_id, record.source_id, f"merged:{record.target_id}")
         merged = AliasState(
             project_id=record.project_id, id=record.source_id, merged_into=record.target_id, merged_at=ctx.clock.now()
         )
@@ -127,6 +162,7 @@ class ContactProcessor:
             target_id=record.target_id,
             source_state=state,
             merged_at=merged.merged_at,
+            source_segments=source_segments.decode() if source_segments is not None else None,
         )
         ctx.emit(topics.EVENTS, record_key(hand_over), dumps(hand_over))
 
@@ -156,6 +192,8 @@ class ContactProcessor:
             row = AliasRow(project_id=pid, alias_id=alias_id, contact_id=record.target_id, merged_at=record.merged_at)
             ctx.emit(topics.ANALYTICS, key, dumps(row))
         self._emit_changes(ctx, pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
+        source_segments = record.source_segments.encode() if record.source_segments is not None else None
+        self.segments.after_merge(ctx, outcome.state, source_segments, record.source_id, outcome.changes)
 
     def _patch(self, ctx: Context, record: ContactPatch) -> None:
         key = record_key(record)
@@ -167,6 +205,27 @@ class ContactProcessor:
         )
         ctx.table(CONTACTS).set(key, dumps(outcome.state))
         self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
+        self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
+
+    def _list_membership(self, ctx: Context, record: ListMembership) -> None:
+        key = record_key(record)
+        if self._forward_if_merged(ctx, key, record, "id"):
+            return
+        state = self._state(ctx, key)
+        if state is None and not record.member:
+            return  # removing a contact that doesn't exist: nothing to do
+        now = ctx.clock.now()
+        if state is None or record.traits:
+            outcome = domain.apply_patch(
+                state, record.traits, project_id=record.project_id, contact_id=record.id, now=now
+            )
+            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "import", record.request_id)
+            self.segments.after_change(ctx, outcome.state, outcome.changes, f"import:{record.request_id}")
+            contact = outcome.state
+        else:
+            contact = state
+        self.segments.list_membership(ctx, contact, record.list_id, record.member, is_new=state is None)
 
     def _erase(self, ctx: Context, record: ContactErase) -> None:
         key = record_key(record)
@@ -176,6 +235,7 @@ class ContactProcessor:
         ):
             return  # this id belongs to someone else (or was never merged): not ours to erase
         state = self._state(ctx, key)
+        self.segments.leave(ctx, record.project_id, record.id, "erased")
         ctx.table(CONTACTS).delete(key)
         ctx.table(ALIASES).delete(key)
         dedupe = ctx.table(DEDUPE)
@@ -218,7 +278,11 @@ class ContactProcessor:
         return loads(ContactState, raw) if raw is not None else None
 
     def _forward_if_merged(
-        self, ctx: Context, key: str, record: IngestedMessage | MergeIn | ContactPatch, field: str
+        self,
+        ctx: Context,
+        key: str,
+        record: IngestedMessage | MergeIn | ContactPatch | ListMembership,
+        field: str,
     ) -> bool:
         """An id merged into another contact forwards its records there (``field`` names the target)."""
         alias = self._alias(ctx, key)

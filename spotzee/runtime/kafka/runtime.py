@@ -139,6 +139,35 @@ class KafkaRuntime:
         self._last_send_error = None
         return [Position(m.partition, m.offset) for m in metadata]
 
+    async def broadcast(self, key: str, value: bytes) -> list[Position]:
+        """Append one record to every partition of ``events`` (a control record: segment barrier)."""
+        if not self._accepting:
+            raise LogUnavailable("the log is not accepting writes")
+        producer = await self._healthy_producer()
+        try:
+            futures = [
+                await producer.send(self.events_topic, value=value, key=key.encode(), partition=p)
+                for p in range(self.partitions)
+            ]
+            metadata = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout)
+        except (KafkaError, TimeoutError) as exc:
+            self._last_send_error = f"{type(exc).__name__}: {exc}"
+            raise LogUnavailable(f"the broker did not acknowledge the record: {self._last_send_error}") from exc
+        return [Position(m.partition, m.offset) for m in metadata]
+
+    async def wait_sink(self, timeout: float) -> bool:
+        """Wait until the sink group has committed every analytics record produced so far."""
+        deadline = time.monotonic() + timeout
+        rows = await asyncio.to_thread(admin.consumer_lag, self.settings, [admin.SINK_GROUP])
+        targets = {(r.topic, r.partition): r.end for r in rows}
+        while time.monotonic() < deadline:
+            rows = await asyncio.to_thread(admin.consumer_lag, self.settings, [admin.SINK_GROUP])
+            committed = {(r.topic, r.partition): r.committed for r in rows}
+            if all(committed.get(tp, 0) >= end for tp, end in targets.items()):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
     async def wait_processed(self, positions: list[Position], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -152,6 +181,9 @@ class KafkaRuntime:
     def read(self, table: str, key: str) -> bytes | None:
         value = self.replica.cf(TABLE_PREFIX + table).get(key.encode())
         return None if value is None else bytes(value)
+
+    def scan(self, table: str, prefix: str, after: str | None = None) -> Iterator[tuple[str, bytes]]:
+        return self.replica.scan_prefix(TABLE_PREFIX + table, prefix, after)
 
     async def _follow_replica(self) -> None:
         consumer = AIOKafkaConsumer(
