@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import secrets
 from collections import defaultdict
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 _definition = TypeAdapter[SegmentDefinition | ListDefinition](SegmentDefinition | ListDefinition)
 REFRESH_BATCH = 500
+_CURSOR = re.compile(r"[A-Za-z0-9_-]+")
 CONTACTS_PER_QUERY = 2000
 
 
@@ -74,6 +76,8 @@ def encode_cursor(contact_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
+        if not _CURSOR.fullmatch(cursor):
+            raise binascii.Error("not URL-safe base64")
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidInput(

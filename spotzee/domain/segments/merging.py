@@ -82,7 +82,7 @@ def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> 
             return LatestSlot.model_construct(at=at[max(len(at) - tracker.keep, 0) :])
         case ValuesSlot(), ValuesSlot():
             entries = merge(a.entries, b.entries, key=_entry_time)
-            if tracker.kind == "sum":
+            if tracker.kind != "max":
                 return ValuesSlot.model_construct(entries=list(entries))
             return ValuesSlot.model_construct(entries=_monotonic_queue(entries, tracker))
     raise ValueError(f"cannot merge slots of kinds {a.kind!r} and {b.kind!r} for tracker {tracker.key}")
