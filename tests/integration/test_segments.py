@@ -112,7 +112,10 @@ SCENARIOS = [
             "type": "all",
             "rules": [
                 {"type": "attribute", "path": "plan", "op": "exists"},
-                {"type": "none", "rules": [{"type": "event", "name": "login", "within": {"last": 4, "unit": "second"}}]},
+                {
+                    "type": "none",
+                    "rules": [{"type": "event", "name": "login", "within": {"last": 4, "unit": "second"}}],
+                },
             ],
         },
         steps=[
@@ -130,7 +133,11 @@ SCENARIOS = [
         {
             "type": "any",
             "rules": [
-                {"type": "event", "name": "purchase", "aggregate": {"fn": "sum", "property": "amount", "op": "gte", "value": 100}},
+                {
+                    "type": "event",
+                    "name": "purchase",
+                    "aggregate": {"fn": "sum", "property": "amount", "op": "gte", "value": 100},
+                },
                 {"type": "event", "name": "visit", "last_occurred": {"op": "more_than", "value": 3, "unit": "second"}},
             ],
         },
@@ -170,7 +177,8 @@ def create_segment(stack: Stack, rule: dict[str, Any], name: str = "s") -> dict[
     response = stack.project.post("/api/v1/segments", json={"name": name, "rule": rule})
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
-    assert body["status"] in ("building", "ready") and body["id"]
+    assert body["status"] in ("building", "ready")
+    assert body["id"]
     wait_ready(stack, body["id"])
     return body
 
@@ -267,9 +275,16 @@ def test_editing_creates_a_version_and_emits_the_diff(stack: Stack) -> None:
     assert stack.project.get(f"/api/v1/segments/{sid}/count").json() == {"count": 1, "status": "ready", "version": 2}
     stack.settle()
     rows = stack.sql(
-        f"SELECT contact_id, change, version FROM segment_changes FINAL WHERE segment_id = '{sid}' ORDER BY version, contact_id"
+        "SELECT contact_id, change, version FROM segment_changes FINAL "
+        f"WHERE segment_id = '{sid}' ORDER BY version, contact_id"
     )
-    assert rows == [["a", "entered", 1], ["b", "entered", 1], ["a", "exited", 2], ["b", "exited", 2], ["c", "entered", 2]]
+    assert rows == [
+        ["a", "entered", 1],
+        ["b", "entered", 1],
+        ["a", "exited", 2],
+        ["b", "exited", 2],
+        ["c", "entered", 2],
+    ]
 
 
 def test_lists_and_segment_references(stack: Stack) -> None:
@@ -279,7 +294,8 @@ def test_lists_and_segment_references(stack: Stack) -> None:
     list_id = created.json()["id"]
     csv = "id,email,plan\nv1,v1@example.com,pro\nv2,not-an-email,pro\n,x@example.com,free\nv3,,free\n"
     result = project.post(f"/api/v1/lists/{list_id}/import", content=csv, headers={"content-type": "text/csv"}).json()
-    assert result["accepted"] == 2 and result["rejected"] == 2
+    assert result["accepted"] == 2
+    assert result["rejected"] == 2
     assert [(e["row"], e["field"]) for e in result["errors"]] == [(2, "email"), (3, "id")]
     assert project.get("/api/v1/contacts/v1").json()["email"] == "v1@example.com"  # created by the import
     assert project.get("/api/v1/contacts/v2").status_code == 404  # the bad row changed nothing
@@ -303,7 +319,8 @@ def test_lists_and_segment_references(stack: Stack) -> None:
     stack.ingest.post("/v1/identify", json={"userId": "v4", "traits": {"plan": "free"}})  # leaves pro -> vip pro
     wait_until(lambda: members(stack, vip_pro["id"]) == {"v1"})
     export = project.get(f"/api/v1/lists/{list_id}/export").text.splitlines()
-    assert export[0] == "id,since" and [line.split(",")[0] for line in export[1:]] == ["v1", "v3", "v4"]
+    assert export[0] == "id,since"
+    assert [line.split(",")[0] for line in export[1:]] == ["v1", "v3", "v4"]
 
     refused = project.delete(f"/api/v1/segments/{pro['id']}")
     assert refused.status_code == 409
@@ -311,9 +328,12 @@ def test_lists_and_segment_references(stack: Stack) -> None:
     assert project.delete(f"/api/v1/lists/{list_id}").status_code == 409  # used by vip pro
     assert project.delete(f"/api/v1/segments/{vip_pro['id']}").status_code == 204
     assert project.get(f"/api/v1/segments/{vip_pro['id']}").status_code == 404
-    wait_until(lambda: project.get("/api/v1/contacts/v1/segments").json()["items"] != [] and all(
-        i["id"] != vip_pro["id"] for i in project.get("/api/v1/contacts/v1/segments").json()["items"]
-    ))
+    wait_until(
+        lambda: (
+            project.get("/api/v1/contacts/v1/segments").json()["items"] != []
+            and all(i["id"] != vip_pro["id"] for i in project.get("/api/v1/contacts/v1/segments").json()["items"])
+        )
+    )
     assert project.delete(f"/api/v1/segments/{pro['id']}").status_code == 204
 
 
@@ -321,15 +341,25 @@ def test_bad_rules_and_cycles_are_rejected_with_their_path(stack: Stack) -> None
     project = stack.project
     bad = project.post(
         "/api/v1/segments",
-        json={"name": "x", "rule": {"type": "all", "rules": [{"type": "event", "name": "p", "count": {"op": "most", "value": 1}}]}},
+        json={
+            "name": "x",
+            "rule": {"type": "all", "rules": [{"type": "event", "name": "p", "count": {"op": "most", "value": 1}}]},
+        },
     )
     assert bad.status_code == 400
-    assert any(d["path"].endswith("rules[0].count.op") or "count.op" in d["path"] for d in bad.json()["error"]["details"])
-    unknown = project.post("/api/v1/segments", json={"name": "x", "rule": {"type": "segment", "segment_id": "seg_nope"}})
-    assert unknown.status_code == 400 and "seg_nope" in unknown.json()["error"]["message"]
+    assert any(
+        d["path"].endswith("rules[0].count.op") or "count.op" in d["path"] for d in bad.json()["error"]["details"]
+    )
+    unknown = project.post(
+        "/api/v1/segments", json={"name": "x", "rule": {"type": "segment", "segment_id": "seg_nope"}}
+    )
+    assert unknown.status_code == 400
+    assert "seg_nope" in unknown.json()["error"]["message"]
     a = create_segment(stack, {"type": "everyone"}, "a")
     b = create_segment(stack, {"type": "segment", "segment_id": a["id"]}, "b")
-    cycle = project.put(f"/api/v1/segments/{a['id']}", json={"name": "a", "rule": {"type": "segment", "segment_id": b["id"]}})
+    cycle = project.put(
+        f"/api/v1/segments/{a['id']}", json={"name": "a", "rule": {"type": "segment", "segment_id": b["id"]}}
+    )
     assert cycle.status_code == 400
     assert "cycle" in cycle.json()["error"]["message"]
     assert project.get(f"/api/v1/segments/{a['id']}").json()["version"] == 1  # nothing changed
@@ -344,6 +374,8 @@ def test_preview_counts_an_unsaved_rule_over_history(stack: Stack) -> None:
     stack.settle()
     rule = {"type": "event", "name": "purchase", "where": [{"path": "amount", "op": "gte", "value": 30}]}
     preview = stack.project.post("/api/v1/segments/preview", json={"rule": rule, "sample": 2}).json()
-    assert preview["count"] == 3 and preview["contacts_evaluated"] == 6
-    assert len(preview["sample"]) == 2 and set(preview["sample"]) <= {"p3", "p4", "p5"}
+    assert preview["count"] == 3
+    assert preview["contacts_evaluated"] == 6
+    assert len(preview["sample"]) == 2
+    assert set(preview["sample"]) <= {"p3", "p4", "p5"}
     assert stack.project.get("/api/v1/segments").json()["items"] == []  # nothing saved
