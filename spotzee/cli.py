@@ -71,11 +71,16 @@ def worker(
 ) -> None:
     """Run a Kafka runtime worker: faust agents for the contact processor and the analytics sink."""
     from spotzee.agents.worker import run_worker
+    from spotzee.errors import SpotzeeError
     from spotzee.logging import configure
 
     settings = _settings(data_dir=data_dir, partitions=partitions, worker_id=worker_id, runtime="kafka")
     configure(settings.log_level, json_lines=settings.log_json)
-    run_worker(settings, sink=sink, processor=processor)
+    try:
+        run_worker(settings, sink=sink, processor=processor)
+    except SpotzeeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _serve(settings: Settings, *, sink: bool) -> None:

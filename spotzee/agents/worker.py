@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import TP
+from kafka.errors import KafkaError
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
+from spotzee.errors import LogUnavailable
 from spotzee.runtime.kafka import admin, codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
 from spotzee.runtime.kafka.definitions import DefinitionsReplica
@@ -70,7 +73,7 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     # definitions are loaded before any record is processed; barriers in the stream and the
     # follower bring later ones.
     definitions = DefinitionsReplica(settings)
-    definitions.load()
+    _load_definitions(definitions)
     registry = SegmentRegistry()
     registry.load(definitions.scan("segment/"))
     definitions.listeners.append(registry.on_definition)
@@ -177,6 +180,22 @@ def _ranges(records: list[tuple[int, AnalyticsRecord]]) -> list[list[tuple[int, 
     if run:
         out.append(run)
     return out
+
+
+def _load_definitions(definitions: DefinitionsReplica, attempts: int = 12) -> None:
+    """Definitions must be known before the first record is processed: wait for the broker
+    (a worker may start before Kafka), then give up with a clear error."""
+    delay = 1.0
+    for attempt in range(1, attempts + 1):
+        try:
+            definitions.load()
+            return
+        except KafkaError as exc:
+            if attempt == attempts:
+                raise LogUnavailable(f"cannot read the definitions topic: {exc}") from exc
+            log.warning("definitions topic unreachable (%s); retrying in %.0fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def run_worker(settings: Settings, *, sink: bool, processor: bool = True) -> None:

@@ -75,14 +75,14 @@ def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> 
                 n=a.n + b.n,
                 total=str(Fraction(a.total) + Fraction(b.total)),
                 low=_least(a.low, b.low),
-                high=_greatest(a.high, b.high),
+                high=_greatest(a.high, b.low),
             )
         case LatestSlot(), LatestSlot():
             at = list(merge(a.at, b.at))
             return LatestSlot.model_construct(at=at[max(len(at) - tracker.keep, 0) :])
         case ValuesSlot(), ValuesSlot():
             entries = merge(a.entries, b.entries, key=_entry_time)
-            if tracker.kind != "max":
+            if tracker.kind == "sum":
                 return ValuesSlot.model_construct(entries=list(entries))
             return ValuesSlot.model_construct(entries=_monotonic_queue(entries, tracker))
     raise ValueError(f"cannot merge slots of kinds {a.kind!r} and {b.kind!r} for tracker {tracker.key}")
