@@ -236,11 +236,11 @@ class EmbeddedRuntime:
 
     async def wait_processed(self, positions: list[Position], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.committed[p.partition] > p.offset for p in positions):
-                return True
+        while not all(self.committed[p.partition] > p.offset for p in positions):
+            if time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.005)
-        return False
+        return True
 
     # -- processing ------------------------------------------------------------------------
 

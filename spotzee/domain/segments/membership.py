@@ -165,8 +165,9 @@ def _synced(project: ProjectSegments, cs: ContactSegments) -> ContactSegments:
     """Drop slots, completeness and buffered facts that no live segment needs any more."""
     trackers = project.bundle.trackers
     complete = [k for k in cs.complete if k in trackers]
+    done = set(complete)
     slots = {k: v for k, v in cs.state.slots.items() if k in trackers}
-    wanted = {t.event for k, t in trackers.items() if k not in set(complete)}
+    wanted = {t.event for k, t in trackers.items() if k not in done}
     pending = [f for f in cs.pending if f.name in wanted]
     seeding = {sid: s for sid, s in cs.seeding.items() if sid in project.segments}
     wakes = {sid: w for sid, w in cs.wakes.items() if sid in project.segments}

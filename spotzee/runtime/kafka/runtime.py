@@ -170,11 +170,11 @@ class KafkaRuntime:
 
     async def wait_processed(self, positions: list[Position], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self.replica_input[p.partition] > p.offset for p in positions):
-                return True
+        while not all(self.replica_input[p.partition] > p.offset for p in positions):
+            if time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.01)
-        return False
+        return True
 
     # -- state reads (replica) -------------------------------------------------------------------
 
