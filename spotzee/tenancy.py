@@ -41,6 +41,8 @@ from spotzee.streams.interface import Clock
 
 _definition = TypeAdapter[Definition](Definition)
 SYSTEM_ACTOR = "system"
+# The definitions store holds other kinds too (segments, lists): tenancy reads only its own.
+TENANCY_KINDS = ("organisation/", "project/", "api_key/")
 
 
 def _new_id(prefix: str) -> str:
@@ -62,12 +64,13 @@ class Tenancy:
         self.load()
 
     def load(self) -> None:
-        for _, raw in self.runtime.scan_definitions(""):
-            self._remember(_definition.validate_json(raw))
+        for prefix in TENANCY_KINDS:
+            for _, raw in self.runtime.scan_definitions(prefix):
+                self._remember(_definition.validate_json(raw))
 
     def on_definition(self, key: str, value: bytes | None) -> None:
         """A definition written by another process (Kafka runtime: the definitions topic)."""
-        if value is not None:
+        if value is not None and key.startswith(TENANCY_KINDS):
             with self._lock:
                 self._remember(_definition.validate_json(value))
 

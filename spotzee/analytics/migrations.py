@@ -139,7 +139,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 change_id String
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(at)
-            ORDER BY (project_id, segment_id, at, contact_id, change_id)
+            ORDER BY (project_id, segment_id, contact_id, change_id)
             SETTINGS {DEDUP}
             """,
         ),

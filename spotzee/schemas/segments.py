@@ -233,6 +233,7 @@ class SegmentChange(Model):
     change: Literal["entered", "exited"]
     at: UTCDateTime
     cause: str
+    change_id: str  # "<contact id>#<n>": the contact's n-th transition; equal on a replayed batch
 
 
 class Member(Model):
@@ -242,5 +243,5 @@ class Member(Model):
     version: int
 
 
-def change_id(change: SegmentChange) -> str:
-    return f"{change.segment_id}|{change.contact_id}|{change.version}|{change.change}|{change.at.isoformat()}"
+def change_id(contact_id: str, seq: int) -> str:
+    return f"{contact_id}#{seq}"

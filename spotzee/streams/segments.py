@@ -277,6 +277,7 @@ class SegmentMemberships:
             change="entered" if transition.entered else "exited",
             at=at,
             cause=cause,
+            change_id=change_id(contact_id, transition.seq),
         )
         ctx.emit(topics.SEGMENT_CHANGES, key, dumps(change))
         row = SegmentChangeRow(
@@ -287,6 +288,6 @@ class SegmentMemberships:
             change=change.change,
             at=at,
             cause=cause,
-            change_id=change_id(change),
+            change_id=change.change_id,
         )
         ctx.emit(topics.ANALYTICS, key, dumps(row))

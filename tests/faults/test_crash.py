@@ -25,6 +25,7 @@ from tests.support import free_port, wait_until
 
 USERS = 40
 BATCH = 250
+TICKS_TO_ENTER = 200  # every user crosses it while the server is being killed and restarted
 
 
 @contextmanager
@@ -85,6 +86,17 @@ def test_sigkill_after_2xx_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
     with server(data, port) as proc:
         keys = json.loads((data / "keys.json").read_text())
         write_key = keys["write_key"]
+        # A segment each user enters mid-stream: its transitions must survive the kills exactly once.
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/segments",
+            json={
+                "name": "ticking",
+                "rule": {"type": "event", "name": "tick", "count": {"op": "gte", "value": TICKS_TO_ENTER}},
+            },
+            headers={"Authorization": f"Bearer {keys['secret_key']}"},
+        )
+        assert created.status_code == 201, created.text
+        segment_id = created.json()["id"]
         # A second sender keeps requests in flight while the first one's 2xx trigger the kill.
         stop = threading.Event()
 
@@ -134,6 +146,11 @@ def test_sigkill_after_2xx_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
         assert total == expected
         per_user = sum(1 for index in range(sent_upto) for event in batch(index) if event["userId"] == "user-0")
         assert project.get("/api/v1/contacts/user-0").json()["events"]["tick"]["count"] == per_user
+        # Every user entered once: no membership change lost or doubled by the kills.
+        assert project.get(f"/api/v1/segments/{segment_id}/count").json()["count"] == USERS
+        transitions = f"FROM segment_changes FINAL WHERE segment_id = '{segment_id}'"
+        assert sql(f"SELECT count() {transitions}") == USERS
+        assert sql(f"SELECT uniqExact(contact_id) {transitions} AND change = 'entered'") == USERS
 
 
 def _lags(port: int) -> tuple[int, int]:

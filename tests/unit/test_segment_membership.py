@@ -84,10 +84,15 @@ def test_incremental_membership_equals_recompute_with_backfill_and_timers(
     seeded = False
     members: set[str] = set()
 
+    numbered = [0]
+
     def apply(outcome: m.Outcome) -> m.ContactSegments:
         for t in outcome.transitions:
             assert (t.segment_id in members) != t.entered, "a transition must change membership"
             (members.add if t.entered else members.discard)(t.segment_id)
+            numbered[0] += 1
+            assert t.seq == numbered[0], "transitions are numbered 1, 2, ... per contact"
+        assert outcome.state.changes == numbered[0]
         assert set(outcome.state.members) == members
         return m.ContactSegments.model_validate_json(outcome.state.model_dump_json())  # what the table keeps
 

@@ -133,6 +133,7 @@ class ContactSegments(Model):
     members: dict[str, Membership] = Field(default_factory=dict)
     lists: list[str] = Field(default_factory=list)
     wakes: dict[str, UTCDateTime] = Field(default_factory=dict)  # segment id -> next re-evaluation
+    changes: int = 0  # transitions so far: numbers them, the same again when a batch is replayed
 
     @property
     def wake_at(self) -> datetime | None:
@@ -144,6 +145,7 @@ class Transition:
     segment_id: str
     version: int
     entered: bool
+    seq: int = 0  # the contact's transition number (1, 2, ...): a deterministic id for outputs
 
 
 @dataclass
@@ -310,8 +312,11 @@ def on_merge(
 
 def on_leave(cs: ContactSegments) -> Outcome:
     """The contact is gone (erased, or merged into another): it exits every segment."""
-    exits = [Transition(sid, m.version, entered=False) for sid, m in sorted(cs.members.items())]
-    return Outcome(ContactSegments(), exits)
+    exits = [
+        Transition(sid, m.version, entered=False, seq=cs.changes + i)
+        for i, (sid, m) in enumerate(sorted(cs.members.items()), start=1)
+    ]
+    return Outcome(ContactSegments(changes=cs.changes + len(exits)), exits)
 
 
 def evaluate_all(project: ProjectSegments, cs: ContactSegments, contact: ContactState, now: datetime) -> Outcome:
@@ -360,4 +365,8 @@ def _evaluate(
                 wakes[segment.id] = wake
         else:
             wakes.pop(segment.id, None)
-    return Outcome(cs.model_copy(update={"members": members, "wakes": wakes}), transitions)
+    numbered = [
+        Transition(t.segment_id, t.version, t.entered, seq=cs.changes + i) for i, t in enumerate(transitions, start=1)
+    ]
+    state = cs.model_copy(update={"members": members, "wakes": wakes, "changes": cs.changes + len(numbered)})
+    return Outcome(state, numbered)

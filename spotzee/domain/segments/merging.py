@@ -75,7 +75,7 @@ def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> 
                 n=a.n + b.n,
                 total=str(Fraction(a.total) + Fraction(b.total)),
                 low=_least(a.low, b.low),
-                high=_greatest(a.high, b.low),
+                high=_greatest(a.high, b.high),
             )
         case LatestSlot(), LatestSlot():
             at = list(merge(a.at, b.at))
