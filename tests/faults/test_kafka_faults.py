@@ -96,6 +96,10 @@ def kafka(kafka_bootstrap: str) -> str:
 def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, kafka: str) -> None:
     total_batches = 40  # 20,000 events
     with running_stack(tmp_path / "data", runtime="kafka", kafka_bootstrap=kafka, workers=2, partitions=8) as stack:
+        # Every user enters this segment once, some before the kill and some after it.
+        rule = {"type": "event", "name": "buy", "count": {"op": "gte", "value": 15}}
+        segment_id = stack.project.post("/api/v1/segments", json={"name": "buyers", "rule": rule}).json()["id"]
+        wait_until(lambda: stack.project.get(f"/api/v1/segments/{segment_id}").json()["status"] == "ready", 60)
         for index in range(total_batches):
             assert send(stack, index) == 200
             if index == total_batches // 2:
@@ -110,6 +114,9 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, ka
             assert comparable(actual) == comparable(raw), key
         assert stack.scalar("SELECT count() FROM events FINAL") == total_batches * 500
         assert stack.scalar("SELECT uniqExact(message_id) FROM events") == total_batches * 500
+        # Replayed batches re-emit the same transitions (same per-contact change ids): one each.
+        assert stack.project.get(f"/api/v1/segments/{segment_id}/count").json()["count"] == USERS
+        assert stack.scalar(f"SELECT count() FROM segment_changes FINAL WHERE segment_id = '{segment_id}'") == USERS
         assert stack.workers[1].poll() is None
 
 
