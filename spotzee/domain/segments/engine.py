@@ -470,6 +470,23 @@ def matches(
     return _Reader(compiled, state, contact, context).holds(compiled.root, now)
 
 
+def matches_and_wake(
+    compiled: CompiledRule,
+    state: SegmentState,
+    contact: ContactState,
+    now: datetime,
+    context: MembershipContext = NO_MEMBERSHIPS,
+) -> tuple[bool, datetime | None]:
+    """``matches(...)`` and ``next_change(...)`` without a context, reading the state once."""
+    reader = _Reader(compiled, state, contact, context)
+    member = reader.holds(compiled.root, now)
+    if not compiled.dependencies.time:
+        return member, None
+    points = [p for p in reader.breakpoints() if p > now]
+    before = reader.leaves(now)  # time-dependent leaves never read memberships
+    return member, next((p for p in points if reader.leaves(p) != before), None)
+
+
 def next_change(
     compiled: CompiledRule,
     state: SegmentState,

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from spotzee.domain.segments.engine import CompiledRule, TrackerBundle, bundle, compile, matches, next_change, prune
+from spotzee.domain.segments.engine import CompiledRule, TrackerBundle, bundle, compile, matches_and_wake, prune
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.graph import segment_references
 from spotzee.domain.segments.merging import merge_states
@@ -345,7 +345,7 @@ def _evaluate(
             continue
         if not segment.tracker_keys <= complete:
             continue  # waiting for its backfill
-        member = matches(segment.compiled, cs.state, contact, now, context)
+        member, wake = matches_and_wake(segment.compiled, cs.state, contact, now, context)
         current = members.get(segment.id)
         if member and current is None:
             members[segment.id] = Membership(since=now, version=segment.version)
@@ -357,14 +357,10 @@ def _evaluate(
             changed.add(segment.id)
         elif current is not None and current.version != segment.version:
             members[segment.id] = Membership(since=current.since, version=segment.version)
-        if segment.time:
-            wake = next_change(segment.compiled, cs.state, contact, now)
-            if wake is None:
-                wakes.pop(segment.id, None)
-            else:
-                wakes[segment.id] = wake
-        else:
+        if wake is None:
             wakes.pop(segment.id, None)
+        else:
+            wakes[segment.id] = wake
     numbered = [
         Transition(t.segment_id, t.version, t.entered, seq=cs.changes + i) for i, t in enumerate(transitions, start=1)
     ]
