@@ -8,6 +8,7 @@ bad row is reported with its number and field while the valid rows are kept.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import secrets
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import Conflict, InvalidInput, NotFound, Overloaded
-from spotzee.runtime.base import Runtime
+from spotzee.runtime.base import Position, Runtime
 from spotzee.schemas.segments import (
     ImportResult,
     ImportRowError,
@@ -156,9 +157,8 @@ class Lists:
             )
         return len(records)
 
-    async def _append(self, records: list[tuple[str, bytes]]) -> Any:
-        import asyncio
-
+    async def _append(self, records: list[tuple[str, bytes]]) -> list[Position]:
+        """Append, yielding to live traffic while the backlog is over its bound (≤ ~2 min)."""
         for _ in range(120):
             try:
                 return await self.runtime.append(records)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from spotzee.api.deps import SecretKeyDep, ServicesDep
+from spotzee.api.ingest import read_body
 from spotzee.schemas.segments import (
     ImportResult,
     ListCreate,
@@ -78,11 +79,7 @@ async def list_members(
 @router.post("/{list_id}/import", response_model=ImportResult)
 async def import_members(list_id: str, request: Request, key: SecretKeyDep, services: ServicesDep) -> ImportResult:
     services.lists.get(key.project_id or "", list_id)
-    body = await request.body()
-    if len(body) > MAX_IMPORT_BYTES:
-        from spotzee.errors import PayloadTooLarge
-
-        raise PayloadTooLarge(f"import body over {MAX_IMPORT_BYTES} bytes")
+    body = await read_body(request, MAX_IMPORT_BYTES)  # bounded as it streams; gzip accepted
     return await services.lists.import_rows(key, list_id, body, request.headers.get("content-type", ""))
 
 
