@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck bench clean
+.PHONY: help up test lint format typecheck bench bench-segments clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ typecheck: $(VENV)/.installed-dev ## mypy --strict on the package
 
 bench: $(VENV)/.installed-dev ## Ingestion benchmark: events/s accepted and landed, latency, RSS
 	$(BIN)/python bench/ingest.py $(ARGS)
+
+bench-segments: $(VENV)/.installed-dev ## Segments benchmark: backfill time, events/s with 20 segments, membership latency
+	$(BIN)/python bench/segments.py $(ARGS)
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,14 +253,27 @@ def kafka_name(workers: int) -> str:
 
 
 @contextlib.contextmanager
-def kafka_stack(root: Path, bootstrap: str, workers: int, *, own_broker: bool) -> Iterator[Stack]:
-    """A fresh installation on ``bootstrap``: its own topic prefix, N workers and the API."""
+def kafka_stack(
+    root: Path,
+    bootstrap: str,
+    workers: int,
+    *,
+    own_broker: bool,
+    prepare: Callable[[dict[str, str]], None] | None = None,
+) -> Iterator[Stack]:
+    """A fresh installation on ``bootstrap``: its own topic prefix, N workers and the API.
+
+    ``prepare(env)``, if given, runs once the topics exist and before any process starts (``env``: the
+    installation's environment), e.g. to fill ``root/data`` (the API's data dir) first.
+    """
     prefix = f"b{uuid.uuid4().hex[:10]}."
     env = kafka_env(bootstrap, prefix)
     progress(f"creating the topics with prefix {prefix} ({PARTITIONS} partitions)")
     run_command(spotzee_command("topics", "create"), env)
     procs: list[Proc] = []
     try:
+        if prepare is not None:
+            prepare(env)
         procs += [start_worker(root, env, index) for index in range(1, workers + 1)]
         port = free_port()
         api = start_kafka_api(root, env, port)

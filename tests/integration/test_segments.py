@@ -68,6 +68,25 @@ REPEAT_BUYERS_FR = {
 
 SCENARIOS = [
     Scenario(
+        "a new contact enters everyone / sample / has-not-done segments on its first message",
+        {
+            "type": "all",
+            "rules": [
+                {"type": "everyone"},
+                {"type": "random", "percent": 100, "seed": "all"},
+                {"type": "none", "rules": [{"type": "event", "name": "refund"}]},
+            ],
+        },
+        steps=[
+            identify("kim", plan="x"),
+            Send("/v1/page", {"userId": "lea", "name": "home"}),
+            Expect({"kim", "lea"}),
+            track("kim", "refund"),
+            Expect({"lea"}),
+        ],
+        transitions=[("kim", "entered"), ("lea", "entered"), ("kim", "exited")],
+    ),
+    Scenario(
         "repeat buyers in France: history backfilled, live entry, refund exits",
         REPEAT_BUYERS_FR,
         before=[

@@ -134,6 +134,7 @@ class ContactSegments(Model):
     lists: list[str] = Field(default_factory=list)
     wakes: dict[str, UTCDateTime] = Field(default_factory=dict)  # segment id -> next re-evaluation
     changes: int = 0  # transitions so far: numbers them, the same again when a batch is replayed
+    evaluated: bool = False  # every segment was evaluated once (then only what changed is)
 
     @property
     def wake_at(self) -> datetime | None:
@@ -331,7 +332,11 @@ def _evaluate(
     affected: set[str] | None,
 ) -> Outcome:
     """Re-evaluate ``affected`` segments (None: all) and, transitively, the segments referencing
-    one whose membership changed. Memberships of segments that no longer exist end."""
+    one whose membership changed. Memberships of segments that no longer exist end. A contact's
+    first evaluation covers every segment: ``everyone``, a random sample or "has not done X"
+    hold for a new contact without any event or change naming them."""
+    if not cs.evaluated:
+        affected = None
     members = dict(cs.members)
     wakes = dict(cs.wakes)
     transitions: list[Transition] = []
@@ -364,5 +369,7 @@ def _evaluate(
     numbered = [
         Transition(t.segment_id, t.version, t.entered, seq=cs.changes + i) for i, t in enumerate(transitions, start=1)
     ]
-    state = cs.model_copy(update={"members": members, "wakes": wakes, "changes": cs.changes + len(numbered)})
+    state = cs.model_copy(
+        update={"members": members, "wakes": wakes, "changes": cs.changes + len(numbered), "evaluated": True}
+    )
     return Outcome(state, numbered)

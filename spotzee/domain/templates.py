@@ -1,0 +1,346 @@
+"""Template rendering: Liquid merge tags over ``contact``, ``event`` and ``journey``, within limits.
+
+Pure: no I/O. Undefined variables render as nothing (so ``{{ contact.first_name | default: "there" }}``
+works); every other problem -- a failing filter, a limit reached -- raises ``TemplateRenderError``
+naming the field, and the caller sends nothing.
+
+Limits (``RenderLimits``) bound one rendered message: the bytes of output of all its fields
+together, loop iterations, the bytes held in ``assign``/``capture`` variables, and wall time. HTML
+bodies are rendered with auto-escaping (``{{ event.note }}`` cannot inject markup; ``| safe`` opts
+out); subject, text and webhook fields are not escaped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from liquid import BoundTemplate, RenderContext
+from liquid.exceptions import (
+    LiquidError,
+    LocalNamespaceLimitError,
+    LoopIterationLimitError,
+    OutputStreamLimitError,
+    ResourceLimitError,
+)
+from liquid.output import LimitedStringIO
+from pydantic import ConfigDict, Field
+
+from spotzee.errors import InvalidInput
+from spotzee.schemas.common import JSONObject, Model
+from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.templates import (
+    EmailContent,
+    LiquidDialect,
+    RenderedEmail,
+    RenderedWebhook,
+    TemplateDefinition,
+    TemplatePreview,
+    TemplatePreviewRequest,
+    WebhookContent,
+    liquid_problem,
+)
+
+Clock = Callable[[], float]
+
+
+class RenderLimits(Model):
+    """What one rendered message may cost. Hashable: environments are cached per limits."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_output_bytes: int = Field(default=512 * 1024, ge=1, description="UTF-8 bytes of all fields together.")
+    max_loop_iterations: int = Field(default=10_000, ge=1, description="Nested loops count as their product.")
+    max_local_bytes: int = Field(default=1024 * 1024, ge=1, description="Bytes held by assign/capture variables.")
+    timeout: float = Field(default=1.0, gt=0, description="Seconds of wall time for the whole message.")
+
+
+DEFAULT_LIMITS: Final = RenderLimits()
+
+
+class TemplateRenderError(InvalidInput):
+    """A template could not be rendered; ``field`` is its path (``content.html``)."""
+
+    code = "template_render_error"
+
+    def __init__(self, field: str, reason: str, *, line: int | None = None) -> None:
+        where = f" (line {line})" if line is not None else ""
+        detail: dict[str, Any] = {"path": field, "reason": reason}
+        if line is not None:
+            detail["line"] = line
+        super().__init__(f"{field}: {reason}{where}", details=[detail])
+        self.field = field
+        self.reason = reason
+        self.line = line
+
+
+# -- variables ----------------------------------------------------------------------------------
+
+_CONTACT_FIELDS: Final = ("user_id", "email", "phone", "timezone", "locale", "first_seen", "last_seen", "created_at")
+
+
+def contact_variables(contact: ContactState) -> dict[str, object]:
+    """``contact.*``: traits and first-class fields side by side; ``contact.traits`` holds the raw traits.
+
+    A first-class field that is set wins over a trait of the same name (as in segment rules);
+    ``contact.traits.email`` still reaches the trait.
+    """
+    values: dict[str, object] = dict(contact.traits)
+    values["id"] = contact.id
+    for name in _CONTACT_FIELDS:
+        value = getattr(contact, name)
+        if value is not None or name not in values:
+            values[name] = value
+    values["anonymous_ids"] = list(contact.anonymous_ids)
+    values["traits"] = contact.traits
+    return values
+
+
+def template_variables(
+    contact: ContactState | None = None,
+    *,
+    event: JSONObject | None = None,
+    journey: JSONObject | None = None,
+    unsubscribe_url: str | None = None,
+) -> dict[str, object]:
+    """The render namespace: ``contact``, ``event``, ``journey`` and, for emails, ``unsubscribe_url``."""
+    variables: dict[str, object] = {
+        "contact": contact_variables(contact) if contact is not None else {},
+        "event": event or {},
+        "journey": journey or {},
+    }
+    if unsubscribe_url is not None:
+        variables["unsubscribe_url"] = unsubscribe_url
+    return variables
+
+
+# -- environments -------------------------------------------------------------------------------
+
+
+class RenderTimeout(ResourceLimitError):
+    """The message's time budget ran out."""
+
+
+# The slot that stores RenderContext.disabled_tags, shadowed by the property below.
+_DISABLED_TAGS_SLOT: Final[Any] = vars(RenderContext)["disabled_tags"]
+
+
+class _BudgetContext(RenderContext):
+    """A render context that stops the render once its deadline has passed.
+
+    python-liquid has no time limit. Every node's ``render`` reads ``context.disabled_tags`` before
+    rendering, so checking the clock in that property bounds the time between two nodes,
+    including each iteration of a loop body. Contexts copied by tags inherit the deadline.
+    """
+
+    __slots__ = ("_clock", "_deadline")
+    _clock: Clock
+    _deadline: float
+
+    def __init__(self, *args: Any, deadline: float | None = None, clock: Clock | None = None, **kwargs: Any) -> None:
+        parent = kwargs.get("parent_context")
+        if isinstance(parent, _BudgetContext):
+            deadline = parent._deadline if deadline is None else deadline
+            clock = parent._clock if clock is None else clock
+        self._deadline = float("inf") if deadline is None else deadline
+        self._clock = clock or time.monotonic
+        super().__init__(*args, **kwargs)
+
+    @property
+    def disabled_tags(self) -> list[str]:
+        if self._clock() > self._deadline:
+            raise RenderTimeout("render time budget exhausted", token=None)
+        value: list[str] = _DISABLED_TAGS_SLOT.__get__(self, RenderContext)
+        return value
+
+    @disabled_tags.setter
+    def disabled_tags(self, value: list[str]) -> None:
+        _DISABLED_TAGS_SLOT.__set__(self, value)
+
+
+@lru_cache(maxsize=16)
+def _environment(limits: RenderLimits, autoescape: bool) -> LiquidDialect:
+    # python-liquid reads its resource limits from class attributes, hence one subclass per limits.
+    class Limited(LiquidDialect):
+        loop_iteration_limit = limits.max_loop_iterations
+        output_stream_limit = limits.max_output_bytes
+        local_namespace_limit = limits.max_local_bytes
+
+    return Limited(autoescape=autoescape)
+
+
+@lru_cache(maxsize=1024)
+def _parse(env: LiquidDialect, source: str) -> BoundTemplate:
+    """Parsed templates are reused: the same template renders for every recipient."""
+    return env.from_string(source)
+
+
+class _Render:
+    """One message being rendered: a shared deadline and output budget across its fields."""
+
+    def __init__(self, variables: Mapping[str, object], limits: RenderLimits, clock: Clock) -> None:
+        self.variables = dict(variables)
+        self.limits = limits
+        self.clock = clock
+        self.deadline = clock() + limits.timeout
+        self.remaining = limits.max_output_bytes
+
+    def field(self, source: str, field: str, *, autoescape: bool = False) -> str:
+        env = _environment(self.limits, autoescape)
+        try:
+            template = _parse(env, source)
+        except LiquidError:
+            reason, line = liquid_problem(source, env) or ("invalid Liquid template", None)
+            raise TemplateRenderError(field, reason, line=line) from None
+        context = _BudgetContext(
+            template, globals=template.make_globals(self.variables), deadline=self.deadline, clock=self.clock
+        )
+        buffer = LimitedStringIO(limit=self.remaining)
+        try:
+            template.render_with_context(context, buffer)
+        except LiquidError as exc:
+            raise self._error(field, exc) from None
+        except Exception as exc:
+            # A filter failing in a way python-liquid does not wrap; a template must never crash
+            # delivery, so this is a render error like any other.
+            raise TemplateRenderError(field, f"{type(exc).__name__}: {exc}") from None
+        output = buffer.getvalue()
+        self.remaining -= len(output.encode("utf-8"))
+        return output
+
+    def _error(self, field: str, exc: LiquidError) -> TemplateRenderError:
+        limits = self.limits
+        if isinstance(exc, RenderTimeout):
+            return TemplateRenderError(field, f"rendering took longer than {limits.timeout:g}s")
+        if isinstance(exc, OutputStreamLimitError):
+            return TemplateRenderError(field, f"output larger than {limits.max_output_bytes} bytes")
+        if isinstance(exc, LoopIterationLimitError):
+            return TemplateRenderError(field, f"more than {limits.max_loop_iterations} loop iterations")
+        if isinstance(exc, LocalNamespaceLimitError):
+            return TemplateRenderError(field, f"variables larger than {limits.max_local_bytes} bytes")
+        context = exc.context()
+        return TemplateRenderError(field, str(exc.message), line=context[0] if context else None)
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def render_string(
+    template: str,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    field: str = "value",
+    clock: Clock = time.monotonic,
+) -> str:
+    """One template string (journey ``update``/``event`` values); errors name ``field``."""
+    return _Render(variables, limits, clock).field(template, field)
+
+
+def render_json(
+    value: Any,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    field: str = "value",
+    clock: Clock = time.monotonic,
+) -> Any:
+    """Every string inside a JSON value rendered as a template (keys and other scalars kept)."""
+    render = _Render(variables, limits, clock)
+
+    def walk(item: Any, path: str) -> Any:
+        if isinstance(item, str):
+            return render.field(item, path)
+        if isinstance(item, dict):
+            return {key: walk(child, f"{path}.{key}") for key, child in item.items()}
+        if isinstance(item, list):
+            return [walk(child, f"{path}.{index}") for index, child in enumerate(item)]
+        return item
+
+    return walk(value, field)
+
+
+def render_email(
+    content: EmailContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> RenderedEmail:
+    render = _Render(variables, limits, clock)
+    # A subject is one header line: line breaks from merged values become single spaces.
+    subject = _LINE_BREAKS.sub(" ", render.field(content.subject, "content.subject")).strip()
+    if not subject:
+        raise TemplateRenderError("content.subject", "rendered subject is empty")
+    html = render.field(content.html, "content.html", autoescape=True) if content.html is not None else None
+    text = render.field(content.text, "content.text") if content.text is not None else None
+    return RenderedEmail(subject=subject, html=html, text=text, from_=content.from_, reply_to=content.reply_to)
+
+
+def _check_url(url: str) -> str:
+    """The rendered URL is absolute http(s); where it points is checked at delivery."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a malformed host or port
+        valid = False
+    if not valid or any(ch.isspace() or ord(ch) < 0x20 for ch in url):
+        raise TemplateRenderError("content.url", f"rendered URL is not an absolute http(s) URL: {url[:200]!r}")
+    return url
+
+
+def render_webhook(
+    content: WebhookContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> RenderedWebhook:
+    render = _Render(variables, limits, clock)
+    url = _check_url(render.field(content.url, "content.url"))
+    headers: dict[str, str] = {}
+    for name, value in content.headers.items():
+        field = f"content.headers.{name}"
+        rendered = render.field(value, field)
+        # A merged value must not add a header line of its own.
+        if any(ch in rendered for ch in "\r\n\x00"):
+            raise TemplateRenderError(field, "rendered header value contains a line break")
+        headers[name] = rendered.strip()
+    body = render.field(content.body, "content.body") if content.body is not None else None
+    return RenderedWebhook(method=content.method, url=url, headers=headers, body=body)
+
+
+def render_content(
+    content: EmailContent | WebhookContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> RenderedEmail | RenderedWebhook:
+    if isinstance(content, EmailContent):
+        return render_email(content, variables, limits, clock=clock)
+    return render_webhook(content, variables, limits, clock=clock)
+
+
+def preview(
+    template: TemplateDefinition,
+    contact: ContactState,
+    request: TemplatePreviewRequest,
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    unsubscribe_url: str | None = None,
+    clock: Clock = time.monotonic,
+) -> TemplatePreview:
+    """``POST /api/v1/templates/{id}/preview``: what ``contact`` would receive; nothing is sent."""
+    variables = template_variables(
+        contact, event=request.event, journey=request.journey, unsubscribe_url=unsubscribe_url
+    )
+    rendered = render_content(template.content, variables, limits, clock=clock)
+    return TemplatePreview(channel=template.channel, rendered=rendered)

@@ -1,0 +1,249 @@
+"""Delivery providers: the vendor accounts a project sends through.
+
+``POST /api/v1/providers`` takes ``{"name", "channel", "type", "config": {...}}``; ``type`` decides
+the config model and the channel it serves:
+
+- ``smtp`` (channel ``email``) -- ``host``, ``port``, ``username``, ``password``, ``security``
+  (``none`` | ``starttls`` | ``ssl``), ``timeout``;
+- ``webhook`` (channel ``webhook``) -- ``signing_secret`` (HMAC-SHA256 key the receiver verifies
+  with), ``timeout``, ``max_retries``.
+
+Secrets are ``SecretStr`` and never leave through the API: ``ProviderPublic`` says only whether
+one is set. A ``PUT`` that omits a secret keeps the stored one (clients cannot read it back to
+send it again); ``ProviderUpdate`` therefore accepts a webhook without ``signing_secret``.
+Stored definitions keep secrets in clear (``ProviderDefinition.storage_dump``); protecting the
+definitions store is the store's job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+from spotzee.schemas.common import Model, UTCDateTime
+
+ProviderType = Literal["smtp", "webhook"]
+ProviderChannel = Literal["email", "webhook"]
+CHANNEL_OF: Final[dict[str, str]] = {"smtp": "email", "webhook": "webhook"}
+REVEAL_SECRETS: Final = {"reveal_secrets": True}
+MIN_SIGNING_SECRET: Final = 16
+
+
+def _secret_out(value: SecretStr | None, info: SerializationInfo) -> str | None:
+    """Masked (``**********``) unless serialised with ``context=REVEAL_SECRETS`` (storage only)."""
+    if value is None:
+        return None
+    context = info.context
+    if isinstance(context, dict) and context.get("reveal_secrets"):
+        return value.get_secret_value()
+    return str(value)
+
+
+Secret = Annotated[SecretStr, Field(min_length=1, max_length=4096), PlainSerializer(_secret_out)]
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ValueError("not a valid host name or IP address")
+    return value.lower().rstrip(".")
+
+
+class SmtpConfig(Model):
+    host: Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_host)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    username: Annotated[str | None, Field(min_length=1, max_length=512)] = None
+    password: Secret | None = None
+    security: Literal["none", "starttls", "ssl"] = "starttls"
+    timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    @model_validator(mode="after")
+    def _login_is_whole(self) -> SmtpConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class WebhookConfig(Model):
+    signing_secret: Secret | None = Field(
+        default=None, description=f"At least {MIN_SIGNING_SECRET} characters; required when creating."
+    )
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("signing_secret",)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_SECRET:
+            raise ValueError(f"must be at least {MIN_SIGNING_SECRET} characters")
+        return value
+
+
+ProviderConfig = SmtpConfig | WebhookConfig
+CONFIG_MODELS: Final[dict[str, type[SmtpConfig] | type[WebhookConfig]]] = {"smtp": SmtpConfig, "webhook": WebhookConfig}
+
+
+def _config_by(sibling: str) -> Callable[[Any, ValidatorFunctionWrapHandler, ValidationInfo], Any]:
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """Validate ``config`` with the model of the provider type (errors at ``config.<field>``)."""
+        model = CONFIG_MODELS.get(info.data.get(sibling, ""))
+        if model is None:
+            return value  # only the type error is reported
+        if isinstance(value, Model) and not isinstance(value, model):
+            value = value.model_dump(context=REVEAL_SECRETS)
+        return model.model_validate(value)
+
+    return validate
+
+
+TypedConfig = Annotated[ProviderConfig, WrapValidator(_config_by("type"))]
+
+
+def _channel_matches(value: str, info: ValidationInfo) -> str:
+    channel = info.data.get("channel")
+    expected = CHANNEL_OF.get(value)
+    if channel is not None and expected is not None and channel != expected:
+        raise ValueError(f"{value!r} providers deliver on channel {expected!r}, not {channel!r}")
+    return value
+
+
+class ProviderCreate(Model):
+    """``POST /api/v1/providers``: the server assigns the id."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    channel: ProviderChannel
+    type: Annotated[ProviderType, AfterValidator(_channel_matches)]
+    config: TypedConfig
+
+    secrets_required: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _has_signing_secret(self) -> ProviderCreate:
+        if self.secrets_required and isinstance(self.config, WebhookConfig) and self.config.signing_secret is None:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [{"type": "missing", "loc": ("config", "signing_secret"), "input": self.config.model_dump()}],
+            )
+        return self
+
+    def with_secrets_from(self, previous: ProviderConfig | None) -> ProviderConfig:
+        """This config, with each omitted secret taken from ``previous`` (same provider type)."""
+        if previous is None or type(previous) is not type(self.config):
+            return self.config
+        kept = {
+            name: getattr(previous, name) for name in self.config.secret_fields if getattr(self.config, name) is None
+        }
+        return self.config.model_copy(update=kept)
+
+
+class ProviderUpdate(ProviderCreate):
+    """``PUT /api/v1/providers/{id}``: like create; an omitted secret keeps the stored one."""
+
+    secrets_required: ClassVar[bool] = False
+
+
+class ProviderDefinition(Model):
+    """A stored provider (definitions key ``provider/<id>``), secrets included."""
+
+    type: Literal["provider"] = "provider"
+    id: str
+    project_id: str
+    name: str
+    channel: ProviderChannel
+    provider_type: ProviderType
+    config: Annotated[ProviderConfig, WrapValidator(_config_by("provider_type"))]
+    version: int
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+    deleted: bool = False
+
+    def storage_dump(self) -> dict[str, Any]:
+        """JSON-ready, with secrets in clear: only for the definitions store."""
+        return self.model_dump(mode="json", context=REVEAL_SECRETS)
+
+
+# -- public views -------------------------------------------------------------------------------
+
+
+class SmtpPublicConfig(Model):
+    host: str
+    port: int
+    username: str | None
+    has_password: bool
+    security: Literal["none", "starttls", "ssl"]
+    timeout: float
+
+
+class WebhookPublicConfig(Model):
+    has_signing_secret: bool
+    timeout: float
+    max_retries: int
+
+
+def public_config(config: ProviderConfig) -> SmtpPublicConfig | WebhookPublicConfig:
+    if isinstance(config, SmtpConfig):
+        return SmtpPublicConfig(
+            host=config.host,
+            port=config.port,
+            username=config.username,
+            has_password=config.password is not None,
+            security=config.security,
+            timeout=config.timeout,
+        )
+    return WebhookPublicConfig(
+        has_signing_secret=config.signing_secret is not None, timeout=config.timeout, max_retries=config.max_retries
+    )
+
+
+class ProviderPublic(Model):
+    """What the API returns: no secret, only ``has_password`` / ``has_signing_secret``."""
+
+    id: str
+    project_id: str
+    name: str
+    channel: ProviderChannel
+    type: ProviderType
+    config: SmtpPublicConfig | WebhookPublicConfig
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_definition(cls, definition: ProviderDefinition) -> ProviderPublic:
+        return cls(
+            id=definition.id,
+            project_id=definition.project_id,
+            name=definition.name,
+            channel=definition.channel,
+            type=definition.provider_type,
+            config=public_config(definition.config),
+            version=definition.version,
+            created_at=definition.created_at,
+            updated_at=definition.updated_at,
+        )
