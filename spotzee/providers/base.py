@@ -47,7 +47,8 @@ class EmailDelivery(Model):
     send_id: Annotated[str, Field(min_length=1, max_length=512)]
     to: EmailAddress
     email: RenderedEmail
-    unsubscribe_url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    # Short enough for the List-Unsubscribe header to stay one unbroken line (998 characters).
+    unsubscribe_url: Annotated[str, Field(pattern=r"^https?://\S+$", max_length=900)]
     unsubscribe_mailto: EmailAddress | None = None
 
 

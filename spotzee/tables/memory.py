@@ -7,6 +7,7 @@ clock has passed them.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from datetime import datetime
@@ -42,6 +43,8 @@ class MemoryContext:
         self.queue: deque[tuple[str, bytes]] = deque()
         self.outputs: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
         self.timers: dict[str, tuple[datetime, str, str, bytes]] = {}
+        self._due: list[tuple[datetime, int, str]] = []  # heap; stale entries skipped when popped
+        self._seq = 0
 
     @property
     def clock(self) -> Clock:
@@ -62,6 +65,8 @@ class MemoryContext:
         if keep_existing and timer_id in self.timers:
             return
         self.timers[timer_id] = (at, topic, key, value)
+        self._seq += 1
+        heapq.heappush(self._due, (at, self._seq, timer_id))
 
     def cancel(self, timer_id: str) -> None:
         self.timers.pop(timer_id, None)
@@ -73,10 +78,16 @@ class MemoryContext:
 
     def drain(self) -> None:
         now = self._clock.now()
-        for timer_id, (at, topic, key, value) in sorted(self.timers.items(), key=lambda item: item[1][0]):
-            if at <= now:
-                del self.timers[timer_id]
-                self.emit(topic, key, value)
+        fired: list[tuple[datetime, int, str]] = []
+        while self._due and self._due[0][0] <= now:
+            fired.append(heapq.heappop(self._due))
+        for at, _, timer_id in fired:  # in due order, like the runtimes
+            current = self.timers.get(timer_id)
+            if current is None or current[0] != at:
+                continue  # cancelled or rescheduled since
+            del self.timers[timer_id]
+            _, topic, key, value = current
+            self.emit(topic, key, value)
         while self.queue:
             key, value = self.queue.popleft()
             self.processor.process(self, key, value)

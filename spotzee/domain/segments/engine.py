@@ -157,6 +157,8 @@ class CompiledRule:
     trackers: Mapping[str, Tracker]
     by_event: Mapping[str, tuple[Tracker, ...]]
     dependencies: Dependencies
+    checks: tuple[Check, ...] = ()  # every event check of the tree (read once per evaluation)
+    timed: tuple[AttributeRule, ...] = ()  # attribute leaves with relative dates
 
 
 @dataclass
@@ -239,7 +241,28 @@ def compile(rule: RuleNode) -> CompiledRule:
         segment_ids=frozenset(compiler.segments),
         time=compiler.time,
     )
-    return CompiledRule(rule, root, dict(compiler.trackers), _group(compiler.trackers.values()), dependencies)
+    checks: list[Check] = []
+    timed: list[AttributeRule] = []
+    _leaves(root, checks, timed)
+    return CompiledRule(
+        rule,
+        root,
+        dict(compiler.trackers),
+        _group(compiler.trackers.values()),
+        dependencies,
+        tuple(checks),
+        tuple(timed),
+    )
+
+
+def _leaves(node: Node, checks: list[Check], timed: list[AttributeRule]) -> None:
+    if isinstance(node, CombinatorNode):
+        for child in node.children:
+            _leaves(child, checks, timed)
+    elif isinstance(node, EventNode):
+        checks.extend(node.checks)
+    elif isinstance(node.rule, AttributeRule) and node.rule.op in ("within_last", "more_than"):
+        timed.append(node.rule)
 
 
 compile_rule = compile
@@ -424,19 +447,8 @@ class _Reader:
     def __init__(self, compiled: CompiledRule, state: SegmentState, contact: ContactState, context: MembershipContext):
         self.contact = contact
         self.context = context
-        self.views: dict[int, _View] = {}
-        self.timed: list[AttributeRule] = []
-        self._collect(compiled.root, state)
-
-    def _collect(self, node: Node, state: SegmentState) -> None:
-        if isinstance(node, CombinatorNode):
-            for child in node.children:
-                self._collect(child, state)
-        elif isinstance(node, EventNode):
-            for check in node.checks:
-                self.views[id(check)] = _view(check, check.tracker.slot(state))
-        elif isinstance(node.rule, AttributeRule) and node.rule.op in ("within_last", "more_than"):
-            self.timed.append(node.rule)
+        self.views: dict[int, _View] = {id(check): _view(check, check.tracker.slot(state)) for check in compiled.checks}
+        self.timed = compiled.timed
 
     def holds(self, node: Node, at: datetime) -> bool:
         if isinstance(node, CombinatorNode):

@@ -22,7 +22,15 @@ from datetime import datetime
 
 from pydantic import Field
 
-from spotzee.domain.segments.engine import CompiledRule, TrackerBundle, bundle, compile, matches_and_wake, prune
+from spotzee.domain.segments.engine import (
+    CompiledRule,
+    Dependencies,
+    TrackerBundle,
+    bundle,
+    compile,
+    matches_and_wake,
+    prune,
+)
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.graph import segment_references
 from spotzee.domain.segments.merging import merge_states
@@ -69,23 +77,34 @@ class ProjectSegments:
                 volatile=bool(deps.attribute_paths & VOLATILE_PATHS),
             )
         self.bundle: TrackerBundle = bundle(s.compiled for s in self.segments.values())
+        # Indexes for ``affected_by``: it runs for every record of every contact.
+        self._volatile = {s.id for s in self.segments.values() if s.volatile}
+        self._by_event: dict[str, set[str]] = {}
+        self._by_list: dict[str, set[str]] = {}
+        self._readers: list[tuple[str, Dependencies]] = []
+        for s in self.segments.values():
+            deps = s.compiled.dependencies
+            for name in deps.event_names:
+                self._by_event.setdefault(name, set()).add(s.id)
+            for list_id in deps.list_ids:
+                self._by_list.setdefault(list_id, set()).add(s.id)
+            if deps.attribute_paths:
+                self._readers.append((s.id, deps))
 
     def affected_by(
         self, *, event: str | None = None, changes: Iterable[FieldChange] = (), lists: Iterable[str] = ()
     ) -> set[str]:
         """Segments whose membership may change because of this event / these changes."""
-        paths = [c.path for c in changes]
-        list_ids = set(lists)
-        found = set()
-        for segment in self.segments.values():
-            deps = segment.compiled.dependencies
-            if (
-                segment.volatile
-                or (event is not None and deps.affected_by_event(event))
-                or any(deps.affected_by_attribute(p) for p in paths)
-                or bool(deps.list_ids & list_ids)
-            ):
-                found.add(segment.id)
+        found = set(self._volatile)
+        if event is not None:
+            found |= self._by_event.get(event, set())
+        for list_id in lists:
+            found |= self._by_list.get(list_id, set())
+        paths = {c.path for c in changes}
+        if paths:
+            for segment_id, deps in self._readers:
+                if segment_id not in found and any(deps.affected_by_attribute(p) for p in paths):
+                    found.add(segment_id)
         return found
 
     def timed(self) -> set[str]:
@@ -211,6 +230,8 @@ def on_event(
         if buffered and all(p.message_id != fact.message_id for p in pending):
             pending = [*pending, fact]
         cs = cs.model_copy(update={"state": SegmentState.model_construct(slots=slots), "pending": pending})
+    if not cs.evaluated:
+        return _evaluate(project, cs, contact, now, None)
     affected = project.affected_by(event=fact.name if fact else None, changes=changes)
     return _evaluate(project, cs, contact, now, affected)
 

@@ -1,0 +1,244 @@
+"""Webhook delivery: one signed HTTP request per attempt, redirects followed by hand.
+
+Every request carries:
+
+- ``X-Spotzee-Timestamp``: Unix seconds when it was signed;
+- ``X-Spotzee-Signature: v1=<hex HMAC-SHA256(signing_secret, "<timestamp>.<body>")>`` -- receivers
+  recompute it (``verify_signature``) and reject stale timestamps, which stops replays;
+- ``Idempotency-Key: <send_id>`` -- the same on every retry, so a receiver can drop duplicates.
+
+The destination is checked before connecting, and the connection goes to the checked address
+(``spotzee.providers.safety``); redirects (at most ``max_redirects``) are followed one hop at a
+time so each hop is checked too. Environment proxies are ignored: a proxy would connect on our
+behalf to wherever the name resolves for it.
+
+Outcomes: 2xx sent; 408, 425, 429, 5xx, timeouts and connection errors transient (with the
+``Retry-After`` delay when given); any other status, a refused destination or too many redirects
+permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Final
+
+import httpx
+
+from spotzee.providers.base import Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.safety import (
+    Destination,
+    DestinationRefused,
+    DestinationUnresolved,
+    IPAddress,
+    IPNetwork,
+    Resolver,
+    check_destination,
+)
+from spotzee.schemas.providers import WebhookConfig
+
+TIMESTAMP_HEADER: Final = "X-Spotzee-Timestamp"
+SIGNATURE_HEADER: Final = "X-Spotzee-Signature"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+MAX_REDIRECTS: Final = 5
+REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
+# Credentials meant for the first origin are not sent to another one a redirect points at.
+CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
+SNIPPET_BYTES: Final = 512
+
+# -- signing ------------------------------------------------------------------------------------
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """``v1=<hex>``: HMAC-SHA256 of ``"<timestamp>.<body>"``."""
+    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256)
+    return f"v1={mac.hexdigest()}"
+
+
+def verify_signature(
+    secret: str, timestamp: str, body: bytes, signature: str, *, now: float, tolerance: float = 300.0
+) -> bool:
+    """What a receiver does: the timestamp is recent and one ``v1=`` signature matches."""
+    try:
+        signed_at = int(timestamp)
+    except ValueError:
+        return False
+    if abs(now - signed_at) > tolerance:
+        return False
+    expected = sign(secret, signed_at, body)
+    return any(hmac.compare_digest(expected, candidate.strip()) for candidate in signature.split(","))
+
+
+# -- classification -----------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date); None if absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.fromtimestamp(now, UTC)).total_seconds())
+
+
+def classify(status: int, headers: Mapping[str, str], snippet: str, *, now: float) -> Sent | Transient | Permanent:
+    summary = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    if 200 <= status < 300:
+        return Sent(detail=f"HTTP {status}")
+    if status in TRANSIENT_STATUSES or 500 <= status < 600:
+        return Transient(reason=summary, retry_after=parse_retry_after(headers.get("retry-after"), now=now))
+    return Permanent(reason=summary)
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    status: int
+    location: str | None
+
+
+class WebhookSender:
+    """Sends ``WebhookDelivery`` requests for one webhook provider (``Provider[WebhookDelivery]``)."""
+
+    def __init__(
+        self,
+        config: WebhookConfig,
+        *,
+        allow_private: bool = False,
+        allowed_networks: Sequence[IPNetwork] = (),
+        max_redirects: int = MAX_REDIRECTS,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
+        user_agent: str = "Spotzee-Webhooks/1",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if config.signing_secret is None:
+            raise ValueError("a webhook provider needs a signing secret")
+        self._secret = config.signing_secret.get_secret_value()
+        self._timeout = config.timeout
+        self._allow_private = allow_private
+        self._allowed_networks = tuple(allowed_networks)
+        self._max_redirects = max_redirects
+        self._resolver = resolver
+        self._clock = clock
+        self._user_agent = user_agent
+        # No keep-alive: connections are made to a pinned IP address, and httpx pools them by
+        # URL origin (that IP), which would let a request for one host reuse another host's TLS
+        # session. No environment proxies (see the module docstring).
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(config.timeout),
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, delivery: WebhookDelivery) -> Sent | Transient | Permanent:
+        request = delivery.request
+        method = request.method
+        url = request.url
+        body = request.body.encode("utf-8") if request.body is not None else b""
+        headers = dict(request.headers)
+        if body and not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+        headers.setdefault("User-Agent", self._user_agent)
+        headers[IDEMPOTENCY_HEADER] = delivery.send_id
+        origin = _origin(url)
+        try:
+            async with asyncio.timeout(self._timeout):
+                for _hop in range(self._max_redirects + 1):
+                    destination = await check_destination(
+                        url,
+                        allow_private=self._allow_private,
+                        allowed_networks=self._allowed_networks,
+                        resolver=self._resolver,
+                    )
+                    result = await self._exchange(destination, method, headers, body)
+                    if not isinstance(result, _Redirect):
+                        return result
+                    if not result.location:
+                        return Permanent(reason=f"HTTP {result.status} redirect without a Location")
+                    url = str(httpx.URL(url).join(result.location))
+                    if result.status == 303 or (result.status in (301, 302) and method != "GET"):
+                        # What clients do (and httpx would): the next request is a GET without a body.
+                        method, body = "GET", b""
+                        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+                    if _origin(url) != origin:
+                        headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+                return Permanent(reason=f"more than {self._max_redirects} redirects")
+        except DestinationRefused as exc:
+            return Permanent(reason=f"destination refused: {exc.message}")
+        except DestinationUnresolved as exc:
+            return Transient(reason=exc.message)
+        except (TimeoutError, httpx.TimeoutException):
+            return Transient(reason=f"no response within {self._timeout:g}s")
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            return Permanent(reason=f"invalid URL: {exc}")
+        except httpx.TransportError as exc:
+            return Transient(reason=f"{type(exc).__name__}: {exc}")
+
+    async def _exchange(
+        self, destination: Destination, method: str, headers: dict[str, str], body: bytes
+    ) -> Sent | Transient | Permanent | _Redirect:
+        """One request to the first address of ``destination`` that accepts a connection."""
+        timestamp = int(self._clock())
+        signed = {**headers, TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: sign(self._secret, timestamp, body)}
+        target = httpx.URL(destination.url)
+        signed["Host"] = target.netloc.decode("ascii")
+        extensions = {} if destination.host_is_address else {"sni_hostname": destination.host}
+        error: httpx.ConnectError | None = None
+        for address in destination.addresses:
+            request = self._client.build_request(
+                method, _pinned(target, address), headers=signed, content=body or None, extensions=extensions
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.ConnectError as exc:
+                error = exc  # try the next address the name resolved to
+                continue
+            try:
+                snippet = await _read_snippet(response)
+            finally:
+                await response.aclose()
+            if response.status_code in REDIRECTS:
+                return _Redirect(response.status_code, response.headers.get("location"))
+            return classify(response.status_code, response.headers, snippet, now=self._clock())
+        raise error or httpx.ConnectError(f"no address to connect to for {destination.host}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.host, parsed.port
+
+
+def _pinned(url: httpx.URL, address: IPAddress) -> httpx.URL:
+    return url.copy_with(host=str(address))
+
+
+async def _read_snippet(response: httpx.Response) -> str:
+    """The start of the response body, for the failure reason; the rest is not read."""
+    data = b""
+    async for chunk in response.aiter_bytes():
+        data += chunk
+        if len(data) >= SNIPPET_BYTES:
+            break
+    return data[:SNIPPET_BYTES].decode("utf-8", "replace").strip()
