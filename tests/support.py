@@ -97,7 +97,15 @@ class Stack:
             quiet[0] = quiet[0] + 1 if done else 0
             return quiet[0] >= 2  # twice in a row: nothing emitted by the last batch is still on its way
 
-        wait_until(caught_up, timeout, interval=0.1)
+        try:
+            wait_until(caught_up, timeout, interval=0.1)
+        except AssertionError as exc:  # say what was behind
+            rows = admin.consumer_lag(settings, [admin.PROCESSOR_GROUP, admin.SINK_GROUP])
+            lagging = [(r.group, r.topic, r.partition, r.committed, r.end) for r in rows if r.lag]
+            raise AssertionError(
+                f"not settled in {timeout}s: lagging {lagging}, replica input {runtime.replica_input}, "
+                f"workers alive {[p.poll() is None for p in self.workers]}"
+            ) from exc
 
     def log_size(self) -> int:
         if self.runtime == "embedded":

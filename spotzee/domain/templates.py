@@ -173,10 +173,18 @@ def _environment(limits: RenderLimits, autoescape: bool) -> LiquidDialect:
     return Limited(autoescape=autoescape)
 
 
-@lru_cache(maxsize=1024)
-def _parse(env: LiquidDialect, source: str) -> BoundTemplate:
-    """Parsed templates are reused: the same template renders for every recipient."""
+_CACHED_SOURCE: Final = 64 * 1024
+
+
+@lru_cache(maxsize=512)
+def _parse_cached(env: LiquidDialect, source: str) -> BoundTemplate:
     return env.from_string(source)
+
+
+def _parse(env: LiquidDialect, source: str) -> BoundTemplate:
+    """Parsed templates are reused (one template renders for every recipient); very large ones
+    are parsed each time rather than pinned in memory."""
+    return _parse_cached(env, source) if len(source) <= _CACHED_SOURCE else env.from_string(source)
 
 
 class _Render:

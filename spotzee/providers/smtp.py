@@ -122,7 +122,7 @@ class SmtpSender:
                 sender=_addr_spec(delivery.email.from_),
                 recipients=[_addr_spec(delivery.to)],
                 hostname=config.host,
-                port=config.port,
+                port=config.resolved_port(),
                 username=config.username,
                 password=password,
                 use_tls=config.security == "ssl",

@@ -13,8 +13,8 @@ time so each hop is checked too. Environment proxies are ignored: a proxy would 
 behalf to wherever the name resolves for it.
 
 Outcomes: 2xx sent; 408, 425, 429, 5xx, timeouts and connection errors transient (with the
-``Retry-After`` delay when given); any other status, a refused destination or too many redirects
-permanent.
+``Retry-After`` delay when given); any other status, a refused destination, a TLS certificate that
+does not verify or too many redirects permanent.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class WebhookSender:
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
         user_agent: str = "Spotzee-Webhooks/1",
+        tls_context: ssl.SSLContext | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if config.signing_secret is None:
@@ -147,6 +149,7 @@ class WebhookSender:
             trust_env=False,
             timeout=httpx.Timeout(config.timeout),
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=tls_context or True,
         )
 
     async def aclose(self) -> None:
@@ -160,7 +163,8 @@ class WebhookSender:
         headers = dict(request.headers)
         if body and not any(name.lower() == "content-type" for name in headers):
             headers["Content-Type"] = "application/json"
-        headers.setdefault("User-Agent", self._user_agent)
+        if not any(name.lower() == "user-agent" for name in headers):
+            headers["User-Agent"] = self._user_agent
         headers[IDEMPOTENCY_HEADER] = delivery.send_id
         origin = _origin(url)
         try:
@@ -193,6 +197,10 @@ class WebhookSender:
             return Transient(reason=f"no response within {self._timeout:g}s")
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             return Permanent(reason=f"invalid URL: {exc}")
+        except httpx.ConnectError as exc:
+            if _certificate_rejected(exc):
+                return Permanent(reason=f"TLS certificate not accepted: {exc}")
+            return Transient(reason=f"ConnectError: {exc}")
         except httpx.TransportError as exc:
             return Transient(reason=f"{type(exc).__name__}: {exc}")
 
@@ -223,6 +231,16 @@ class WebhookSender:
                 return _Redirect(response.status_code, response.headers.get("location"))
             return classify(response.status_code, response.headers, snippet, now=self._clock())
         raise error or httpx.ConnectError(f"no address to connect to for {destination.host}")
+
+
+def _certificate_rejected(exc: BaseException) -> bool:
+    """httpx wraps the ssl error; a certificate that does not verify will not on a retry either."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

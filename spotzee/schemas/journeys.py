@@ -133,18 +133,18 @@ class _Tagged:
     Choices may nest (a ``balancer`` step is then chosen by ``mode``).
     """
 
+    classes: tuple[type[Model], ...]  # already validated objects pass as they are
+
     def __init__(self, title: str, tag: str, choices: Mapping[str, type[Model] | _Tagged]) -> None:
         self.title, self.tag, self.choices = title, tag, dict(choices)
         self.expected = ", ".join(f"'{name}'" for name in self.choices)
-
-    def classes(self) -> tuple[type[Model], ...]:
         found: list[type[Model]] = []
         for choice in self.choices.values():
-            found.extend(choice.classes() if isinstance(choice, _Tagged) else (choice,))
-        return tuple(found)
+            found.extend(choice.classes if isinstance(choice, _Tagged) else (choice,))
+        self.classes = tuple(found)
 
     def validate(self, value: Any) -> Any:
-        if isinstance(value, self.classes()):
+        if isinstance(value, self.classes):
             return value
         if not isinstance(value, dict):
             raise PydanticCustomError("model_type", "{title} must be an object with a {tag}", self._ctx())

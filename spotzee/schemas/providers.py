@@ -44,6 +44,7 @@ ProviderChannel = Literal["email", "webhook"]
 CHANNEL_OF: Final[dict[str, str]] = {"smtp": "email", "webhook": "webhook"}
 REVEAL_SECRETS: Final = {"reveal_secrets": True}
 MIN_SIGNING_SECRET: Final = 16
+DEFAULT_SMTP_PORTS: Final = {"none": 25, "starttls": 587, "ssl": 465}
 
 
 def _secret_out(value: SecretStr | None, info: SerializationInfo) -> str | None:
@@ -73,13 +74,16 @@ def _host(value: str) -> str:
 
 class SmtpConfig(Model):
     host: Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_host)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    port: Annotated[int | None, Field(ge=1, le=65535, description="Default: 25, 587 (starttls) or 465 (ssl).")] = None
     username: Annotated[str | None, Field(min_length=1, max_length=512)] = None
     password: Secret | None = None
     security: Literal["none", "starttls", "ssl"] = "starttls"
     timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
 
     secret_fields: ClassVar[tuple[str, ...]] = ("password",)
+
+    def resolved_port(self) -> int:
+        return self.port or DEFAULT_SMTP_PORTS[self.security]
 
     @model_validator(mode="after")
     def _login_is_whole(self) -> SmtpConfig:
@@ -210,7 +214,7 @@ def public_config(config: ProviderConfig) -> SmtpPublicConfig | WebhookPublicCon
     if isinstance(config, SmtpConfig):
         return SmtpPublicConfig(
             host=config.host,
-            port=config.port,
+            port=config.resolved_port(),
             username=config.username,
             has_password=config.password is not None,
             security=config.security,

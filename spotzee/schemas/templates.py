@@ -170,6 +170,8 @@ def _header_name(value: str) -> str:
     return value
 
 
+LiquidTemplate = Annotated[str, AfterValidator(_liquid)]
+"""Any string field that is a Liquid template (journey update/event values too): checked on input."""
 Subject = Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT), AfterValidator(_liquid)]
 Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY), AfterValidator(_liquid)]
 UrlTemplate = Annotated[

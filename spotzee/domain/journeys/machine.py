@@ -43,12 +43,15 @@ from spotzee.schemas.journeys import (
 
 
 def transition(
-    journey: JourneyDefinition, state: RunState | None, event: JourneyInput, now: datetime, env: JourneyEnv
+    journey: JourneyDefinition, state: RunState | None, input: JourneyInput, now: datetime, env: JourneyEnv
 ) -> Outcome:
-    """Apply one input to one run. ``state`` is not modified; the outcome holds a new one."""
+    """Apply one input to one run. ``state`` is not modified; the outcome holds a new one.
+
+    ``journey`` is the run's journey (its current version); ``state`` None before ``Enter``.
+    """
     now = utc(now)
-    if isinstance(event, Enter):
-        return _enter(journey, state, event, now, env)
+    if isinstance(input, Enter):
+        return _enter(journey, state, input, now, env)
     if state is None:
         return Outcome(state=None, ignored="no such run")
     if state.status == "exited":
@@ -58,18 +61,18 @@ def transition(
     walk = Walk(journey, state.model_copy(deep=True), now, env)
     if not _migrate(walk):
         return _finish(walk)
-    if isinstance(event, Exit):
-        _exit(walk, event.reason)
-    elif isinstance(event, SegmentExited):
-        if not any(isinstance(c, ExitOnSegmentExited) and c.segment_id == event.segment_id for c in journey.exit_when):
+    if isinstance(input, Exit):
+        _exit(walk, input.reason)
+    elif isinstance(input, SegmentExited):
+        if not any(isinstance(c, ExitOnSegmentExited) and c.segment_id == input.segment_id for c in journey.exit_when):
             return _ignored(state, "no exit_when on this segment")
-        _exit(walk, f"segment_exited:{event.segment_id}")
-    elif isinstance(event, EventSeen):
-        reason = _on_event(walk, event)
+        _exit(walk, f"segment_exited:{input.segment_id}")
+    elif isinstance(input, EventSeen):
+        reason = _on_event(walk, input)
         if reason is not None:
             return _ignored(state, reason)
     else:
-        reason = _on_wake(walk, event)
+        reason = _on_wake(walk, input)
         if reason is not None:
             return _ignored(state, reason)
     return _finish(walk)
