@@ -21,8 +21,11 @@ from spotzee.streams.segments import SegmentRegistry
 from spotzee.tenancy import Tenancy
 
 if TYPE_CHECKING:
+    from spotzee.journeys import Journeys
     from spotzee.lists import Lists
+    from spotzee.provider_configs import Providers
     from spotzee.segments import Segments
+    from spotzee.templates import Templates
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +56,19 @@ class Services:
     tenancy: Tenancy
     segments: Segments
     lists: Lists
+    templates: Templates
+    providers: Providers
+    journeys: Journeys
     started: bool = field(default=False)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None, *, run_sink: bool = True) -> Services:
+        from spotzee.definitions import Catalogue
+        from spotzee.journeys import Journeys
         from spotzee.lists import Lists
+        from spotzee.provider_configs import Providers
         from spotzee.segments import Segments
+        from spotzee.templates import Templates
 
         clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +105,24 @@ class Services:
             runtime.on_definition(registry.on_definition)
         segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
         lists = Lists(runtime, clock, tenancy, segments)
-        return cls(settings, clock, runtime, clickhouse, analyst, sink, tenancy, segments, lists)
+        catalogue = Catalogue(runtime, tenancy)
+        templates = Templates(catalogue, clock)
+        providers = Providers(catalogue, clock)
+        journeys = Journeys(catalogue, clock, segments)
+        return cls(
+            settings,
+            clock,
+            runtime,
+            clickhouse,
+            analyst,
+            sink,
+            tenancy,
+            segments,
+            lists,
+            templates,
+            providers,
+            journeys,
+        )
 
     async def start(self) -> None:
         if isinstance(self.runtime, EmbeddedRuntime):

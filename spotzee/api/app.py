@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from spotzee.api import contacts, errors, health, ingest, lists, segments, sql, tenancy
+from spotzee.api import contacts, errors, health, ingest, journeys, lists, providers, segments, sql, templates, tenancy
 from spotzee.api.metrics import Metrics
 from spotzee.schemas.events import MESSAGE_TYPES
 from spotzee.services import Services
@@ -54,6 +54,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
         contacts.router,
         segments.router,
         lists.router,
+        templates.router,
+        providers.router,
+        journeys.router,
         tenancy.router,
         sql.router,
         health.router,
