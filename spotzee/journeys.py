@@ -8,25 +8,31 @@ and linked journeys must exist in the project.
 
 from __future__ import annotations
 
+import uuid
+
 from spotzee.definitions import Catalogue, new_id
 from spotzee.domain.segments import segment_references
 from spotzee.errors import Conflict, InvalidInput
 from spotzee.schemas.journeys import (
+    ApiTrigger,
     ExitOnSegmentExited,
     GateStep,
     JourneyCreate,
     JourneyDefinition,
+    JourneyEnterRequest,
     JourneyStatus,
     LinkStep,
     ScheduledTrigger,
     SegmentTrigger,
     SendStep,
 )
+from spotzee.schemas.records import JourneyEntry
 from spotzee.schemas.templates import TemplateDefinition
 from spotzee.schemas.tenancy import ApiKey
 from spotzee.segments import Segments, list_references
 from spotzee.streams.codec import dumps
 from spotzee.streams.interface import Clock
+from spotzee.streams.journeys import JourneyRegistry
 
 KIND = "journey"
 # Which lifecycle moves are allowed from which status.
@@ -38,10 +44,12 @@ MOVES: dict[str, tuple[JourneyStatus, frozenset[JourneyStatus]]] = {
 
 
 class Journeys:
-    def __init__(self, catalogue: Catalogue, clock: Clock, segments: Segments) -> None:
+    def __init__(self, catalogue: Catalogue, clock: Clock, segments: Segments, registry: JourneyRegistry) -> None:
+        self.runtime = catalogue.runtime
         self.catalogue = catalogue
         self.clock = clock
         self.segments = segments
+        self.registry = registry  # the embedded processor's: a write is live there at once
 
     def get(self, project_id: str, journey_id: str) -> JourneyDefinition:
         return self.catalogue.get(KIND, JourneyDefinition, project_id, journey_id, what="journey")
@@ -96,6 +104,37 @@ class Journeys:
         await self._put(actor, f"journey.{action}", item, current)
         return item
 
+    async def enter(self, actor: ApiKey, journey_id: str, body: JourneyEnterRequest) -> int:
+        """``POST /journeys/{id}/enter``: one ``JourneyEntry`` per contact (a missing contact is
+        created). The idempotency key makes the run ids: the same call twice enters once."""
+        journey = self.get(actor.project_id or "", journey_id)
+        if not isinstance(journey.trigger, ApiTrigger):
+            raise Conflict(
+                f"journey {journey_id} is entered by its {journey.trigger.type} trigger, not through the API"
+            )
+        if journey.status != JourneyStatus.live:
+            raise Conflict(f"journey {journey_id} is {journey.status.value}: publish it first")
+        key = body.idempotency_key or uuid.uuid4().hex
+        now = self.clock.now()
+        records = [
+            (
+                f"{journey.project_id}:{contact_id}",
+                dumps(
+                    JourneyEntry(
+                        project_id=journey.project_id,
+                        id=contact_id,
+                        journey_id=journey.id,
+                        entry_id=f"api:{key}",
+                        payload=body.payload,
+                        at=now,
+                    )
+                ),
+            )
+            for contact_id in body.ids
+        ]
+        await self.runtime.append(records)
+        return len(records)
+
     def _check_references(self, journey: JourneyDefinition) -> None:
         project_id = journey.project_id
         problems: list[tuple[str, str]] = []
@@ -142,3 +181,4 @@ class Journeys:
         summary = {"version": item.version, "status": item.status.value, "name": item.name}
         previous = {"version": before.version, "status": before.status.value} if before else None
         await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
+        self.registry.apply(item)

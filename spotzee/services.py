@@ -17,6 +17,7 @@ from spotzee.runtime.sink_loop import SinkLoop
 from spotzee.settings import Settings
 from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.journeys import JourneyRegistry
 from spotzee.streams.segments import SegmentRegistry
 from spotzee.tenancy import Tenancy
 
@@ -73,8 +74,10 @@ class Services:
         clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = SegmentRegistry()
-        runtime = _open_runtime(settings, clock, registry)
+        journey_registry = JourneyRegistry()
+        runtime = _open_runtime(settings, clock, registry, journey_registry)
         registry.load(runtime.scan_definitions("segment/"))
+        journey_registry.load(runtime.scan_definitions("journey/"))
         try:
             clickhouse = ClickHouse.from_settings(settings)
             migrate(clickhouse)
@@ -103,12 +106,13 @@ class Services:
         if not isinstance(runtime, EmbeddedRuntime):
             runtime.on_definition(tenancy.on_definition)  # other API processes write definitions too
             runtime.on_definition(registry.on_definition)
+            runtime.on_definition(journey_registry.on_definition)
         segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
         lists = Lists(runtime, clock, tenancy, segments)
         catalogue = Catalogue(runtime, tenancy)
         templates = Templates(catalogue, clock)
         providers = Providers(catalogue, clock)
-        journeys = Journeys(catalogue, clock, segments)
+        journeys = Journeys(catalogue, clock, segments, journey_registry)
         return cls(
             settings,
             clock,
@@ -173,10 +177,15 @@ class Services:
         }
 
 
-def _open_runtime(settings: Settings, clock: Clock, registry: SegmentRegistry) -> EmbeddedRuntime | KafkaRuntime:
+def _open_runtime(
+    settings: Settings, clock: Clock, registry: SegmentRegistry, journeys: JourneyRegistry
+) -> EmbeddedRuntime | KafkaRuntime:
     if settings.runtime == "kafka":
         return KafkaRuntime(settings, clock)
     processor = ContactProcessor(
-        dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact, segments=registry
+        dedupe_window=settings.dedupe_window,
+        recent_limit=settings.recent_events_per_contact,
+        segments=registry,
+        journeys=journeys,
     )
     return EmbeddedRuntime(settings, processor, clock)

@@ -37,6 +37,7 @@ from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.journeys import JourneyRegistry
 from spotzee.streams.segments import SegmentRegistry
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,15 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     registry = SegmentRegistry()
     registry.load(definitions.scan("segment/"))
     definitions.listeners.append(registry.on_definition)
+    journeys = JourneyRegistry()
+    journeys.load(definitions.scan("journey/"))
+    definitions.listeners.append(journeys.on_definition)
     engine = Engine(
         ContactProcessor(
-            dedupe_window=settings.dedupe_window, recent_limit=settings.recent_events_per_contact, segments=registry
+            dedupe_window=settings.dedupe_window,
+            recent_limit=settings.recent_events_per_contact,
+            segments=registry,
+            journeys=journeys,
         ),
         clock or SystemClock(),
         settings.data_dir / "kafka-state" / settings.worker_id,

@@ -144,6 +144,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "journey steps and messages",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS journey_steps (
+                project_id LowCardinality(String),
+                journey_id LowCardinality(String),
+                journey_version UInt32,
+                run_id String,
+                contact_id String,
+                step_id LowCardinality(String),
+                visit UInt32,
+                kind LowCardinality(String),
+                at DateTime64(3, 'UTC'),
+                detail String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(at)
+            ORDER BY (project_id, journey_id, run_id, step_id, visit, kind)
+            SETTINGS {DEDUP}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS messages (
+                project_id LowCardinality(String),
+                send_id String,
+                contact_id String,
+                channel LowCardinality(String),
+                template_id String,
+                journey_id String,
+                run_id String,
+                step_id String,
+                status LowCardinality(String),
+                at DateTime64(3, 'UTC'),
+                detail String
+            ) ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(at)
+            ORDER BY (project_id, send_id, status)
+            SETTINGS {DEDUP}
+            """,
+        ),
+    ),
 )
 
 

@@ -23,6 +23,8 @@ from spotzee.schemas.analytics import (
     DeadLetterRow,
     EraseHistory,
     EventRow,
+    JourneyStepRow,
+    MessageRow,
     SegmentChangeRow,
 )
 
@@ -33,6 +35,8 @@ TABLES: dict[type, str] = {
     AuditRow: "audit_log",
     DeadLetterRow: "dead_letters",
     SegmentChangeRow: "segment_changes",
+    JourneyStepRow: "journey_steps",
+    MessageRow: "messages",
 }
 MUTATIONS = (EraseHistory,)
 
@@ -96,6 +100,8 @@ class AnalyticsSink:
                 "(alias_id IN {ids:Array(String)} OR contact_id IN {ids:Array(String)})",
                 "DELETE FROM dead_letters WHERE project_id = {p:String} AND key IN {keys:Array(String)}",
                 "DELETE FROM segment_changes WHERE project_id = {p:String} AND contact_id IN {ids:Array(String)}",
+                "DELETE FROM journey_steps WHERE project_id = {p:String} AND contact_id IN {ids:Array(String)}",
+                "DELETE FROM messages WHERE project_id = {p:String} AND contact_id IN {ids:Array(String)}",
             )
             for statement in statements:
                 self.clickhouse.command(statement, parameters=erase)

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter
 
 from spotzee.api.deps import SecretKeyDep, ServicesDep
-from spotzee.schemas.journeys import JourneyCreate, JourneyPublic
+from spotzee.schemas.journeys import JourneyCreate, JourneyEntered, JourneyEnterRequest, JourneyPublic
 
 router = APIRouter(prefix="/api/v1/journeys", tags=["journeys"])
 
@@ -32,6 +32,14 @@ async def update_journey(
     journey_id: str, body: JourneyCreate, key: SecretKeyDep, services: ServicesDep
 ) -> JourneyPublic:
     return JourneyPublic.from_definition(await services.journeys.update(key, journey_id, body))
+
+
+@router.post("/{journey_id}/enter", response_model=JourneyEntered, status_code=202)
+async def enter_journey(
+    journey_id: str, body: JourneyEnterRequest, key: SecretKeyDep, services: ServicesDep
+) -> JourneyEntered:
+    """Accepted once durable; each contact enters when its partition processes the entry."""
+    return JourneyEntered(accepted=await services.journeys.enter(key, journey_id, body))
 
 
 @router.post("/{journey_id}/{action}", response_model=JourneyPublic)

@@ -343,7 +343,7 @@ class EmbeddedRuntime:
             elif topic in (topics.ANALYTICS, topics.DEAD_LETTER):
                 batch.put(U64.pack(outbox_next), value, outbox_handle)
                 outbox_next += 1
-            elif topic == topics.SEGMENT_CHANGES:
+            elif topic in (topics.SEGMENT_CHANGES, topics.JOURNEY_ADVANCE, topics.SENDS):
                 self._stage_topic_record(batch, topic, value)
             else:
                 raise SpotzeeError(f"topic {topic!r} is not bound in the embedded runtime")

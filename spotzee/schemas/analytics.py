@@ -93,6 +93,39 @@ class SegmentChangeRow(Model):
     change_id: str
 
 
+class JourneyStepRow(Model):
+    """``journey_steps``: every transition of every run (entered/completed/waiting/exited ...)."""
+
+    type: Literal["journey_step"] = "journey_step"
+    project_id: str
+    journey_id: str
+    journey_version: int
+    run_id: str
+    contact_id: str
+    step_id: str
+    visit: int
+    kind: str
+    at: UTCDateTime
+    detail: str  # JSON
+
+
+class MessageRow(Model):
+    """``messages``: one row per send and status change (queued, sent, failed, suppressed)."""
+
+    type: Literal["message"] = "message"
+    project_id: str
+    send_id: str
+    contact_id: str
+    channel: str
+    template_id: str
+    journey_id: str
+    run_id: str
+    step_id: str
+    status: str
+    at: UTCDateTime
+    detail: str  # JSON
+
+
 class EraseHistory(Model):
     """Delete every history row of these contact ids (GDPR erase)."""
 
@@ -102,12 +135,29 @@ class EraseHistory(Model):
 
 
 AnalyticsRecord = Annotated[
-    EventRow | ContactChangeRow | AliasRow | AuditRow | DeadLetterRow | SegmentChangeRow | EraseHistory,
+    EventRow
+    | ContactChangeRow
+    | AliasRow
+    | AuditRow
+    | DeadLetterRow
+    | SegmentChangeRow
+    | JourneyStepRow
+    | MessageRow
+    | EraseHistory,
     Field(discriminator="type"),
 ]
 analytics_record_adapter: TypeAdapter[AnalyticsRecord] = TypeAdapter(AnalyticsRecord)
 
-ROW_TYPES = ("event", "contact_change", "alias", "audit", "dead_letter", "segment_membership")
+ROW_TYPES = (
+    "event",
+    "contact_change",
+    "alias",
+    "audit",
+    "dead_letter",
+    "segment_membership",
+    "journey_step",
+    "message",
+)
 
 
 class SqlQuery(Model):

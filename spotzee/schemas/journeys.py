@@ -55,7 +55,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spotzee.domain.traits import normalize_timezone
-from spotzee.schemas.common import Model, UTCDateTime
+from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
 from spotzee.schemas.rules import MAX_DURATION, AttributePath, PropertyFilter, PropertyPath, SegmentRule
 
 DurationUnit = Literal["second", "minute", "hour", "day", "week"]
@@ -724,3 +724,16 @@ class JourneyPublic(JourneyBody):
 
 
 STEP_TYPES: Final[tuple[str, ...]] = tuple(_STEPS.choices)
+
+
+class JourneyEnterRequest(Model):
+    """``POST /api/v1/journeys/{id}/enter``: contacts to enter (created when missing), the data
+    templates see as ``event``, and a key that makes a retried call enter nobody twice."""
+
+    ids: Annotated[list[Identifier], Field(min_length=1, max_length=10_000)]
+    payload: JSONObject | None = None
+    idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200, pattern=r"^[^:]+$")] = None
+
+
+class JourneyEntered(Model):
+    accepted: int

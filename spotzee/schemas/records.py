@@ -107,6 +107,38 @@ class DedupeSweep(Model):
         return self.id
 
 
+class JourneyEntry(Model):
+    """Enter a contact into a journey: the API (``/journeys/{id}/enter``), a ``link`` step, a
+    schedule. ``entry_id`` makes the run id, so a replayed entry starts nothing twice."""
+
+    type: Literal["journey_entry"] = "journey_entry"
+    project_id: str
+    id: str
+    journey_id: str
+    entry_id: str
+    payload: JSONObject | None = None  # ``event`` for templates
+    at: UTCDateTime
+
+    @property
+    def contact_id(self) -> str:
+        return self.id
+
+
+class JourneyWake(Model):
+    """A run's timer fired (the step and visit it was set for)."""
+
+    type: Literal["journey_wake"] = "journey_wake"
+    project_id: str
+    id: str
+    run_id: str
+    step_id: str
+    visit: int
+
+    @property
+    def contact_id(self) -> str:
+        return self.id
+
+
 EventsRecord = Annotated[
     IngestedMessage
     | MergeRequest
@@ -117,7 +149,9 @@ EventsRecord = Annotated[
     | SegmentBarrier
     | SegmentRefresh
     | SegmentWake
-    | ListMembership,
+    | ListMembership
+    | JourneyEntry
+    | JourneyWake,
     Field(discriminator="type"),
 ]
 events_record_adapter: TypeAdapter[EventsRecord] = TypeAdapter(EventsRecord)

@@ -29,6 +29,8 @@ from spotzee.schemas.records import (
     DedupeSweep,
     EventsRecord,
     IngestedMessage,
+    JourneyEntry,
+    JourneyWake,
     MergeIn,
     MergeRequest,
     events_record_adapter,
@@ -38,6 +40,8 @@ from spotzee.schemas.segments import HistoryFact, ListMembership, SegmentBarrier
 from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.interface import Context
+from spotzee.streams.journeys import TABLES as JOURNEY_TABLES
+from spotzee.streams.journeys import JourneyRegistry, JourneyRunner, SegmentTransition
 from spotzee.streams.segments import TABLES as SEGMENT_TABLES
 from spotzee.streams.segments import SegmentMemberships, SegmentRegistry
 
@@ -55,13 +59,23 @@ def contact_key(project_id: str, contact_id: str) -> str:
 
 class ContactProcessor:
     topic = topics.EVENTS
-    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE, *SEGMENT_TABLES)
+    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE, *SEGMENT_TABLES, *JOURNEY_TABLES)
 
-    def __init__(self, *, dedupe_window: timedelta, recent_limit: int, segments: SegmentRegistry | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        dedupe_window: timedelta,
+        recent_limit: int,
+        segments: SegmentRegistry | None = None,
+        journeys: JourneyRegistry | None = None,
+    ) -> None:
         self.dedupe_window = dedupe_window
         self.recent_limit = recent_limit
         self.registry = segments or SegmentRegistry()
         self.segments = SegmentMemberships(self.registry)
+        self.journey_registry = journeys or JourneyRegistry()
+        self.journeys = JourneyRunner(self.journey_registry, self._journey_update)
+        self.segments.listeners.append(self._segment_transitions)
 
     def process(self, ctx: Context, key: str, value: bytes) -> None:
         record: EventsRecord = events_record_adapter.validate_json(value)
@@ -86,6 +100,10 @@ class ContactProcessor:
             self.segments.wake(ctx, self._state(ctx, record_key(record)), record)
         elif isinstance(record, ListMembership):
             self._list_membership(ctx, record)
+        elif isinstance(record, JourneyEntry):
+            self._journey_entry(ctx, record)
+        elif isinstance(record, JourneyWake):
+            self.journeys.on_wake(ctx, self._state(ctx, record_key(record)), record)
 
     # -- records ---------------------------------------------------------------------------
 
@@ -136,6 +154,8 @@ class ContactProcessor:
             changes=outcome.changes,
             cause=f"event:{record.message_id}",
         )
+        if fact is not None:
+            self.journeys.on_event(ctx, self._state(ctx, key) or outcome.state, fact)
 
     def _merge_request(self, ctx: Context, record: MergeRequest) -> None:
         key = record_key(record)
@@ -150,6 +170,8 @@ class ContactProcessor:
                 )
             return
         state = self._state(ctx, key)
+        if state is not None:
+            self.journeys.on_leave(ctx, state, f"merged:{record.target_id}")
         ctx.table(CONTACTS).delete(key)
         source_segments = self.segments.leave(ctx, record.project_id, record.source_id, f"merged:{record.target_id}")
         merged = AliasState(
@@ -207,6 +229,39 @@ class ContactProcessor:
         self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
         self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
 
+    def _journey_entry(self, ctx: Context, record: JourneyEntry) -> None:
+        key = record_key(record)
+        if self._forward_if_merged(ctx, key, record, "id"):
+            return
+        state = self._state(ctx, key)
+        now = ctx.clock.now()
+        if state is None:  # entering a journey by id creates the contact, like a list import
+            outcome = domain.apply_patch(None, {}, project_id=record.project_id, contact_id=record.id, now=now)
+            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            self.segments.after_change(ctx, outcome.state, outcome.changes, f"journey_entry:{record.entry_id}")
+            state = self._state(ctx, key) or outcome.state
+        self.journeys.on_entry(ctx, state, record)
+
+    def _journey_update(self, ctx: Context, contact: ContactState, traits: dict[str, Any], cause: str) -> ContactState:
+        """A journey's ``update`` step: the same semantics and history as an API patch."""
+        key = contact_key(contact.project_id, contact.id)
+        now = ctx.clock.now()
+        outcome = domain.apply_patch(
+            self._state(ctx, key), traits, project_id=contact.project_id, contact_id=contact.id, now=now
+        )
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        self._emit_changes(ctx, contact.project_id, contact.id, outcome.changes, now, "journey", cause)
+        self.segments.after_change(ctx, outcome.state, outcome.changes, cause)
+        return outcome.state
+
+    def _segment_transitions(
+        self, ctx: Context, project_id: str, contact_id: str, transitions: list[tuple[str, bool, str]]
+    ) -> None:
+        state = self._state(ctx, contact_key(project_id, contact_id))
+        if state is None:
+            return  # erased or merged away: its runs were ended already
+        self.journeys.on_segments(ctx, state, [SegmentTransition(*t) for t in transitions])
+
     def _list_membership(self, ctx: Context, record: ListMembership) -> None:
         key = record_key(record)
         if self._forward_if_merged(ctx, key, record, "id"):
@@ -235,8 +290,10 @@ class ContactProcessor:
         ):
             return  # this id belongs to someone else (or was never merged): not ours to erase
         state = self._state(ctx, key)
+        if state is not None:
+            self.journeys.on_leave(ctx, state, "erased")
+        ctx.table(CONTACTS).delete(key)  # first: its segment exits must not trigger journeys
         self.segments.leave(ctx, record.project_id, record.id, "erased")
-        ctx.table(CONTACTS).delete(key)
         ctx.table(ALIASES).delete(key)
         dedupe = ctx.table(DEDUPE)
         for entry, _ in list(dedupe.scan_prefix(key + SEP)):
@@ -281,7 +338,7 @@ class ContactProcessor:
         self,
         ctx: Context,
         key: str,
-        record: IngestedMessage | MergeIn | ContactPatch | ListMembership,
+        record: IngestedMessage | MergeIn | ContactPatch | ListMembership | JourneyEntry,
         field: str,
     ) -> bool:
         """An id merged into another contact forwards its records there (``field`` names the target)."""

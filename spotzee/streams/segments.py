@@ -14,7 +14,7 @@ re-delivers a ``SegmentWake`` at the earliest instant a time-dependent segment m
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
@@ -110,11 +110,17 @@ def _rank(definition: SegmentDefinition) -> int:
     return {"building": 0, "ready": 1, "deleted": 2}[definition.status.value]
 
 
+TransitionListener = Callable[[Context, str, str, list[tuple[str, bool, str]]], None]
+
+
 class SegmentMemberships:
     """The processor side of segments, called by ContactProcessor for every contact record."""
 
     def __init__(self, registry: SegmentRegistry) -> None:
         self.registry = registry
+        # Told (project, contact, [(segment id, entered, change id)]) after each stored change:
+        # journeys trigger on segment entry and exit.
+        self.listeners: list[TransitionListener] = []
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -250,6 +256,10 @@ class SegmentMemberships:
         now = ctx.clock.now()
         for transition in outcome.transitions:
             self._emit(ctx, key, project_id, contact_id, transition, now, cause)
+        if outcome.transitions:
+            told = [(t.segment_id, t.entered, change_id(contact_id, t.seq)) for t in outcome.transitions]
+            for listener in self.listeners:
+                listener(ctx, project_id, contact_id, told)
         wake_at, was = after.wake_at, before.wake_at
         if wake_at != was or cause == "time":  # a fired timer is gone: re-arm it
             timer = f"segments:{key}"

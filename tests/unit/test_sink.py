@@ -56,7 +56,7 @@ def test_migrations_are_applied_once(clickhouse: ClickHouse) -> None:
         "SELECT name, sorting_key FROM system.tables WHERE database = currentDatabase() "
         "AND name != 'schema_migrations' AND engine != 'View'"
     )
-    assert len(rows) == 6
+    assert len(rows) == 8
     assert all(key.startswith("project_id") for _, key in rows)
 
 

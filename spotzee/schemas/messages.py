@@ -1,0 +1,40 @@
+"""Messages on their way: the ``sends`` topic, and transitions on ``journey-advance``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+
+
+class SendCommand(Model):
+    """A message to deliver (``sends``, key ``project:contact``). ``send_id`` is deterministic
+    (run, step, visit): a send_id reaches a provider at most once."""
+
+    type: Literal["send"] = "send"
+    project_id: str
+    contact_id: str
+    send_id: str
+    channel: str
+    template_id: str
+    journey_id: str
+    run_id: str
+    step_id: str
+    variables: JSONObject  # ``event`` and ``journey`` for the template; ``contact`` is read at send time
+    queued_at: UTCDateTime
+
+
+class JourneyAdvance(Model):
+    """One transition of a run (``journey-advance``): what entered, completed, waits or exited."""
+
+    type: Literal["journey_advance"] = "journey_advance"
+    project_id: str
+    contact_id: str
+    journey_id: str
+    journey_version: int
+    run_id: str
+    step_id: str
+    visit: int
+    kind: str
+    at: UTCDateTime
+    detail: JSONObject
