@@ -129,6 +129,15 @@ pid_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
 }
 
+# Alive and not a zombie, whatever it runs: right after the fork the child may not have exec'd
+# java yet (its cmdline is still this script's), so pid_alive would call a starting broker dead.
+pid_running() {
+    local pid="$1" state
+    [[ -r "/proc/$pid/status" ]] || return 1
+    state="$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)"
+    [[ -n "$state" && "$state" != "Z" && "$state" != "X" ]]
+}
+
 read_pid() {
     local f="$1/kafka.pid"
     [[ -f "$f" ]] && tr -dc '0-9' <"$f"
@@ -230,7 +239,7 @@ cmd_start() {
     echo "$pid" >"$DIR/kafka.pid"
 
     while :; do
-        if ! kill -0 "$pid" 2>/dev/null || ! pid_alive "$pid"; then
+        if ! kill -0 "$pid" 2>/dev/null || ! pid_running "$pid"; then
             tail -n 60 "$DIR/kafka.log" >&2 || true
             die "broker exited during startup (see $DIR/kafka.log)"
         fi
