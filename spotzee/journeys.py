@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import uuid
 
+from pydantic import ValidationError
+
+from spotzee.api.errors import validation_details
 from spotzee.definitions import Catalogue, new_id
 from spotzee.domain.segments import segment_references
 from spotzee.errors import Conflict, InvalidInput
@@ -59,7 +62,7 @@ class Journeys:
 
     async def create(self, actor: ApiKey, body: JourneyCreate) -> JourneyDefinition:
         now = self.clock.now()
-        item = JourneyDefinition.model_validate(
+        item = _definition(
             {
                 **body.model_dump(mode="json"),
                 "id": new_id("jrn"),
@@ -77,7 +80,7 @@ class Journeys:
         current = self.get(actor.project_id or "", journey_id)
         if current.status == JourneyStatus.archived:
             raise Conflict(f"journey {journey_id} is archived: it can't be edited")
-        item = JourneyDefinition.model_validate(
+        item = _definition(
             {
                 **body.model_dump(mode="json"),
                 "id": current.id,
@@ -182,3 +185,12 @@ class Journeys:
         previous = {"version": before.version, "status": before.status.value} if before else None
         await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
         self.registry.apply(item)
+
+
+def _definition(data: dict[str, object]) -> JourneyDefinition:
+    """The stored form; checks that need the id (a link to itself needs a delay) fail as 400."""
+    try:
+        return JourneyDefinition.model_validate(data)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise InvalidInput("; ".join(f"{d['path']}: {d['reason']}" for d in details), details=details) from exc

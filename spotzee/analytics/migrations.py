@@ -159,6 +159,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 visit UInt32,
                 kind LowCardinality(String),
                 at DateTime64(3, 'UTC'),
+                seq UInt32,
                 detail String
             ) ENGINE = ReplacingMergeTree
             PARTITION BY toYYYYMM(at)

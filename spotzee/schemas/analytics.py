@@ -106,6 +106,7 @@ class JourneyStepRow(Model):
     visit: int
     kind: str
     at: UTCDateTime
+    seq: int  # order among the rows of one transition (they share ``at``)
     detail: str  # JSON
 
 

@@ -116,7 +116,9 @@ class JourneyEntry(Model):
     id: str
     journey_id: str
     entry_id: str
-    payload: JSONObject | None = None  # ``event`` for templates
+    payload: JSONObject | None = None  # API: ``event.properties`` for templates
+    event: JSONObject | None = None  # a link: the linking run's triggering event, as it was
+    create_contact: bool = True  # API entries create missing contacts; a link never does
     at: UTCDateTime
 
     @property

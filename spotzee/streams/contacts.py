@@ -20,6 +20,7 @@ import orjson
 
 from spotzee.domain import contacts as domain
 from spotzee.domain.events import effective_timestamp
+from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
 from spotzee.schemas.contacts import AliasState, ContactState, FieldChange
 from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name
@@ -235,6 +236,8 @@ class ContactProcessor:
             return
         state = self._state(ctx, key)
         now = ctx.clock.now()
+        if state is None and not record.create_contact:
+            return  # a delayed link for a contact erased meanwhile
         if state is None:  # entering a journey by id creates the contact, like a list import
             outcome = domain.apply_patch(None, {}, project_id=record.project_id, contact_id=record.id, now=now)
             ctx.table(CONTACTS).set(key, dumps(outcome.state))
@@ -243,9 +246,18 @@ class ContactProcessor:
         self.journeys.on_entry(ctx, state, record)
 
     def _journey_update(self, ctx: Context, contact: ContactState, traits: dict[str, Any], cause: str) -> ContactState:
-        """A journey's ``update`` step: the same semantics and history as an API patch."""
+        """A journey's ``update`` step: the same semantics, validation and history as an API patch
+        (paths as in segment rules: ``plan`` or ``traits.plan``). An invalid value is skipped."""
         key = contact_key(contact.project_id, contact.id)
         now = ctx.clock.now()
+        cleaned: dict[str, Any] = {}
+        for path, value in traits.items():
+            name = path.removeprefix("traits.")
+            try:
+                cleaned.update(normalize_traits({name: value}, prefix="traits"))
+            except TraitError as exc:
+                log.warning("journey update of %s skipped for %s: %s", name, key, exc)
+        traits = cleaned
         outcome = domain.apply_patch(
             self._state(ctx, key), traits, project_id=contact.project_id, contact_id=contact.id, now=now
         )

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -53,6 +53,7 @@ JOURNEY_ENTRIES = "journey_entries"
 JOURNEY_COUNTERS = "journey_counters"
 TABLES = (JOURNEY_RUNS, JOURNEY_ENTRIES, JOURNEY_COUNTERS)
 SEP = "\x00"
+PAUSED_RECHECK = timedelta(minutes=1)  # how often a paused journey's due timers look again
 
 UpdateContact = Callable[[Context, ContactState, dict[str, Any], str], ContactState]
 
@@ -97,19 +98,20 @@ class SegmentTransition:
 
 
 class _Counters(Mapping[str, int]):
-    """Balancer counters read from the partition's table on demand."""
+    """One journey's balancer counters, read from the partition's table on demand."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, prefix: str) -> None:
         self.table = table
+        self.prefix = prefix
 
     def __getitem__(self, key: str) -> int:
-        raw = self.table.get(key)
+        raw = self.table.get(self.prefix + key)
         if raw is None:
             raise KeyError(key)
         return int(raw)
 
     def __iter__(self) -> Iterator[str]:
-        return (key for key, _ in self.table.scan_prefix(""))
+        return (key[len(self.prefix) :] for key, _ in self.table.scan_prefix(self.prefix))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -158,7 +160,9 @@ class JourneyRunner:
             log.info("entry %s into journey %s dropped: not live", record.entry_id, record.journey_id)
             return
         event = None
-        if record.payload is not None:
+        if record.event is not None:
+            event = machine.EventData.model_validate(record.event)
+        elif record.payload is not None:
             event = machine.EventData(name="journey_entry", properties=record.payload)
         self._enter(ctx, contact, journey, f"entry:{record.entry_id}", event, record.at)
 
@@ -228,8 +232,25 @@ class JourneyRunner:
             contact=contact_variables(contact),
             timezone=contact.timezone,
             default_timezone=journey.timezone or "UTC",
-            balancer_counts=_Counters(counters),
+            balancer_counts=_Counters(counters, _counter_prefix(journey)),
         )
+        if run is not None and journey.status == JourneyStatus.archived:
+            input = machine.Exit(reason="journey_archived")  # archiving ends the runs in flight
+        elif run is not None and journey.status != JourneyStatus.live and not isinstance(input, machine.Exit):
+            # Paused (or back to draft): runs hold. A due timer is re-armed; events pass unseen.
+            if isinstance(input, machine.Wake) and run.wake_at is not None:
+                record = JourneyWake(
+                    project_id=contact.project_id,
+                    id=contact.id,
+                    run_id=run.run_id,
+                    step_id=input.step_id,
+                    visit=input.visit,
+                )
+                key = _run_key(contact, run.run_id)
+                ctx.schedule(
+                    f"journey:{key}", now + PAUSED_RECHECK, topics.EVENTS, _contact_key(contact), dumps(record)
+                )
+            return
         outcome = machine.transition(journey, run, input, now, env)
         if outcome.ignored is not None or outcome.state is None:
             return
@@ -254,8 +275,8 @@ class JourneyRunner:
             ctx.schedule(timer_id, outcome.wake_at, topics.EVENTS, _contact_key(contact), dumps(record))
         elif run is not None and run.wake_at is not None:
             ctx.cancel(timer_id)
-        for effect in outcome.effects:
-            contact = self._carry_out(ctx, contact, journey, state, effect, now)
+        for seq, effect in enumerate(outcome.effects):
+            contact = self._carry_out(ctx, contact, journey, state, effect, now, seq)
 
     def _record_exit(self, ctx: Context, contact: ContactState, journey_id: str, run_id: str, now: datetime) -> None:
         entries = ctx.table(JOURNEY_ENTRIES)
@@ -274,6 +295,7 @@ class JourneyRunner:
         run: machine.RunState,
         effect: machine.Effect,
         now: datetime,
+        seq: int,
     ) -> ContactState:
         key = _contact_key(contact)
         pid = contact.project_id
@@ -315,7 +337,8 @@ class JourneyRunner:
                 id=contact.id,
                 journey_id=effect.journey_id,
                 entry_id=effect.entry_id,
-                payload=effect.event.as_variables() if effect.event is not None else None,
+                event=effect.event.as_variables() if effect.event is not None else None,
+                create_contact=False,
                 at=effect.at,
             )
             if effect.at > now:
@@ -324,9 +347,10 @@ class JourneyRunner:
                 ctx.emit(topics.EVENTS, key, dumps(entry))
         elif isinstance(effect, machine.BalancerTaken):
             counters = ctx.table(JOURNEY_COUNTERS)
-            counters.set(effect.counter_key, str(int(counters.get(effect.counter_key) or b"0") + 1).encode())
+            key = _counter_prefix(journey) + effect.counter_key
+            counters.set(key, str(int(counters.get(key) or b"0") + 1).encode())
         elif isinstance(effect, machine.StepRecorded | machine.VariantAssigned):
-            self._record_step(ctx, contact, journey, run, effect, now)
+            self._record_step(ctx, contact, journey, run, effect, now, seq)
         return contact
 
     @staticmethod
@@ -337,6 +361,7 @@ class JourneyRunner:
         run: machine.RunState,
         effect: machine.StepRecorded | machine.VariantAssigned,
         now: datetime,
+        seq: int,
     ) -> None:
         if isinstance(effect, machine.StepRecorded):
             step_id, visit, kind, at, detail = effect.step_id, effect.visit, str(effect.kind), effect.at, effect.detail
@@ -367,6 +392,7 @@ class JourneyRunner:
             visit=visit,
             kind=kind,
             at=at,
+            seq=seq,
             detail=orjson.dumps(detail, default=str).decode(),
         )
         ctx.emit(topics.ANALYTICS, key, dumps(row))
@@ -395,6 +421,10 @@ def _render(template: str, variables: Mapping[str, Any]) -> str:
     except SpotzeeError as exc:  # an update/event value that can't render stays as written
         log.warning("journey value not rendered: %s", exc)
         return template
+
+
+def _counter_prefix(journey: JourneyDefinition) -> str:
+    return f"{journey.project_id}:{journey.id}:"
 
 
 def _contact_key(contact: ContactState) -> str:
