@@ -107,7 +107,7 @@ def test_sigkill_after_2xx_loses_nothing_and_doubles_nothing(tmp_path: Path) -> 
                     acked.add(i)
                 i += 1
 
-        helper = threading.Thread(target=background)
+        helper = threading.Thread(target=background, daemon=True)
         helper.start()
         for index in range(batches):
             if send(port, write_key, index):

@@ -158,11 +158,11 @@ def test_a_stopped_broker_answers_503_and_keeps_every_acknowledged_event(tmp_pat
     broker = start_broker(tmp_path / "broker")
     acked: list[int] = []
     refused: list[int] = []
+    stop = threading.Event()
     try:
         with running_stack(
             tmp_path / "data", runtime="kafka", kafka_bootstrap=broker.bootstrap, kafka_request_timeout=3.0
         ) as stack:
-            stop = threading.Event()
 
             def sender() -> None:
                 index = 0
@@ -176,7 +176,9 @@ def test_a_stopped_broker_answers_503_and_keeps_every_acknowledged_event(tmp_pat
                         time.sleep(0.2)  # e.g. a timeout on our side: neither acked nor refused
                     index += 1
 
-            thread = threading.Thread(target=sender)
+            # A daemon, stopped in any case: a failed assertion must not leave it spinning (pytest
+            # would never exit).
+            thread = threading.Thread(target=sender, daemon=True)
             thread.start()
             wait_until(lambda: len(acked) >= 3, timeout=60)
             broker.stop()
@@ -193,6 +195,7 @@ def test_a_stopped_broker_answers_503_and_keeps_every_acknowledged_event(tmp_pat
             assert missing == []
             assert refused, "the API never answered 503 while the broker was down"
     finally:
+        stop.set()
         broker.stop()
 
 
