@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
 from spotzee.analytics.sink import AnalyticsSink
+from spotzee.errors import NotFound
 from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.runtime.kafka.runtime import KafkaRuntime
 from spotzee.runtime.sink_loop import SinkLoop
+from spotzee.schemas.providers import ProviderDefinition
+from spotzee.schemas.templates import TemplateDefinition
 from spotzee.settings import Settings
 from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, SystemClock
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
     from spotzee.journeys import Journeys
     from spotzee.lists import Lists
     from spotzee.provider_configs import Providers
+    from spotzee.runtime.delivery_loop import DeliveryLoop
     from spotzee.segments import Segments
     from spotzee.templates import Templates
 
@@ -60,6 +68,7 @@ class Services:
     templates: Templates
     providers: Providers
     journeys: Journeys
+    delivery: DeliveryLoop | None = None  # embedded runtime: the sends topic's consumer
     started: bool = field(default=False)
 
     @classmethod
@@ -126,6 +135,7 @@ class Services:
             templates,
             providers,
             journeys,
+            _delivery_loop(settings, runtime, clock, templates, providers),
         )
 
     async def start(self) -> None:
@@ -133,6 +143,8 @@ class Services:
             if self.sink is not None:
                 self.sink.start()
             self.runtime.start()
+            if self.delivery is not None:
+                self.delivery.start()
         else:
             await self.runtime.start()
             if self.sink is not None:
@@ -150,6 +162,8 @@ class Services:
         """Graceful: drain appends and processing, flush the sink, close stores."""
         if self.started:
             await self.segments.stop()
+            if self.delivery is not None:
+                await run_in_threadpool(self.delivery.stop)
             if isinstance(self.runtime, EmbeddedRuntime):
                 await run_in_threadpool(self.runtime.stop)
             else:
@@ -175,6 +189,51 @@ class Services:
             "dead_lettered_records": runtime.dead_lettered_total,
             "clickhouse_rows_written": self.sink.rows_written if self.sink is not None else 0,
         }
+
+
+def unsubscribe_secret(settings: Settings) -> SecretStr:
+    """The configured secret, else one made once for this data dir (``unsubscribe.key``, 0600)."""
+    if settings.unsubscribe_secret is not None:
+        return settings.unsubscribe_secret
+    path = settings.data_dir / "unsubscribe.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return SecretStr(path.read_text().strip())
+
+
+def _delivery_loop(
+    settings: Settings,
+    runtime: EmbeddedRuntime | KafkaRuntime,
+    clock: Clock,
+    templates: Templates,
+    providers: Providers,
+) -> DeliveryLoop | None:
+    if not isinstance(runtime, EmbeddedRuntime):
+        return None  # the Kafka runtime's delivery agent is not built yet: sends wait on their topic
+    from spotzee.delivery import Deliverer, DeliverySettings
+    from spotzee.runtime.delivery_loop import DeliveryLoop
+
+    def template(project_id: str, template_id: str) -> TemplateDefinition | None:
+        with contextlib.suppress(NotFound):
+            return templates.get(project_id, template_id)
+        return None
+
+    def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
+        return next((p for p in providers.all(project_id) if p.channel == channel), None)
+
+    deliverer = Deliverer(
+        DeliverySettings(
+            public_base_url=settings.resolved_public_base_url(),
+            unsubscribe_secret=unsubscribe_secret(settings),
+            webhook_allow_private=settings.webhook_allow_private,
+            webhook_allowed_networks=tuple(settings.webhook_allowed_networks),
+        ),
+        template,
+        provider_for,
+    )
+    return DeliveryLoop(runtime, deliverer, settings, clock)
 
 
 def _open_runtime(

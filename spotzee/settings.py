@@ -42,6 +42,19 @@ class Settings(BaseSettings):
         default=timedelta(hours=24), description="messageId dedupe window: seconds, or ISO 8601 (PT24H)."
     )
     recent_events_per_contact: int = Field(default=20, ge=0, le=500)
+    unsubscribe_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs unsubscribe links (>= 32 characters); default: made once in <data_dir>/unsubscribe.key.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook destinations on private, loopback or link-local addresses."
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list, description="CIDRs allowed despite being private (e.g. 127.0.0.0/8 for tests)."
+    )
+    delivery_max_attempts: int = Field(default=5, ge=1, le=50, description="Provider calls per send before failing.")
+    delivery_retry_base: float = Field(default=2.0, gt=0, description="Seconds before the first retry (exponential).")
+    delivery_retry_cap: float = Field(default=600.0, gt=0, description="Longest wait between two attempts, seconds.")
     topic_retention_records: int = Field(
         default=1_000_000,
         ge=1000,

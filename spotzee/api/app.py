@@ -8,7 +8,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from spotzee.api import contacts, errors, health, ingest, journeys, lists, providers, segments, sql, templates, tenancy
+from spotzee.api import (
+    contacts,
+    errors,
+    health,
+    ingest,
+    journeys,
+    lists,
+    providers,
+    segments,
+    sql,
+    templates,
+    tenancy,
+    unsubscribe,
+)
 from spotzee.api.metrics import Metrics
 from spotzee.schemas.events import MESSAGE_TYPES
 from spotzee.services import Services
@@ -57,6 +70,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
         templates.router,
         providers.router,
         journeys.router,
+        unsubscribe.router,
         tenancy.router,
         sql.router,
         health.router,

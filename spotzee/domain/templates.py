@@ -352,3 +352,17 @@ def preview(
     )
     rendered = render_content(template.content, variables, limits, clock=clock)
     return TemplatePreview(channel=template.channel, rendered=rendered)
+
+
+def event_variables(data: object) -> dict[str, object] | None:
+    """``event.*`` for templates from a run's event (``{"name", "properties", ...}``): its
+    properties at the top (``{{ event.plan }}``), plus ``name``, ``message_id``, ``timestamp``
+    and ``properties`` themselves unless a property of that name exists."""
+    if not isinstance(data, dict):
+        return None
+    properties = data.get("properties")
+    flat: dict[str, object] = dict(properties) if isinstance(properties, dict) else {}
+    for key in ("name", "message_id", "timestamp", "properties"):
+        if key in data:
+            flat.setdefault(key, data[key])
+    return flat

@@ -202,6 +202,19 @@ class EmbeddedRuntime:
         self.next_offset = next_offset
         return positions
 
+    def commit_external(self, puts: list[tuple[str, bytes, bytes | None]], emits: list[tuple[str, str, bytes]]) -> None:
+        """One synced write of state outside the processor (delivery) and the records it emits."""
+        with self.commit_lock:
+            batch = self.db.batch()
+            for family, key, value in puts:
+                self.db.stage(batch, family, key, value)
+            next_offset, outbox_next = self._stage_emits(batch, emits)
+            self.db.write(batch)
+            self.next_offset, self.outbox_next = next_offset, outbox_next
+        self.outbox_wakeup.set()
+        with self.wakeup:
+            self.wakeup.notify_all()
+
     async def broadcast(self, key: str, value: bytes) -> list[Position]:
         """Append one record to every partition (a control record, e.g. a segment barrier)."""
         if not self._accepting or self.db.closed:

