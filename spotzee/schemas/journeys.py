@@ -533,7 +533,8 @@ Step = Annotated[
     | ExitStep
     | LinkStep
     | WaitForEventStep,
-    Field(discriminator="type"),
+    # No `discriminator` here: `balancer` is itself a union (by `mode`), which OpenAPI's
+    # discriminator mapping can't express; validation is `_STEPS`' anyway.
     WrapValidator(_STEPS),
 ]
 
