@@ -80,6 +80,10 @@ class ContactProcessor:
 
     def process(self, ctx: Context, key: str, value: bytes) -> None:
         record: EventsRecord = events_record_adapter.validate_json(value)
+        if isinstance(record, SegmentBarrier):
+            self.segments.barrier(ctx, record.definition)
+            return
+        self.segments.sync(ctx, record.project_id)
         if isinstance(record, IngestedMessage):
             self._ingest(ctx, record)
         elif isinstance(record, MergeRequest):
@@ -92,8 +96,6 @@ class ContactProcessor:
             self._erase(ctx, record)
         elif isinstance(record, DedupeSweep):
             self._sweep(ctx, record)
-        elif isinstance(record, SegmentBarrier):
-            self.registry.apply(record.definition)
         elif isinstance(record, SegmentRefresh):
             # An id merged away has no state: its refresh is dropped (the backfill lists the target).
             self.segments.refresh(ctx, self._state(ctx, record_key(record)), record)

@@ -39,7 +39,8 @@ from spotzee.streams.interface import Context
 MEMBERSHIPS = "memberships"
 SEGMENT_MEMBERS = "segment_members"
 LIST_MEMBERS = "list_members"
-TABLES = (MEMBERSHIPS, SEGMENT_MEMBERS, LIST_MEMBERS)
+SEGMENT_DEFINITIONS = "segment_definitions"  # project id -> {segment id: definition} seen in barriers
+TABLES = (MEMBERSHIPS, SEGMENT_MEMBERS, LIST_MEMBERS, SEGMENT_DEFINITIONS)
 SEP = "\x00"
 
 _definition = TypeAdapter[SegmentDefinition | ListDefinition](SegmentDefinition | ListDefinition)
@@ -113,14 +114,45 @@ def _rank(definition: SegmentDefinition) -> int:
 TransitionListener = Callable[[Context, str, str, list[tuple[str, bool, str]]], None]
 
 
+_barriered = TypeAdapter[dict[str, SegmentDefinition]](dict[str, SegmentDefinition])
+
+
 class SegmentMemberships:
     """The processor side of segments, called by ContactProcessor for every contact record."""
 
     def __init__(self, registry: SegmentRegistry) -> None:
         self.registry = registry
+        self._applied: set[bytes] = set()  # barrier states applied already (partitions differ)
         # Told (project, contact, [(segment id, entered, change id)]) after each stored change:
         # journeys trigger on segment entry and exit.
         self.listeners: list[TransitionListener] = []
+
+    # -- definitions that travel with the partition ---------------------------------------------
+
+    def barrier(self, ctx: Context, definition: SegmentDefinition) -> None:
+        """Adopt the definition and keep it in the partition's state: whoever owns the partition
+        later (a worker taking it over, restoring from the changelog) evaluates every record after
+        the barrier against it, whatever its own definitions replica has seen so far."""
+        self.registry.apply(definition)
+        table = ctx.table(SEGMENT_DEFINITIONS)
+        raw = table.get(definition.project_id)
+        known = _barriered.validate_json(raw) if raw is not None else {}
+        current = known.get(definition.id)
+        if current is None or (current.version, _rank(current)) < (definition.version, _rank(definition)):
+            known[definition.id] = definition
+            table.set(definition.project_id, _barriered.dump_json(known))
+
+    def sync(self, ctx: Context, project_id: str) -> None:
+        """Before a record of ``project_id``: apply the definitions barriered in this partition
+        (one point read; parsed only when they changed)."""
+        raw = ctx.table(SEGMENT_DEFINITIONS).get(project_id)
+        if raw is None or raw in self._applied:
+            return
+        for definition in _barriered.validate_json(raw).values():
+            self.registry.apply(definition)
+        if len(self._applied) > 4096:
+            self._applied.clear()
+        self._applied.add(raw)
 
     # -- entry points ---------------------------------------------------------------------------
 

@@ -181,6 +181,14 @@ def test_a_stopped_broker_answers_503_and_keeps_every_acknowledged_event(tmp_pat
             thread = threading.Thread(target=sender, daemon=True)
             thread.start()
             wait_until(lambda: len(acked) >= 3, timeout=60)
+            # The broker goes away under a worker that is processing (one starting up while the
+            # broker is gone is another scenario): wait for its first commit.
+            settings = stack.services.settings
+            wait_until(
+                lambda: any(r.committed > 0 for r in admin.consumer_lag(settings, [admin.PROCESSOR_GROUP])),
+                timeout=120,
+                interval=0.5,
+            )
             broker.stop()
             wait_until(lambda: len(refused) >= 2, timeout=60)
             assert stack.client().get("/health").status_code == 503
