@@ -22,6 +22,7 @@ import asyncio
 import logging
 import threading
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Literal
 
 import orjson
@@ -102,12 +103,12 @@ class DeliveryLoop:
 
     async def _pass(self) -> bool:
         busy = False
-        for seq, raw in list(self.runtime.topic_records(topics.SENDS, self.offset))[:100]:
+        for seq, raw in list(islice(self.runtime.topic_records(topics.SENDS, self.offset), 100)):
             await self._handle(loads(SendCommand, raw), next_offset=seq + 1)
             self.offset = seq + 1
             busy = True
         now = self.clock.now()
-        for key, _ in list(self.runtime.db.scan_prefix(DELIVERIES, "r/"))[:100]:
+        for key, _ in list(islice(self.runtime.db.scan_prefix(DELIVERIES, "r/"), 100)):
             due_ms = int(key.split("/")[1])
             if due_ms > now.timestamp() * 1000:
                 break
