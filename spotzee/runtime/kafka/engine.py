@@ -146,7 +146,7 @@ class Engine:
                     len(replay.tail),
                 )
                 changes = {key: store.get_raw(key) for key in replay.tail}
-                marker_offset = await self._send_changelog(store.partition, changes, store.input_offset)
+                marker_offset = await self._send_changelog(self.producer, store.partition, changes, store.input_offset)
                 store.apply({}, input_offset=None, changelog_offset=marker_offset + 1)
             log.info(
                 "partition %d restored: changelog %d..%d, next input offset %d",
@@ -263,41 +263,51 @@ class Engine:
         their marker is written (the last step before the local write)."""
         delay = 0.5
         while True:
+            producer: AIOKafkaProducer | None = None
             try:
                 await self.start()
-                await self._flush_once(store, emits, changes, next_input_offset)
+                # Partitions commit concurrently: each batch holds on to the producer it started
+                # with, so another partition replacing the shared one can't pull it away mid-batch.
+                producer = self.producer
+                await self._flush_once(producer, store, emits, changes, next_input_offset)
                 return
             except (KafkaError, OSError) as exc:
                 log.warning("partition %d: commit failed (%s); retrying in %.1fs", store.partition, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-                await self._replace_producer()
+                await self._replace_producer(producer)
 
-    async def _replace_producer(self) -> None:
-        old, self._producer = self._producer, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
+    async def _replace_producer(self, failed: AIOKafkaProducer | None) -> None:
+        """Drop the producer that failed, unless another batch replaced it already."""
+        if self._producer is None or self._producer is not failed:
+            return
+        self._producer = None
+        with contextlib.suppress(Exception):
+            await failed.stop()
 
     async def _flush_once(
-        self, store: PartitionStore, emits: Sequence[Emit], changes: Changes, next_input_offset: int | None
+        self,
+        producer: AIOKafkaProducer,
+        store: PartitionStore,
+        emits: Sequence[Emit],
+        changes: Changes,
+        next_input_offset: int | None,
     ) -> None:
         await _all(
-            [
-                await self.producer.send(self.topic_name(topic), value=value, key=key.encode())
-                for topic, key, value in emits
-            ]
+            [await producer.send(self.topic_name(topic), value=value, key=key.encode()) for topic, key, value in emits]
         )
         input_offset = next_input_offset if next_input_offset is not None else store.input_offset
-        marker_offset = await self._send_changelog(store.partition, changes, input_offset)
+        marker_offset = await self._send_changelog(producer, store.partition, changes, input_offset)
         store.apply(changes, input_offset=next_input_offset, changelog_offset=marker_offset + 1)
 
-    async def _send_changelog(self, partition: int, changes: Changes, input_offset: int) -> int:
+    async def _send_changelog(
+        self, producer: AIOKafkaProducer, partition: int, changes: Changes, input_offset: int
+    ) -> int:
         futures = [
-            await self.producer.send(self.changelog_topic, value=value, key=key, partition=partition)
+            await producer.send(self.changelog_topic, value=value, key=key, partition=partition)
             for key, value in changes.items()
         ]
-        marker = await self.producer.send(
+        marker = await producer.send(
             self.changelog_topic, value=marker_value(input_offset), key=MARKER, partition=partition
         )
         await _all(futures)
