@@ -30,11 +30,10 @@ from spotzee.schemas.segments import (
     ListMembership,
     ListPublic,
     Member,
-    MemberPublic,
     MembersPage,
 )
 from spotzee.schemas.tenancy import ApiKey
-from spotzee.segments import Segments, decode_cursor, encode_cursor, list_references
+from spotzee.segments import Segments, list_references, members_page
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.interface import Clock
 from spotzee.streams.segments import LIST_MEMBERS, member_prefix
@@ -203,17 +202,7 @@ class Lists:
 
     def members(self, project_id: str, list_id: str, cursor: str | None, limit: int) -> MembersPage:
         self.get(project_id, list_id)
-        prefix = member_prefix(project_id, list_id)
-        after = prefix + decode_cursor(cursor) if cursor else None
-        items: list[MemberPublic] = []
-        for key, raw in self.runtime.scan(LIST_MEMBERS, prefix, after):
-            member = loads(Member, raw)
-            items.append(MemberPublic(id=key[len(prefix) :], since=member.since, version=member.version))
-            if len(items) > limit:
-                break
-        more = len(items) > limit
-        items = items[:limit]
-        return MembersPage(items=items, next_cursor=encode_cursor(items[-1].id) if more and items else None)
+        return members_page(self.runtime, LIST_MEMBERS, member_prefix(project_id, list_id), cursor, limit)
 
     def export(self, project_id: str, list_id: str, fmt: str) -> Iterator[bytes]:
         self.get(project_id, list_id)

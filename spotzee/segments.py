@@ -85,6 +85,20 @@ def decode_cursor(cursor: str) -> str:
         ) from exc
 
 
+def members_page(runtime: Runtime, table: str, prefix: str, cursor: str | None, limit: int) -> MembersPage:
+    """One page of a members table (segment or list), in contact id order, after ``cursor``."""
+    after = prefix + decode_cursor(cursor) if cursor else None
+    items: list[MemberPublic] = []
+    for key, raw in runtime.scan(table, prefix, after):
+        member = loads(Member, raw)
+        items.append(MemberPublic(id=key[len(prefix) :], since=member.since, version=member.version))
+        if len(items) > limit:
+            break
+    more = len(items) > limit
+    items = items[:limit]
+    return MembersPage(items=items, next_cursor=encode_cursor(items[-1].id) if more and items else None)
+
+
 def list_references(rule: RuleNode) -> set[str]:
     if isinstance(rule, ListRule):
         return {rule.list_id}
@@ -383,17 +397,7 @@ class Segments:
 
     def members(self, project_id: str, segment_id: str, cursor: str | None, limit: int) -> MembersPage:
         self.get(project_id, segment_id)
-        prefix = member_prefix(project_id, segment_id)
-        after = prefix + decode_cursor(cursor) if cursor else None
-        items: list[MemberPublic] = []
-        for key, raw in self.runtime.scan(SEGMENT_MEMBERS, prefix, after):
-            member = loads(Member, raw)
-            items.append(MemberPublic(id=key[len(prefix) :], since=member.since, version=member.version))
-            if len(items) > limit:
-                break
-        more = len(items) > limit
-        items = items[:limit]
-        return MembersPage(items=items, next_cursor=encode_cursor(items[-1].id) if more and items else None)
+        return members_page(self.runtime, SEGMENT_MEMBERS, member_prefix(project_id, segment_id), cursor, limit)
 
     def count(self, project_id: str, segment_id: str) -> int:
         return sum(1 for _ in self.runtime.scan(SEGMENT_MEMBERS, member_prefix(project_id, segment_id)))

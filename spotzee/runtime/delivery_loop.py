@@ -25,17 +25,15 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Literal
 
-import orjson
-
 from spotzee.delivery import Deliverer, DeliveryResult
 from spotzee.providers.retry import next_delay
 from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.runtime.rocks import DELIVERIES, META, U64
-from spotzee.schemas.analytics import DeadLetterRow, MessageRow
+from spotzee.schemas.analytics import DeadLetterRow
 from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.events import TrackMessage
-from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.messages import SendCommand, message_row
 from spotzee.schemas.records import IngestedMessage
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -176,7 +174,11 @@ class DeliveryLoop:
                 (DELIVERIES, _retry_key(due_at, command.send_id), b""),
             ]
             emits.append(
-                (topics.ANALYTICS, key, dumps(_row(command, "retrying", now, {**detail, "due_at": due_at.isoformat()})))
+                (
+                    topics.ANALYTICS,
+                    key,
+                    dumps(message_row(command, "retrying", now, {**detail, "due_at": due_at.isoformat()})),
+                )
             )
             self.runtime.commit_external(puts, emits)
             return
@@ -185,7 +187,7 @@ class DeliveryLoop:
             detail["reason"] = f"gave up after {attempts} attempts: {detail.get('reason', '')}"
         final = DeliveryState(status=status, attempts=attempts, command=command)
         puts.append((DELIVERIES, _state_key(command.send_id), dumps(final)))
-        emits.append((topics.ANALYTICS, key, dumps(_row(command, status, now, detail))))
+        emits.append((topics.ANALYTICS, key, dumps(message_row(command, status, now, detail))))
         if status == "failed":  # permanent: dead-lettered with its reason, the journey moves on
             dead = DeadLetterRow(
                 project_id=command.project_id,
@@ -223,19 +225,3 @@ class DeliveryLoop:
         emits.append((topics.EVENTS, key, dumps(ingested)))
         self.runtime.commit_external(puts, emits)
         self.delivered += status == "sent"
-
-
-def _row(command: SendCommand, status: str, at: datetime, detail: dict[str, object]) -> MessageRow:
-    return MessageRow(
-        project_id=command.project_id,
-        send_id=command.send_id,
-        contact_id=command.contact_id,
-        channel=command.channel,
-        template_id=command.template_id,
-        journey_id=command.journey_id,
-        run_id=command.run_id,
-        step_id=command.step_id,
-        status=status,
-        at=at,
-        detail=orjson.dumps(detail, default=str).decode(),
-    )

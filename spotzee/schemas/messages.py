@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
+import orjson
+
+from spotzee.schemas.analytics import MessageRow
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 
 
@@ -38,3 +42,20 @@ class JourneyAdvance(Model):
     kind: str
     at: UTCDateTime
     detail: JSONObject
+
+
+def message_row(command: SendCommand, status: str, at: datetime, detail: dict[str, Any] | None = None) -> MessageRow:
+    """The ``messages`` history row of a send at one status (queued, retrying, sent, failed ...)."""
+    return MessageRow(
+        project_id=command.project_id,
+        send_id=command.send_id,
+        contact_id=command.contact_id,
+        channel=command.channel,
+        template_id=command.template_id,
+        journey_id=command.journey_id,
+        run_id=command.run_id,
+        step_id=command.step_id,
+        status=status,
+        at=at,
+        detail=orjson.dumps(detail or {}, default=str).decode(),
+    )

@@ -33,11 +33,11 @@ from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
 from spotzee.domain.templates import contact_variables, event_variables, render_string
 from spotzee.errors import SpotzeeError
-from spotzee.schemas.analytics import JourneyStepRow, MessageRow
+from spotzee.schemas.analytics import JourneyStepRow
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.events import TrackMessage
 from spotzee.schemas.journeys import JourneyDefinition, JourneyStatus
-from spotzee.schemas.messages import JourneyAdvance, SendCommand
+from spotzee.schemas.messages import JourneyAdvance, SendCommand, message_row
 from spotzee.schemas.records import IngestedMessage, JourneyEntry, JourneyWake
 from spotzee.schemas.rules import RuleNode
 from spotzee.schemas.segments import HistoryFact
@@ -313,7 +313,7 @@ class JourneyRunner:
                 queued_at=now,
             )
             ctx.emit(topics.SENDS, key, dumps(command))
-            ctx.emit(topics.ANALYTICS, key, dumps(_message_row(command, "queued", now)))
+            ctx.emit(topics.ANALYTICS, key, dumps(message_row(command, "queued", now)))
         elif isinstance(effect, machine.UpdateContact):
             traits: dict[str, Any] = dict(effect.set)
             traits.update({path: None for path in effect.unset})
@@ -435,19 +435,3 @@ def _contact_key(contact: ContactState) -> str:
 
 def _run_key(contact: ContactState, run_id: str) -> str:
     return f"{_contact_key(contact)}{SEP}{run_id}"
-
-
-def _message_row(command: SendCommand, status: str, at: datetime, detail: dict[str, Any] | None = None) -> MessageRow:
-    return MessageRow(
-        project_id=command.project_id,
-        send_id=command.send_id,
-        contact_id=command.contact_id,
-        channel=command.channel,
-        template_id=command.template_id,
-        journey_id=command.journey_id,
-        run_id=command.run_id,
-        step_id=command.step_id,
-        status=status,
-        at=at,
-        detail=orjson.dumps(detail or {}).decode(),
-    )
