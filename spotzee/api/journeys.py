@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
 from spotzee.api.deps import SecretKeyDep, ServicesDep
+from spotzee.journey_stats import journey_stats
+from spotzee.schemas.journey_stats import JourneyStatsPublic
 from spotzee.schemas.journeys import JourneyCreate, JourneyEntered, JourneyEnterRequest, JourneyPublic
 
 router = APIRouter(prefix="/api/v1/journeys", tags=["journeys"])
@@ -25,6 +28,21 @@ async def list_journeys(key: SecretKeyDep, services: ServicesDep) -> dict[str, l
 @router.get("/{journey_id}", response_model=JourneyPublic)
 async def get_journey(journey_id: str, key: SecretKeyDep, services: ServicesDep) -> JourneyPublic:
     return JourneyPublic.from_definition(services.journeys.get(key.project_id or "", journey_id))
+
+
+@router.get("/{journey_id}/stats", response_model=JourneyStatsPublic)
+async def get_journey_stats(
+    journey_id: str,
+    key: SecretKeyDep,
+    services: ServicesDep,
+    goal: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+    within: Annotated[str | None, Query(max_length=32)] = None,
+    alpha: Annotated[float, Query(gt=0, lt=1)] = 0.05,
+) -> JourneyStatsPublic:
+    """Per step entered / completed / waiting; per experiment variant, conversions to ``goal``
+    (within ``within`` of the assignment, e.g. ``7d``) with a chi-squared p-value."""
+    journey = services.journeys.get(key.project_id or "", journey_id)
+    return await run_in_threadpool(journey_stats, services.clickhouse, journey, goal=goal, within=within, alpha=alpha)
 
 
 @router.put("/{journey_id}", response_model=JourneyPublic)
