@@ -1,6 +1,7 @@
 """The embedded runtime's delivery agent: the ``sends`` topic -> providers, at most once per send_id.
 
-A thread reads ``sends`` from its stored offset. For each send:
+A thread reads ``sends`` from its stored offset. For each send (the decisions are shared with
+the Kafka runtime's agent: ``streams/delivery.py``):
 
 1. a final state for its ``send_id`` (``deliveries`` family) means it was handled: skip (replay);
 2. ``attempting`` is written and synced **before** the provider call;
@@ -21,38 +22,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import islice
-from typing import Literal
 
 from spotzee.delivery import Deliverer, DeliveryResult
-from spotzee.providers.retry import next_delay
 from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.runtime.rocks import DELIVERIES, META, U64
-from spotzee.schemas.analytics import DeadLetterRow
-from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.contacts import ContactState
-from spotzee.schemas.events import TrackMessage
-from spotzee.schemas.messages import SendCommand, message_row
-from spotzee.schemas.records import IngestedMessage
+from spotzee.schemas.messages import SendCommand
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import CONTACTS
+from spotzee.streams.delivery import OUTCOME_UNKNOWN, DeliveryState, RetryPolicy, attempting, next_action, outcome
 from spotzee.streams.interface import Clock
 
 log = logging.getLogger(__name__)
 
 OFFSET = b"delivery_offset"
-FINAL = ("sent", "failed", "suppressed")
-EVENT_NAMES = {"sent": "message_sent", "failed": "message_failed", "suppressed": "message_suppressed"}
-
-
-class DeliveryState(Model):
-    status: Literal["attempting", "retry", "sent", "failed", "suppressed"]
-    attempts: int = 0
-    due_at: UTCDateTime | None = None
-    command: SendCommand
 
 
 def _state_key(send_id: str) -> bytes:
@@ -70,6 +57,9 @@ class DeliveryLoop:
         self.settings = settings
         self.clock = clock
         self.offset = runtime.db.get_u64(OFFSET)
+        self.policy = RetryPolicy(
+            settings.delivery_max_attempts, settings.delivery_retry_base, settings.delivery_retry_cap
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -127,26 +117,19 @@ class DeliveryLoop:
             puts.append((DELIVERIES, retry_key, None))
         raw = self.runtime.db.cf(DELIVERIES).get(_state_key(command.send_id))
         state = loads(DeliveryState, bytes(raw)) if raw is not None else None
-        now = self.clock.now()
-        if state is not None and state.status in FINAL:
-            self.runtime.commit_external(puts, [])  # a replayed send: handled already
+        action = next_action(state, from_retry_index=retry_key is not None)
+        if action in ("skip", "wait"):  # replayed, or waiting for its retry: the index brings it back
+            self.runtime.commit_external(puts, [])
             return
-        if state is not None and state.status == "attempting":
-            result = DeliveryResult(
-                "failed", {"reason": "outcome unknown: stopped during the provider call; not retried (at most once)"}
-            )
-            self._finish(command, state.attempts, result, now, puts)
+        if action == "unknown" and state is not None:
+            self._finish(command, state.attempts, OUTCOME_UNKNOWN, self.clock.now(), puts)
             return
-        if state is not None and retry_key is None:
-            self.runtime.commit_external(puts, [])  # waiting for its retry: the index brings it back
-            return
-        attempts = (state.attempts if state is not None else 0) + 1
-        attempting = DeliveryState(status="attempting", attempts=attempts, command=command)
-        self.runtime.commit_external([(DELIVERIES, _state_key(command.send_id), dumps(attempting))], [])
+        marker = attempting(command, state)
+        self.runtime.commit_external([(DELIVERIES, _state_key(command.send_id), dumps(marker))], [])
         contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
         contact = loads(ContactState, contact_raw) if contact_raw is not None else None
         result = await self.deliverer.deliver(command, contact)
-        self._finish(command, attempts, result, self.clock.now(), puts)
+        self._finish(command, marker.attempts, result, self.clock.now(), puts)
 
     def _finish(
         self,
@@ -156,72 +139,9 @@ class DeliveryLoop:
         now: datetime,
         puts: list[tuple[str, bytes, bytes | None]],
     ) -> None:
-        key = f"{command.project_id}:{command.contact_id}"
-        emits: list[tuple[str, str, bytes]] = []
-        status = result.status
-        detail = {**result.detail, "attempts": attempts}
-        if status == "retry" and attempts < self.settings.delivery_max_attempts:
-            delay = next_delay(
-                attempts,
-                result.retry_after,
-                base=self.settings.delivery_retry_base,
-                cap=self.settings.delivery_retry_cap,
-            )
-            due_at = now + timedelta(seconds=delay)
-            state = DeliveryState(status="retry", attempts=attempts, due_at=due_at, command=command)
-            puts += [
-                (DELIVERIES, _state_key(command.send_id), dumps(state)),
-                (DELIVERIES, _retry_key(due_at, command.send_id), b""),
-            ]
-            emits.append(
-                (
-                    topics.ANALYTICS,
-                    key,
-                    dumps(message_row(command, "retrying", now, {**detail, "due_at": due_at.isoformat()})),
-                )
-            )
-            self.runtime.commit_external(puts, emits)
-            return
-        if status == "retry":
-            status = "failed"
-            detail["reason"] = f"gave up after {attempts} attempts: {detail.get('reason', '')}"
-        final = DeliveryState(status=status, attempts=attempts, command=command)
-        puts.append((DELIVERIES, _state_key(command.send_id), dumps(final)))
-        emits.append((topics.ANALYTICS, key, dumps(message_row(command, status, now, detail))))
-        if status == "failed":  # permanent: dead-lettered with its reason, the journey moves on
-            dead = DeadLetterRow(
-                project_id=command.project_id,
-                dead_letter_id=f"{topics.SENDS}/{command.send_id}",
-                topic=topics.SENDS,
-                partition=0,
-                offset=0,
-                key=key,
-                error=str(detail.get("reason", ""))[:2000],
-                payload=command.model_dump_json(),
-                at=now,
-            )
-            emits.append((topics.DEAD_LETTER, key, dumps(dead)))
-        event = TrackMessage.model_validate(
-            {
-                "userId": command.contact_id,
-                "event": EVENT_NAMES[status],
-                "properties": {
-                    "send_id": command.send_id,
-                    "channel": command.channel,
-                    "template_id": command.template_id,
-                    "journey_id": command.journey_id,
-                    "step_id": command.step_id,
-                },
-            }
-        )
-        ingested = IngestedMessage(
-            project_id=command.project_id,
-            message_id=f"{command.send_id}:{status}",
-            received_at=now,
-            message=event,
-            raw=event.model_dump_json(by_alias=True),
-            forwarded_to=command.contact_id,
-        )
-        emits.append((topics.EVENTS, key, dumps(ingested)))
-        self.runtime.commit_external(puts, emits)
-        self.delivered += status == "sent"
+        done = outcome(command, attempts, result, now, self.policy)
+        puts.append((DELIVERIES, _state_key(command.send_id), dumps(done.state)))
+        if done.state.status == "retry" and done.state.due_at is not None:
+            puts.append((DELIVERIES, _retry_key(done.state.due_at, command.send_id), b""))
+        self.runtime.commit_external(puts, done.emits)
+        self.delivered += done.state.status == "sent"
