@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from spotzee.lists import Lists
     from spotzee.provider_configs import Providers
     from spotzee.runtime.delivery_loop import DeliveryLoop
+    from spotzee.scheduler import Scheduler
     from spotzee.segments import Segments
     from spotzee.templates import Templates
 
@@ -69,6 +70,7 @@ class Services:
     providers: Providers
     journeys: Journeys
     delivery: DeliveryLoop | None = None  # embedded runtime: the sends topic's consumer
+    scheduler: Scheduler | None = None  # fires scheduled journeys (both runtimes)
     started: bool = field(default=False)
 
     @classmethod
@@ -77,6 +79,7 @@ class Services:
         from spotzee.journeys import Journeys
         from spotzee.lists import Lists
         from spotzee.provider_configs import Providers
+        from spotzee.scheduler import Scheduler
         from spotzee.segments import Segments
         from spotzee.templates import Templates
 
@@ -136,6 +139,7 @@ class Services:
             providers,
             journeys,
             _delivery_loop(settings, runtime, clock, templates, providers),
+            Scheduler(runtime, journey_registry, registry, tenancy.project_timezone, clock),
         )
 
     async def start(self) -> None:
@@ -151,6 +155,8 @@ class Services:
                 self.sink.start()
         self.started = True
         self.segments.resume()
+        if self.scheduler is not None:
+            self.scheduler.start()
         log.info(
             "spotzee started: %s runtime, data dir %s, %d partitions",
             self.settings.runtime,
@@ -161,6 +167,8 @@ class Services:
     async def stop(self) -> None:
         """Graceful: drain appends and processing, flush the sink, close stores."""
         if self.started:
+            if self.scheduler is not None:
+                await self.scheduler.stop()
             await self.segments.stop()
             if self.delivery is not None:
                 await run_in_threadpool(self.delivery.stop)

@@ -172,6 +172,11 @@ class Tenancy:
             raise NotFound(f"project {project_id} not found")
         return project
 
+    def project_timezone(self, project_id: str) -> str:
+        """The project's time zone (scheduled journeys' last fallback); UTC for an unknown one."""
+        project = self.projects.get(project_id)
+        return project.timezone if project is not None else "UTC"
+
     def list_keys(self, organisation_id: str, project_id: str) -> list[KeyPublic]:
         self.project(organisation_id, project_id)
         return [

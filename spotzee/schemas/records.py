@@ -109,7 +109,8 @@ class DedupeSweep(Model):
 
 class JourneyEntry(Model):
     """Enter a contact into a journey: the API (``/journeys/{id}/enter``), a ``link`` step, a
-    schedule. ``entry_id`` makes the run id, so a replayed entry starts nothing twice."""
+    schedule. ``entry_id`` makes the run id, so a replayed entry starts nothing twice (a
+    schedule's: ``schedule:<journey id>:<occurrence>``, the trigger key itself)."""
 
     type: Literal["journey_entry"] = "journey_entry"
     project_id: str
@@ -118,8 +119,9 @@ class JourneyEntry(Model):
     entry_id: str
     payload: JSONObject | None = None  # API: ``event.properties`` for templates
     event: JSONObject | None = None  # a link: the linking run's triggering event, as it was
-    create_contact: bool = True  # API entries create missing contacts; a link never does
+    create_contact: bool = True  # API entries create missing contacts; a link or a schedule never does
     at: UTCDateTime
+    occurrence: UTCDateTime | None = None  # a schedule's entry: the occurrence it is for
 
     @property
     def contact_id(self) -> str:

@@ -36,7 +36,7 @@ from spotzee.errors import SpotzeeError
 from spotzee.schemas.analytics import JourneyStepRow
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.events import TrackMessage
-from spotzee.schemas.journeys import JourneyDefinition, JourneyStatus
+from spotzee.schemas.journeys import JourneyDefinition, JourneyStatus, ScheduledTrigger
 from spotzee.schemas.messages import JourneyAdvance, SendCommand, message_row
 from spotzee.schemas.records import IngestedMessage, JourneyEntry, JourneyWake
 from spotzee.schemas.rules import RuleNode
@@ -85,6 +85,10 @@ class JourneyRegistry:
 
     def get(self, journey_id: str) -> JourneyDefinition | None:
         return self._journeys.get(journey_id)
+
+    def all(self) -> list[JourneyDefinition]:
+        with self._lock:
+            return list(self._journeys.values())
 
     def live(self, project_id: str) -> list[JourneyDefinition]:
         return [j for j in self._journeys.values() if j.project_id == project_id and j.status == JourneyStatus.live]
@@ -164,6 +168,13 @@ class JourneyRunner:
             event = machine.EventData.model_validate(record.event)
         elif record.payload is not None:
             event = machine.EventData(name="journey_entry", properties=record.payload)
+        if record.occurrence is not None:  # a schedule's: once per occurrence, even after the run exited
+            if not isinstance(journey.trigger, ScheduledTrigger):
+                log.info("entry %s into journey %s dropped: no longer scheduled", record.entry_id, journey.id)
+                return
+            key = machine.schedule_key(journey.id, record.occurrence)
+            self._enter(ctx, contact, journey, key, event, record.at, occurrence=record.occurrence)
+            return
         self._enter(ctx, contact, journey, f"entry:{record.entry_id}", event, record.at)
 
     def on_wake(self, ctx: Context, contact: ContactState | None, record: JourneyWake) -> None:
@@ -198,6 +209,7 @@ class JourneyRunner:
         trigger_key: str,
         event: machine.EventData | None,
         at: datetime,
+        occurrence: datetime | None = None,
     ) -> None:
         entries = ctx.table(JOURNEY_ENTRIES)
         history_key = f"{_contact_key(contact)}{SEP}{journey.id}"
@@ -206,8 +218,14 @@ class JourneyRunner:
         run_id = machine.run_id_for(journey.id, contact.id, trigger_key)
         if run_id in history.active_run_ids or ctx.table(JOURNEY_RUNS).get(_run_key(contact, run_id)) is not None:
             return  # a replayed trigger
+        if occurrence is not None:
+            if machine.repeated_occurrence(history, occurrence):
+                return  # this occurrence (or a later one) was handled for the contact already
+            history = machine.record_occurrence(history, occurrence)
         now = ctx.clock.now()
         if not machine.may_enter(journey, history, now):
+            if occurrence is not None:  # considered once: a repeat of the occurrence stays refused
+                entries.set(history_key, dumps(history))
             return
         entries.set(history_key, dumps(machine.record_entry(history, run_id, now)))
         enter = machine.Enter(run_id=run_id, contact_id=contact.id, event=event, at=at)

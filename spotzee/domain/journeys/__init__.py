@@ -6,7 +6,8 @@
   ``VariantAssigned``, ``BalancerTaken`` (``effects``); the run ``RunState`` (``state``); the
   injected world ``JourneyEnv`` (``env``);
 - entrance: ``may_enter`` / ``entrance_refusal`` over an ``EntranceHistory``, ``record_entry``,
-  ``record_exit``, ``run_id_for``, ``event_triggers``, ``segment_triggers`` (``entrance``);
+  ``record_exit``, ``run_id_for``, ``event_triggers``, ``segment_triggers``; scheduled
+  occurrences: ``schedule_key``, ``repeated_occurrence``, ``record_occurrence`` (``entrance``);
 - schedules: ``next_fire(trigger, after, tz)`` (``schedule``).
 
 Definitions are ``spotzee.schemas.journeys``; rule and filter semantics are the segments'.
@@ -31,9 +32,13 @@ from spotzee.domain.journeys.entrance import (
     event_triggers,
     exit_event_matches,
     may_enter,
+    occurrence_iso,
     record_entry,
     record_exit,
+    record_occurrence,
+    repeated_occurrence,
     run_id_for,
+    schedule_key,
     segment_triggers,
 )
 from spotzee.domain.journeys.env import JourneyEnv
@@ -70,10 +75,14 @@ __all__ = [
     "exit_event_matches",
     "may_enter",
     "next_fire",
+    "occurrence_iso",
     "position_id",
     "record_entry",
     "record_exit",
+    "record_occurrence",
+    "repeated_occurrence",
     "run_id_for",
+    "schedule_key",
     "segment_triggers",
     "step_kind",
     "transition",

@@ -36,6 +36,9 @@ class EntranceHistory(Model):
     active_run_ids: list[str] = Field(default_factory=list)
     last_entered_at: UTCDateTime | None = None
     last_exited_at: UTCDateTime | None = None
+    # The latest scheduled occurrence this contact was considered for (entered or refused by the
+    # rules): an entry of that occurrence or an earlier one is a repeat, even after the run exited.
+    last_occurrence: UTCDateTime | None = None
 
 
 def entrance_refusal(journey: JourneyDefinition, history: EntranceHistory, now: datetime) -> str | None:
@@ -78,6 +81,26 @@ def record_exit(history: EntranceHistory, run_id: str, at: datetime) -> Entrance
         return history
     remaining = [rid for rid in history.active_run_ids if rid != run_id]
     return history.model_copy(update={"active_run_ids": remaining, "last_exited_at": utc(at)})
+
+
+def schedule_key(journey_id: str, occurrence: datetime) -> str:
+    """The trigger key of a scheduled occurrence: ``schedule:<journey id>:<ISO instant, UTC>``."""
+    return f"schedule:{journey_id}:{occurrence_iso(occurrence)}"
+
+
+def occurrence_iso(occurrence: datetime) -> str:
+    return utc(occurrence).isoformat().replace("+00:00", "Z")
+
+
+def repeated_occurrence(history: EntranceHistory, occurrence: datetime) -> bool:
+    """Whether the contact was already considered for this occurrence (or a later one)."""
+    return history.last_occurrence is not None and utc(occurrence) <= history.last_occurrence
+
+
+def record_occurrence(history: EntranceHistory, occurrence: datetime) -> EntranceHistory:
+    if repeated_occurrence(history, occurrence):
+        return history
+    return history.model_copy(update={"last_occurrence": utc(occurrence)})
 
 
 def run_id_for(journey_id: str, contact_id: str, trigger_key: str) -> str:
