@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Literal
@@ -127,6 +127,33 @@ class Deliverer:
             return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))
         finally:
             await sender.aclose()
+
+
+Scan = Callable[[str], Iterable[tuple[str, bytes]]]
+
+
+def definition_lookups(
+    scan: Scan,
+) -> tuple[Callable[[str, str], TemplateDefinition | None], Callable[[str, str], ProviderDefinition | None]]:
+    """Template and provider lookups over a definitions store (``<kind>/<id>`` -> JSON), for a
+    process without the catalogue services (a Kafka worker): the same rules as ``Catalogue``
+    (the caller's project only, deleted providers absent, the first provider of a channel by creation)."""
+
+    def template(project_id: str, template_id: str) -> TemplateDefinition | None:
+        key = f"template/{template_id}"
+        raw = next((value for k, value in scan(key) if k == key), None)
+        item = TemplateDefinition.model_validate_json(raw) if raw is not None else None
+        return item if item is not None and item.project_id == project_id else None
+
+    def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
+        found = [
+            item
+            for item in (ProviderDefinition.model_validate_json(raw) for _, raw in scan("provider/"))
+            if item.project_id == project_id and not item.deleted and item.channel == channel
+        ]
+        return min(found, key=lambda d: (d.created_at, d.id), default=None)
+
+    return template, provider_for
 
 
 def _as_dict(value: object) -> dict[str, object] | None:

@@ -219,7 +219,7 @@ def _delivery_loop(
     providers: Providers,
 ) -> DeliveryLoop | None:
     if not isinstance(runtime, EmbeddedRuntime):
-        return None  # the Kafka runtime's delivery agent is not built yet: sends wait on their topic
+        return None  # the Kafka runtime delivers in its workers (runtime/kafka/delivery.py)
     from spotzee.delivery import Deliverer, DeliverySettings
     from spotzee.runtime.delivery_loop import DeliveryLoop
 

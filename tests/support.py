@@ -123,6 +123,7 @@ def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings
         "kafka_topic_prefix": f"t{uuid.uuid4().hex[:10]}.",
         "partitions": 4,
         "sink_flush_interval": 0.05,
+        "unsubscribe_secret": uuid.uuid4().hex + uuid.uuid4().hex,  # shared by the API and the workers
         **overrides,
     }
     return Settings(**values)
@@ -141,6 +142,13 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
         "SPOTZEE_LOG_LEVEL": "WARNING",
     }
 
+        # Delivery: links point at the API and are signed with the secret it verifies.
+        "SPOTZEE_PUBLIC_BASE_URL": settings.resolved_public_base_url(),
+        **(
+            {"SPOTZEE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret.get_secret_value()}
+            if settings.unsubscribe_secret
+            else {}
+        ),
 
 def start_worker(settings: Settings, worker_id: str) -> subprocess.Popen[bytes]:
     """A ``spotzee worker`` process (contact processor only; the sink runs in the API process)."""

@@ -2,7 +2,9 @@
 
 - ``processor`` app (consumer group PROCESSOR_GROUP): the contact agent consumes ``events`` in
   batches and commits them through the Engine (changelog + local RocksDB per partition); a timer
-  task fires due timers; partitions are restored on assignment and closed on revocation.
+  task fires due timers; partitions are restored on assignment and closed on revocation. The
+  delivery agent (``runtime/kafka/delivery.py``) delivers the ``sends`` partitions matching the
+  events partitions owned here, reading contacts from the Engine's stores.
 - ``sink`` app (consumer group SINK_GROUP): the analytics agent writes ``analytics`` batches to
   ClickHouse with per-partition offset-range dedupe tokens.
 Either app runs in a worker process (``spotzee worker``); the sink may instead run in the API
@@ -31,6 +33,8 @@ from spotzee.errors import LogUnavailable
 from spotzee.runtime.kafka import admin, codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
 from spotzee.runtime.kafka.definitions import DefinitionsReplica
+from spotzee.runtime.kafka.delivery import TABLES as DELIVERY_TABLES
+from spotzee.runtime.kafka.delivery import build_delivery
 from spotzee.runtime.kafka.engine import Engine, InputRecord
 from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
@@ -94,7 +98,9 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         lambda base: admin.topic_name(settings, base),
         admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
+        extra_tables=DELIVERY_TABLES,
     )
+    delivery = build_delivery(settings, engine, definitions.scan)  # sends of the partitions owned here
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     engine.definitions = definitions
 
@@ -124,6 +130,8 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
             await engine.fire_timers()
 
     app.timer(interval=0.25)(fire_timers)
+    if delivery is not None:
+        app.timer(interval=0.25)(delivery.reconcile)
 
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
         assigned: set[TP] = args[0]
@@ -137,9 +145,13 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         revoked: set[TP] = args[0]
         for tp in revoked:
             if tp.topic == events_name:
+                if delivery is not None:
+                    await delivery.stop_partition(tp.partition)  # its in-flight send finishes first
                 await engine.revoke(tp.partition)
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        if delivery is not None:
+            await delivery.close()
         await engine.close()
 
     # faust's stubs type receivers as returning None | a callable; coroutine receivers are what it awaits.

@@ -1,7 +1,5 @@
-"""End to end: identify + track -> journey -> email at a real SMTP server (aiosmtpd) -> unsubscribe.
-
-The delivery agent exists on the embedded runtime only so far (docs/journeys.md).
-"""
+"""End to end on both runtimes: identify + track -> journey -> email at a real SMTP server
+(aiosmtpd) -> unsubscribe -> the next send is suppressed (consent checked at send time)."""
 
 from __future__ import annotations
 
@@ -60,7 +58,6 @@ def publish(stack: Stack, body: dict[str, Any]) -> str:
     return journey_id
 
 
-@pytest.mark.runtimes("embedded")
 def test_signed_up_to_inbox_then_unsubscribe_suppresses_the_next_send(stack: Stack, inbox: tuple[Inbox, int]) -> None:
     box, smtp_port = inbox
     project = stack.project

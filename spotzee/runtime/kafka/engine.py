@@ -59,8 +59,10 @@ class Engine:
         topic_name: Callable[[str], str],
         changelog_topic: str,
         consumer_factory: Callable[[], AIOKafkaConsumer],
+        extra_tables: tuple[str, ...] = (),
     ) -> None:
         self.processor = processor
+        self.tables = (*processor.tables, *extra_tables)  # extra: the delivery agent's, same changelog
         self.clock = clock
         self.root = root
         self.producer_factory = producer_factory
@@ -100,7 +102,7 @@ class Engine:
         await self.start()
         store = self.stores.get(partition)
         if store is None:
-            store = PartitionStore(self.root, partition, self.processor.tables)
+            store = PartitionStore(self.root, partition, self.tables)
             self.stores[partition] = store
             async with store.lock:
                 await self._restore(store)
@@ -212,6 +214,19 @@ class Engine:
                 await self._flush(store, emits, changes, next_input_offset=None)
                 fired += len(due)
         return fired
+
+    async def write(self, partition: int, emits: Sequence[Emit], changes: Changes) -> bool:
+        """Commit state of a partition this worker owns from outside input processing (the delivery
+        agent): the emits acked, then the changelog, then the local store -- like a batch, under
+        the partition's lock. False, writing nothing, when the partition is not (or no longer) here."""
+        store = self.stores.get(partition)
+        if store is None or not store.ready.is_set():
+            return False
+        async with store.lock:
+            if store.db.closed:
+                return False
+            await self._flush(store, emits, changes, next_input_offset=None)
+        return True
 
     def _context(self, store: PartitionStore) -> BatchContext:
         return BatchContext(
