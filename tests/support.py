@@ -140,8 +140,6 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
         "SPOTZEE_WORKER_ID": worker_id,
         "SPOTZEE_DEDUPE_WINDOW": str(int(settings.dedupe_window.total_seconds())),
         "SPOTZEE_LOG_LEVEL": "WARNING",
-    }
-
         # Delivery: links point at the API and are signed with the secret it verifies.
         "SPOTZEE_PUBLIC_BASE_URL": settings.resolved_public_base_url(),
         **(
@@ -149,6 +147,8 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
             if settings.unsubscribe_secret
             else {}
         ),
+    }
+
 
 def start_worker(settings: Settings, worker_id: str) -> subprocess.Popen[bytes]:
     """A ``spotzee worker`` process (contact processor only; the sink runs in the API process)."""
