@@ -23,7 +23,7 @@ from spotzee.schemas.providers import ProviderDefinition
 from spotzee.schemas.templates import TemplateDefinition
 from spotzee.settings import Settings
 from spotzee.streams.contacts import ContactProcessor
-from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.interface import Clock, clock_from
 from spotzee.streams.journeys import JourneyRegistry
 from spotzee.streams.segments import SegmentRegistry
 from spotzee.tenancy import Tenancy
@@ -83,7 +83,7 @@ class Services:
         from spotzee.segments import Segments
         from spotzee.templates import Templates
 
-        clock = clock or SystemClock()
+        clock = clock or clock_from(settings.clock_shift_file)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         registry = SegmentRegistry()
         journey_registry = JourneyRegistry()

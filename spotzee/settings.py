@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(
         default=10.0, gt=0, description="Seconds before a silent worker's partitions go to the others."
     )
+    clock_shift_file: Path | None = Field(
+        default=None,
+        description="Tests and drills only: a file holding seconds added to the system time in every "
+        "process that reads it (timers fire as if that much time had passed). Unset in production.",
+    )
     worker_id: str = Field(default="worker-1", description="Names this worker's state directory under data_dir.")
 
     def resolved_clickhouse_dsn(self) -> str:

@@ -130,8 +130,10 @@ def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings
 
 
 def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
+    shift = {"SPOTZEE_CLOCK_SHIFT_FILE": str(settings.clock_shift_file)} if settings.clock_shift_file else {}
     return {
         **os.environ,
+        **shift,
         "SPOTZEE_RUNTIME": "kafka",
         "SPOTZEE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "SPOTZEE_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
@@ -194,8 +196,10 @@ def running_stack(
         procs = []
     try:
         services = Services.open(settings, clock)
-        keys = services.tenancy.bootstrap(data_dir)
-        assert keys is not None
+        # A restart on the same data dir: the keys made the first time.
+        keys = services.tenancy.bootstrap(data_dir) or BootstrapKeys.model_validate_json(
+            (data_dir / "keys.json").read_text()
+        )
         app = create_app(settings, services=services)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)

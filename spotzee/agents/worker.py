@@ -40,7 +40,7 @@ from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contacts import ContactProcessor
-from spotzee.streams.interface import Clock, SystemClock
+from spotzee.streams.interface import Clock, clock_from
 from spotzee.streams.journeys import JourneyRegistry
 from spotzee.streams.segments import SegmentRegistry
 
@@ -92,7 +92,7 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
             segments=registry,
             journeys=journeys,
         ),
-        clock or SystemClock(),
+        clock or clock_from(settings.clock_shift_file),
         settings.data_dir / "kafka-state" / settings.worker_id,
         lambda: make_producer(settings),
         lambda base: admin.topic_name(settings, base),

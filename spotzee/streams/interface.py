@@ -8,8 +8,11 @@ implement ``Context``; the processor code is the same.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 
@@ -20,6 +23,46 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+class ShiftedClock:
+    """System time plus an offset in seconds read from a file: time travel across processes.
+
+    For tests and drills ("what does this journey do a week from now?") on either runtime: the
+    API process and every worker read the same file, so moving time is writing a number. The
+    offset only grows in practice; the file is re-read at most every 50 ms (``now`` is called per
+    record). A missing or unreadable file means no shift.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = timedelta(0)
+        self._read_at = -1.0
+
+    def now(self) -> datetime:
+        tick = time.monotonic()
+        if tick - self._read_at >= 0.05:
+            self._read_at = tick
+            try:
+                self._offset = timedelta(seconds=float(self.path.read_text().strip() or 0))
+            except (OSError, ValueError):
+                self._offset = timedelta(0)
+        return datetime.now(UTC) + self._offset
+
+    @staticmethod
+    def shift(path: Path, by: timedelta) -> None:
+        """Move the clocks reading ``path`` forward by ``by`` (atomic replace: readers never see half a number)."""
+        try:
+            current = float(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            current = 0.0
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(repr(current + by.total_seconds()))
+        os.replace(tmp, path)
+
+
+def clock_from(path: Path | None) -> Clock:
+    return ShiftedClock(path) if path is not None else SystemClock()
 
 
 class ManualClock:
