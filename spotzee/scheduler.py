@@ -46,7 +46,7 @@ from spotzee.streams.segments import LIST_MEMBERS, SEGMENT_MEMBERS, SegmentRegis
 log = logging.getLogger(__name__)
 
 KIND: Final = "schedule"
-POLL: Final = 1.0  # seconds between looks at the definitions (publish, edit, pause)
+POLL: Final = 0.5  # seconds between looks at the definitions (publish, edit, pause)
 PAGE: Final = 1000  # audience members per page (one append, one progress write)
 MISSED_LIMIT: Final = timedelta(hours=24)  # an occurrence missed by longer is skipped
 EVENT_NAME: Final = "journey_scheduled"
