@@ -48,7 +48,6 @@ Within a partition sends are delivered one at a time, in order; partitions in pa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -81,7 +80,7 @@ META = "__delivery_meta"
 TABLES = (DELIVERIES, DUE, OUTBOX, META)
 OFFSET = "offset"
 FETCH_RECORDS = 100
-STOP_GRACE_SECONDS = 15.0
+STOP_GRACE_SECONDS = 10.0
 
 
 class Revoked(Exception):
@@ -119,10 +118,15 @@ class KafkaDelivery:
                 self.partitions[partition] = PartitionDelivery(self, partition, store)
 
     async def stop_partition(self, partition: int, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Before the Engine gives a partition up: let its in-flight send finish (bounded)."""
-        delivery = self.partitions.pop(partition, None)
+        """Before the Engine gives a partition up: let its in-flight send finish (bounded). It
+        stays in ``partitions`` meanwhile, so that ``reconcile`` doesn't start another."""
+        delivery = self.partitions.get(partition)
         if delivery is not None:
-            await delivery.stop(grace)
+            try:
+                await delivery.stop(grace)
+            finally:
+                if self.partitions.get(partition) is delivery:
+                    del self.partitions[partition]
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_partition(p) for p in list(self.partitions)))
@@ -139,18 +143,14 @@ class PartitionDelivery:
         self.task = asyncio.ensure_future(self._run())
 
     async def stop(self, grace: float) -> None:
+        """Finish the send in hand (up to ``grace`` seconds: a rebalance waits for it), else
+        abandon it: it is cancelled and never writes again (``Engine.write`` refuses a store that
+        is no longer the partition's), and the next owner records it ``outcome unknown``."""
         self.stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self.task), timeout=grace)
-        except TimeoutError:
-            log.warning(
-                "partition %d: delivery still in a provider call after %.0fs; stopping it", self.partition, grace
-            )
+        done, _ = await asyncio.wait({self.task}, timeout=grace)
+        if not done:
+            log.warning("partition %d: a provider call still running after %.0fs; abandoned", self.partition, grace)
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-        except (Exception, asyncio.CancelledError):  # the task's own failure was logged by it
-            pass
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class PartitionDelivery:
 
     async def _write(self, emits: list[Emit], changes: Changes) -> None:
         merged = {**self.pending, **changes}
-        if not await self.engine.write(self.partition, emits, merged):
+        if not await self.engine.write(self.store, emits, merged):
             raise Revoked
         self.pending.clear()
 

@@ -215,15 +215,13 @@ class Engine:
                 fired += len(due)
         return fired
 
-    async def write(self, partition: int, emits: Sequence[Emit], changes: Changes) -> bool:
+    async def write(self, store: PartitionStore, emits: Sequence[Emit], changes: Changes) -> bool:
         """Commit state of a partition this worker owns from outside input processing (the delivery
         agent): the emits acked, then the changelog, then the local store -- like a batch, under
-        the partition's lock. False, writing nothing, when the partition is not (or no longer) here."""
-        store = self.stores.get(partition)
-        if store is None or not store.ready.is_set():
-            return False
+        the partition's lock. False, writing nothing, when ``store`` is no longer the partition's
+        here (revoked, even if the partition came back since: a new store)."""
         async with store.lock:
-            if store.db.closed:
+            if store.db.closed or self.stores.get(store.partition) is not store:
                 return False
             await self._flush(store, emits, changes, next_input_offset=None)
         return True
