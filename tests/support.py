@@ -144,6 +144,10 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
         "SPOTZEE_LOG_LEVEL": "WARNING",
         # Delivery: links point at the API and are signed with the secret it verifies.
         "SPOTZEE_PUBLIC_BASE_URL": settings.resolved_public_base_url(),
+        "SPOTZEE_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
+        "SPOTZEE_DELIVERY_MAX_ATTEMPTS": str(settings.delivery_max_attempts),
+        "SPOTZEE_DELIVERY_RETRY_BASE": str(settings.delivery_retry_base),
+        "SPOTZEE_DELIVERY_RETRY_CAP": str(settings.delivery_retry_cap),
         **(
             {"SPOTZEE_UNSUBSCRIBE_SECRET": settings.unsubscribe_secret.get_secret_value()}
             if settings.unsubscribe_secret

@@ -14,7 +14,8 @@ by the retry index):
 3. :func:`outcome` turns the result into the state to store (final, or ``retry`` with its due
    time) and the records to emit with it: a ``messages`` row, for a final state a delivery event
    back into ``events`` (``message_sent`` / ``message_failed`` / ``message_suppressed``, messageId
-   ``<send_id>:<status>``) and, for a permanent failure, a dead letter.
+   ``<send_id>:<status>``) and, for a permanent failure, a dead letter (the ``dead-letter`` topic
+   and the ``dead_letters`` table).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from spotzee.delivery import DeliveryResult
-from spotzee.providers.retry import next_delay
+from spotzee.providers.retry import next_delay, seeded_rng
 from spotzee.schemas.analytics import DeadLetterRow
 from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.events import TrackMessage
@@ -93,7 +94,8 @@ def outcome(
     status = result.status
     detail: dict[str, object] = {**result.detail, "attempts": attempts}
     if status == "retry" and attempts < policy.max_attempts:
-        delay = next_delay(attempts, result.retry_after, base=policy.base, cap=policy.cap)
+        rng = seeded_rng(command.send_id, attempts)  # a replayed decision draws the same jitter
+        delay = next_delay(attempts, result.retry_after, base=policy.base, cap=policy.cap, rng=rng)
         due_at = now + timedelta(seconds=delay)
         row = message_row(command, "retrying", now, {**detail, "due_at": due_at.isoformat()})
         return Outcome(
@@ -116,7 +118,7 @@ def outcome(
             payload=command.model_dump_json(),
             at=now,
         )
-        emits.append((topics.DEAD_LETTER, key, dumps(dead)))
+        emits += [(topics.DEAD_LETTER, key, dumps(dead)), (topics.ANALYTICS, key, dumps(dead))]
     emits.append((topics.EVENTS, key, dumps(delivery_event(command, status, now))))
     return Outcome(DeliveryState(status=status, attempts=attempts, command=command), emits)
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -17,7 +21,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
-from tests.support import Stack, free_port, wait_until
+from tests.support import Stack, free_port, running_stack, wait_until
 
 
 class Inbox:
@@ -113,3 +117,107 @@ def test_signed_up_to_inbox_then_unsubscribe_suppresses_the_next_send(stack: Sta
 
     wait_until(suppressed, timeout=30, interval=0.5)
     assert len(box.messages) == 1  # nothing more reached the SMTP server
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver: ``/flaky`` answers 429 with ``Retry-After: 1`` once, then 200;
+    ``/broken`` always 400. Every call is noted (path, Idempotency-Key, time)."""
+
+    calls: ClassVar[list[tuple[str, str, float]]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.calls.append((self.path, self.headers.get("Idempotency-Key") or "", time.monotonic()))
+        if self.path == "/flaky" and sum(1 for c in self.calls if c[0] == "/flaky") == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+        elif self.path == "/broken":
+            self.send_response(400)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[list[tuple[str, str, float]], int]]:
+    calls: ClassVar[list[tuple[str, str, float]]] = []
+    handler = type("Handler", (Receiver,), {"calls": calls})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield calls, int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("runtime", ["embedded", "kafka"])
+def test_a_throttled_send_is_retried_after_retry_after_and_a_refused_one_is_dead_lettered(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    runtime: str,
+    receiver: tuple[list[tuple[str, str, float]], int],
+) -> None:
+    calls, port = receiver
+    bootstrap = request.getfixturevalue("kafka_bootstrap") if runtime == "kafka" else None
+    with running_stack(
+        tmp_path / "data",
+        runtime=runtime,
+        kafka_bootstrap=bootstrap,
+        webhook_allow_private=True,
+        delivery_retry_base=0.2,
+    ) as stack:
+        project = stack.project
+        provider = {
+            "name": "hooks",
+            "channel": "webhook",
+            "type": "webhook",
+            "config": {"signing_secret": "s" * 32, "timeout": 10},
+        }
+        assert project.post("/api/v1/providers", json=provider).status_code == 201, "provider"
+        journeys = {}
+        for path in ("flaky", "broken"):
+            template = {
+                "name": path,
+                "channel": "webhook",
+                "content": {"url": f"http://127.0.0.1:{port}/{path}", "body": "{{ contact.id }}"},
+            }
+            created = project.post("/api/v1/templates", json=template)
+            assert created.status_code == 201, created.text
+            body = journey(created.json()["id"], f"{path}_event")
+            body["steps"]["mail"]["channel"] = "webhook"
+            journeys[path] = publish(stack, body)
+
+        ingest = stack.ingest
+        ingest.post("/v1/identify", json={"userId": "ada", "traits": {"plan": "free"}})
+        ingest.post("/v1/track", json={"userId": "ada", "event": "broken_event"})
+        ingest.post("/v1/track", json={"userId": "ada", "event": "flaky_event"})
+
+        def statuses(journey_id: str) -> list[str]:
+            rows = stack.sql(f"SELECT status FROM messages FINAL WHERE journey_id = '{journey_id}' ORDER BY at")
+            return [row[0] for row in rows]
+
+        def finished() -> bool:
+            stack.settle()
+            return statuses(journeys["flaky"]) == ["queued", "retrying", "sent"] and statuses(journeys["broken"]) == [
+                "queued",
+                "failed",
+            ]
+
+        wait_until(finished, timeout=60, interval=0.5)
+        flaky = [c for c in calls if c[0] == "/flaky"]
+        assert len(flaky) == 2
+        assert flaky[0][1] == flaky[1][1] != ""  # the same Idempotency-Key (the send_id) on the retry
+        assert flaky[1][2] - flaky[0][2] >= 0.95  # not before Retry-After
+        assert len([c for c in calls if c[0] == "/broken"]) == 1  # permanent: never retried
+        broken_send = stack.scalar(f"SELECT send_id FROM messages FINAL WHERE journey_id = '{journeys['broken']}'")
+        dead = stack.sql("SELECT topic, dead_letter_id, error FROM dead_letters")
+        assert [row[:2] for row in dead] == [["sends", f"sends/{broken_send}"]]
+        assert "400" in dead[0][2]
+        events = stack.sql("SELECT event FROM events FINAL WHERE event LIKE 'message_%' ORDER BY event")
+        assert [row[0] for row in events] == ["message_failed", "message_sent"]
