@@ -227,9 +227,7 @@ class PartitionDelivery:
             return
         marker = attempting(command, state)
         await self._write([], {changelog_key(DELIVERIES, command.send_id): dumps(marker)})  # durable before the call
-        raw = self.store.get(CONTACTS, f"{command.project_id}:{command.contact_id}")  # the contact now
-        contact = loads(ContactState, raw) if raw is not None else None
-        result = await self.agent.deliverer.deliver(command, contact)
+        result = await self.agent.deliverer.deliver(command, self._contact(command))
         await self._finish(command, marker.attempts, result, next_offset=next_offset, due=due, offset=offset)
 
     async def _finish(
@@ -289,6 +287,13 @@ class PartitionDelivery:
     def _offset(self) -> int:
         raw = self.store.get(META, OFFSET)
         return int(U64.unpack(raw)[0]) if raw is not None else 0
+
+    def _contact(self, command: SendCommand) -> ContactState | None:
+        """The contact as the partition's store has it now (the last committed batch)."""
+        if self.store.db.closed:
+            raise Revoked
+        raw = self.store.get(CONTACTS, f"{command.project_id}:{command.contact_id}")
+        return loads(ContactState, raw) if raw is not None else None
 
     def _state(self, send_id: str) -> DeliveryState | None:
         if self.store.db.closed:
