@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck bench bench-segments clean
+.PHONY: help up test lint format typecheck bench bench-segments bench-journeys clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ bench: $(VENV)/.installed-dev ## Ingestion benchmark: events/s accepted and land
 
 bench-segments: $(VENV)/.installed-dev ## Segments benchmark: backfill time, events/s with 20 segments, membership latency
 	$(BIN)/python bench/segments.py $(ARGS)
+
+bench-journeys: $(VENV)/.installed-dev ## Journeys benchmark: event -> email latency at an SMTP server, transitions/s
+	$(BIN)/python bench/journeys.py $(ARGS)
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -197,6 +197,8 @@ def kafka_env(bootstrap: str, prefix: str) -> dict[str, str]:
         "SPOTZEE_KAFKA_BOOTSTRAP": bootstrap,
         "SPOTZEE_KAFKA_TOPIC_PREFIX": prefix,
         "SPOTZEE_PARTITIONS": str(PARTITIONS),
+        # Workers deliver: they sign unsubscribe links with the secret the API verifies.
+        "SPOTZEE_UNSUBSCRIBE_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
     }
 
 
@@ -274,8 +276,9 @@ def kafka_stack(
     try:
         if prepare is not None:
             prepare(env)
-        procs += [start_worker(root, env, index) for index in range(1, workers + 1)]
         port = free_port()
+        env["SPOTZEE_PUBLIC_BASE_URL"] = f"http://{HOST}:{port}"  # links in messages point at the API
+        procs += [start_worker(root, env, index) for index in range(1, workers + 1)]
         api = start_kafka_api(root, env, port)
         procs.append(api)
         stack = open_stack(kafka_name(workers), api, port, root / "data", procs[:-1])
