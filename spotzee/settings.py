@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     )
     delivery_max_attempts: int = Field(default=5, ge=1, le=50, description="Provider calls per send before failing.")
     delivery_retry_base: float = Field(default=2.0, gt=0, description="Seconds before the first retry (exponential).")
+    delivery_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Provider calls in flight at once per delivery agent (per partition on Kafka).",
+    )
     delivery_retry_cap: float = Field(default=600.0, gt=0, description="Longest wait between two attempts, seconds.")
     topic_retention_records: int = Field(
         default=1_000_000,

@@ -1,20 +1,23 @@
 """The embedded runtime's delivery agent: the ``sends`` topic -> providers, at most once per send_id.
 
-A thread reads ``sends`` from its stored offset. For each send (the decisions are shared with
-the Kafka runtime's agent: ``streams/delivery.py``):
+A thread reads ``sends`` from its stored offset, up to 100 sends (or due retries) per pass (the
+decisions are shared with the Kafka runtime's agent: ``streams/delivery.py``):
 
-1. a final state for its ``send_id`` (``deliveries`` family) means it was handled: skip (replay);
-2. ``attempting`` is written and synced **before** the provider call;
-3. the call (``Deliverer``: consent now, template, provider, render);
-4. one synced write: the final state (or ``retry`` with its due time in the retry index), a
-   ``messages`` row, a delivery event (``message_sent`` / ``message_failed`` /
+1. a final state for a ``send_id`` (``deliveries`` family) means it was handled: skip (replay);
+2. the ``attempting`` markers of every send of the pass are written in **one** synced write
+   **before** any provider call;
+3. the calls (``Deliverer``: consent now, template, provider, render), concurrently, at most
+   ``SPOTZEE_DELIVERY_CONCURRENCY`` in flight;
+4. one synced write: each final state (or ``retry`` with its due time in the retry index), its
+   ``messages`` row, its delivery event (``message_sent`` / ``message_failed`` /
    ``message_suppressed``) back into ``events``, and the offset.
 
-A crash between 2 and 4 leaves ``attempting``: the provider may or may not have taken the
-message, and it is **not** called again (at most once); the send is recorded ``failed`` with
-reason ``outcome unknown``. That is the residual window: the time of one provider call. Emails
-carry a ``Message-ID`` derived from the send_id and webhooks an ``Idempotency-Key``, so a receiver
-can recognise a duplicate should an operator re-send by hand.
+A crash between 2 and 4 leaves ``attempting``: the provider may or may not have taken those
+messages, and they are **not** called again (at most once); they are recorded ``failed`` with
+reason ``outcome unknown``. That is the residual window: the provider calls in flight when the
+process died (at most one pass, 100 sends). Emails carry a ``Message-ID`` derived from the send_id
+and webhooks an ``Idempotency-Key``, so a receiver can recognise a duplicate should an operator
+re-send by hand.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from spotzee.streams.interface import Clock
 log = logging.getLogger(__name__)
 
 OFFSET = b"delivery_offset"
+BATCH = 100  # sends (and due retries) per pass
 
 
 def _state_key(send_id: str) -> bytes:
@@ -90,58 +94,88 @@ class DeliveryLoop:
                 await asyncio.sleep(0.05)
 
     async def _pass(self) -> bool:
-        busy = False
-        for seq, raw in list(islice(self.runtime.topic_records(topics.SENDS, self.offset), 100)):
-            await self._handle(loads(SendCommand, raw), next_offset=seq + 1)
-            self.offset = seq + 1
-            busy = True
+        sends = list(islice(self.runtime.topic_records(topics.SENDS, self.offset), BATCH))
+        if sends:
+            await self._handle([(loads(SendCommand, raw), None) for _, raw in sends], next_offset=sends[-1][0] + 1)
+            self.offset = sends[-1][0] + 1
         now = self.clock.now()
-        for key, _ in list(islice(self.runtime.db.scan_prefix(DELIVERIES, "r/"), 100)):
+        due: list[tuple[SendCommand, bytes | None]] = []
+        orphans: list[tuple[str, bytes, bytes | None]] = []
+        for key, _ in list(islice(self.runtime.db.scan_prefix(DELIVERIES, "r/"), BATCH)):
             due_ms = int(key.split("/")[1])
             if due_ms > now.timestamp() * 1000:
                 break
             raw_state = self.runtime.db.cf(DELIVERIES).get(_state_key(key.split("/", 2)[2]))
             if raw_state is None:
-                self.runtime.commit_external([(DELIVERIES, key.encode(), None)], [])
+                orphans.append((DELIVERIES, key.encode(), None))
                 continue
-            state = loads(DeliveryState, bytes(raw_state))
-            await self._handle(state.command, next_offset=None, retry_key=key.encode())
-            busy = True
-        return busy
+            due.append((loads(DeliveryState, bytes(raw_state)).command, key.encode()))
+        if orphans:
+            self.runtime.commit_external(orphans, [])
+        if due:
+            await self._handle(due, next_offset=None)
+        return bool(sends or due or orphans)
 
-    async def _handle(self, command: SendCommand, *, next_offset: int | None, retry_key: bytes | None = None) -> None:
-        puts: list[tuple[str, bytes, bytes | None]] = []
+    async def _handle(self, items: list[tuple[SendCommand, bytes | None]], *, next_offset: int | None) -> None:
+        """A batch of sends (from the topic, or retries from their index: ``retry_key``).
+
+        Every ``attempting`` marker of the batch is written in one synced write before any
+        provider call; the calls run concurrently (at most ``delivery_concurrency``); the final
+        states, rows, events and the topic offset are one synced write after all of them.
+        """
+        finals: list[tuple[str, bytes, bytes | None]] = []
         if next_offset is not None:
-            puts.append((META, OFFSET, U64.pack(next_offset)))
-        if retry_key is not None:
-            puts.append((DELIVERIES, retry_key, None))
-        raw = self.runtime.db.cf(DELIVERIES).get(_state_key(command.send_id))
-        state = loads(DeliveryState, bytes(raw)) if raw is not None else None
-        action = next_action(state, from_retry_index=retry_key is not None)
-        if action in ("skip", "wait"):  # replayed, or waiting for its retry: the index brings it back
-            self.runtime.commit_external(puts, [])
-            return
-        if action == "unknown" and state is not None:
-            self._finish(command, state.attempts, OUTCOME_UNKNOWN, self.clock.now(), puts)
-            return
-        marker = attempting(command, state)
-        self.runtime.commit_external([(DELIVERIES, _state_key(command.send_id), dumps(marker))], [])
-        contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
-        contact = loads(ContactState, contact_raw) if contact_raw is not None else None
-        result = await self.deliverer.deliver(command, contact)
-        self._finish(command, marker.attempts, result, self.clock.now(), puts)
+            finals.append((META, OFFSET, U64.pack(next_offset)))
+        emits: list[tuple[str, str, bytes]] = []
+        markers: list[tuple[str, bytes, bytes | None]] = []
+        calls: list[tuple[SendCommand, DeliveryState]] = []
+        seen: set[str] = set()
+        for command, retry_key in items:
+            if retry_key is not None:
+                finals.append((DELIVERIES, retry_key, None))
+            if command.send_id in seen:  # a replayed duplicate within the batch: the first decides
+                continue
+            seen.add(command.send_id)
+            raw = self.runtime.db.cf(DELIVERIES).get(_state_key(command.send_id))
+            state = loads(DeliveryState, bytes(raw)) if raw is not None else None
+            action = next_action(state, from_retry_index=retry_key is not None)
+            if action in ("skip", "wait"):  # replayed, or waiting for its retry: the index brings it back
+                continue
+            if action == "unknown" and state is not None:
+                self._settle(command, state.attempts, OUTCOME_UNKNOWN, self.clock.now(), finals, emits)
+                continue
+            marker = attempting(command, state)
+            markers.append((DELIVERIES, _state_key(command.send_id), dumps(marker)))
+            calls.append((command, marker))
+        if markers:
+            self.runtime.commit_external(markers, [])
+        limit = asyncio.Semaphore(self.settings.delivery_concurrency)
 
-    def _finish(
+        async def call(command: SendCommand) -> DeliveryResult:
+            async with limit:
+                contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
+                contact = loads(ContactState, contact_raw) if contact_raw is not None else None
+                return await self.deliverer.deliver(command, contact)
+
+        results = await asyncio.gather(*(call(command) for command, _ in calls))
+        now = self.clock.now()
+        for (command, marker), result in zip(calls, results, strict=True):
+            self._settle(command, marker.attempts, result, now, finals, emits)
+        if finals or emits:
+            self.runtime.commit_external(finals, emits)
+
+    def _settle(
         self,
         command: SendCommand,
         attempts: int,
         result: DeliveryResult,
         now: datetime,
         puts: list[tuple[str, bytes, bytes | None]],
+        emits: list[tuple[str, str, bytes]],
     ) -> None:
         done = outcome(command, attempts, result, now, self.policy)
         puts.append((DELIVERIES, _state_key(command.send_id), dumps(done.state)))
         if done.state.status == "retry" and done.state.due_at is not None:
             puts.append((DELIVERIES, _retry_key(done.state.due_at, command.send_id), b""))
-        self.runtime.commit_external(puts, done.emits)
+        emits.extend(done.emits)
         self.delivered += done.state.status == "sent"
