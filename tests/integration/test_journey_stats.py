@@ -42,6 +42,24 @@ def counts(step: dict[str, Any]) -> tuple[int, int, int, int]:
     return step["entered"], step["completed"], step["waiting"], step["exited"]
 
 
+def enter_once_live(stack: Stack, journey_id: str, contact: str) -> None:
+    """Enter ``contact`` until its run starts. A Kafka worker learns of a publish through the
+    definitions topic, and drops an entry it processes before that (the journey isn't live there
+    yet); once one entry has started a run, the worker knows the journey is live. ``reentry``
+    ``never`` keeps the contact to one run."""
+    attempts = [0]
+
+    def started() -> bool:
+        attempts[0] += 1
+        url = f"/api/v1/journeys/{journey_id}/enter"
+        stack.project.post(url, json={"ids": [contact], "idempotency_key": f"probe-{attempts[0]}"})
+        stack.settle()
+        reached: int = stack.project.get(f"/api/v1/journeys/{journey_id}/stats").json()["steps"]["split"]["runs"]
+        return reached == 1
+
+    wait_until(started, timeout=60, interval=0.2)
+
+
 def test_step_counts_variant_conversions_and_p_value(stack: Stack) -> None:
     journey_id = publish(stack, SPLIT_TEST)
     project, ingest = stack.project, stack.ingest
@@ -54,6 +72,7 @@ def test_step_counts_variant_conversions_and_p_value(stack: Stack) -> None:
         drawn.append(f"c{i:03d}")
     a, b = a[:12], b[:8]
     contacts = sorted(a + b)
+    enter_once_live(stack, journey_id, a[0])
     entered = project.post(f"/api/v1/journeys/{journey_id}/enter", json={"ids": contacts, "idempotency_key": "k"})
     assert entered.status_code == 202, entered.text
     stack.settle()  # every run has its variant and waits at `hold`: goal events come after the assignment
