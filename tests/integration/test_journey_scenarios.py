@@ -211,6 +211,7 @@ def scheduled(refs: Refs) -> Body:
     start = datetime.fromisoformat(refs["now"]).replace(microsecond=0)
     return {
         "name": "Daily digest",
+        "entrance": {"reentry": "after_exit"},  # once per occurrence
         "trigger": {
             "type": "scheduled",
             "rrule": f"DTSTART:{start:%Y%m%dT%H%M%SZ}\nRRULE:FREQ=DAILY;COUNT=3",
