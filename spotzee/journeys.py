@@ -29,7 +29,7 @@ from spotzee.schemas.journeys import (
     SegmentTrigger,
     SendStep,
 )
-from spotzee.schemas.records import JourneyEntry
+from spotzee.schemas.records import JourneyBarrier, JourneyEntry
 from spotzee.schemas.templates import TemplateDefinition
 from spotzee.schemas.tenancy import ApiKey
 from spotzee.segments import Segments, list_references
@@ -184,7 +184,10 @@ class Journeys:
         summary = {"version": item.version, "status": item.status.value, "name": item.name}
         previous = {"version": before.version, "status": before.status.value} if before else None
         await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
-        self.registry.apply(item)
+        if item.status != JourneyStatus.draft:  # what is appended from now on sees this version
+            barrier = JourneyBarrier(project_id=item.project_id, definition=item)
+            await self.runtime.broadcast(f"{item.project_id}:journey:{item.id}", dumps(barrier))
+        self.registry.apply(item)  # after the barrier: this process's scheduler enters nobody before it
 
 
 def _definition(data: dict[str, object]) -> JourneyDefinition:

@@ -13,6 +13,7 @@ from pydantic import Field, TypeAdapter
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.events import SegmentMessage
+from spotzee.schemas.journeys import JourneyDefinition
 from spotzee.schemas.segments import ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
 
 
@@ -128,6 +129,23 @@ class JourneyEntry(Model):
         return self.id
 
 
+class JourneyBarrier(Model):
+    """A journey as it was just written, appended to every partition after the write.
+
+    Workers also learn definitions from the ``definitions`` topic, but only eventually; this
+    record is ordered in each partition before anything appended after the write (an event that
+    triggers it, an API entry), so no worker drops such a record as "not live" (the registry keeps
+    the newest of what it saw: a replayed, older barrier changes nothing)."""
+
+    type: Literal["journey_barrier"] = "journey_barrier"
+    project_id: str
+    definition: JourneyDefinition
+
+    @property
+    def contact_id(self) -> str:  # a synthetic key part, never a contact
+        return f"journey:{self.definition.id}"
+
+
 class JourneyWake(Model):
     """A run's timer fired (the step and visit it was set for)."""
 
@@ -155,6 +173,7 @@ EventsRecord = Annotated[
     | SegmentWake
     | ListMembership
     | JourneyEntry
+    | JourneyBarrier
     | JourneyWake,
     Field(discriminator="type"),
 ]

@@ -11,6 +11,7 @@ Outputs: ``analytics`` rows and history mutations; ``events`` records to other c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from spotzee.schemas.records import (
     DedupeSweep,
     EventsRecord,
     IngestedMessage,
+    JourneyBarrier,
     JourneyEntry,
     JourneyWake,
     MergeIn,
@@ -82,6 +84,9 @@ class ContactProcessor:
         record: EventsRecord = events_record_adapter.validate_json(value)
         if isinstance(record, SegmentBarrier):
             self.segments.barrier(ctx, record.definition)
+            return
+        if isinstance(record, JourneyBarrier):
+            self.journey_registry.apply(record.definition)
             return
         self.segments.sync(ctx, record.project_id)
         if isinstance(record, IngestedMessage):
@@ -419,7 +424,7 @@ class ContactProcessor:
             row = ContactChangeRow(
                 project_id=project_id,
                 contact_id=contact_id,
-                change_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{key}|{cause}|{change.path}")),
+                change_id=_uuid5_url(f"{key}|{cause}|{change.path}"),
                 changed_at=at,
                 source=source,
                 path=change.path,
@@ -427,6 +432,19 @@ class ContactProcessor:
                 new_value=_json(change.new),
             )
             ctx.emit(topics.ANALYTICS, key, dumps(row))
+
+
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def _uuid5_url(name: str) -> str:
+    """``str(uuid.uuid5(uuid.NAMESPACE_URL, name))``, without building a UUID object (one per changed
+    attribute of every message: the UUID class costs several times the hash)."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _json(value: Any) -> str:

@@ -12,7 +12,8 @@ Between them the scenarios cover every step type (send, delay by duration / time
 date, gate, experiment, both balancers, update, event, exit, link, wait_for_event with both
 branches), every trigger (event with filters, segment entered and exited, scheduled, API) and
 every entrance rule (never, after_exit, concurrent, max_entries, cooldown, exit on an event, exit
-on leaving a segment), plus pausing a live journey.
+on leaving a segment), plus pausing a live journey. Events and entries follow a publish at once,
+with no pause: a publish is ordered before them in every partition (``JourneyBarrier``).
 """
 
 from __future__ import annotations
@@ -562,8 +563,6 @@ def test_journey_scenario(clocked: tuple[Stack, Path], scenario: Scenario) -> No
         refs[alias] = created.json()["id"]
         published = project.post(f"/api/v1/journeys/{refs[alias]}/publish")
         assert published.status_code == 200, published.text
-    if stack.runtime == "kafka":
-        time.sleep(1.0)  # workers learn definitions from the definitions topic
 
     for step in scenario.script:
         action, *args = step
@@ -593,8 +592,6 @@ def test_journey_scenario(clocked: tuple[Stack, Path], scenario: Scenario) -> No
         elif action == "move":
             moved = project.post(f"/api/v1/journeys/{refs[args[0]]}/{args[1]}")
             assert moved.status_code == 200, moved.text
-            if stack.runtime == "kafka":
-                time.sleep(1.0)
         elif action == "expect":
             wait_for_runs(stack, refs[args[0]], c(args[1]), resolve(args[2]))
         else:
