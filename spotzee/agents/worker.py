@@ -33,7 +33,6 @@ from spotzee.errors import LogUnavailable
 from spotzee.runtime.kafka import admin, codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
 from spotzee.runtime.kafka.definitions import DefinitionsReplica
-from spotzee.runtime.kafka.delivery import TABLES as DELIVERY_TABLES
 from spotzee.runtime.kafka.delivery import build_delivery
 from spotzee.runtime.kafka.engine import Engine, InputRecord
 from spotzee.schemas.analytics import AnalyticsRecord
@@ -98,7 +97,6 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         lambda base: admin.topic_name(settings, base),
         admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
-        extra_tables=DELIVERY_TABLES,
     )
     delivery = build_delivery(settings, engine, definitions.scan)  # sends of the partitions owned here
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)

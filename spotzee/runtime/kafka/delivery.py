@@ -60,7 +60,7 @@ from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.changelog import changelog_key
 from spotzee.runtime.kafka.config import aiokafka_config
 from spotzee.runtime.kafka.engine import Changes, Emit, Engine, due_key
-from spotzee.runtime.kafka.store import PartitionStore
+from spotzee.runtime.kafka.store import DELIVERIES, DELIVERY_DUE, DELIVERY_META, DELIVERY_OUTBOX, PartitionStore
 from spotzee.runtime.rocks import TABLE_PREFIX, U64
 from spotzee.schemas.analytics import DeadLetterRow
 from spotzee.schemas.contacts import ContactState
@@ -73,11 +73,9 @@ from spotzee.streams.delivery import OUTCOME_UNKNOWN, DeliveryState, RetryPolicy
 
 log = logging.getLogger(__name__)
 
-DELIVERIES = "__deliveries"
-DUE = "__delivery_due"
-OUTBOX = "__delivery_outbox"
-META = "__delivery_meta"
-TABLES = (DELIVERIES, DUE, OUTBOX, META)
+DUE = DELIVERY_DUE
+OUTBOX = DELIVERY_OUTBOX
+META = DELIVERY_META
 OFFSET = "offset"
 FETCH_RECORDS = 100
 STOP_GRACE_SECONDS = 10.0

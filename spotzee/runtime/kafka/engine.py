@@ -59,10 +59,8 @@ class Engine:
         topic_name: Callable[[str], str],
         changelog_topic: str,
         consumer_factory: Callable[[], AIOKafkaConsumer],
-        extra_tables: tuple[str, ...] = (),
     ) -> None:
         self.processor = processor
-        self.tables = (*processor.tables, *extra_tables)  # extra: the delivery agent's, same changelog
         self.clock = clock
         self.root = root
         self.producer_factory = producer_factory
@@ -102,7 +100,7 @@ class Engine:
         await self.start()
         store = self.stores.get(partition)
         if store is None:
-            store = PartitionStore(self.root, partition, self.tables)
+            store = PartitionStore(self.root, partition, self.processor.tables)
             self.stores[partition] = store
             async with store.lock:
                 await self._restore(store)

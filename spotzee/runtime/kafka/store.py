@@ -14,6 +14,12 @@ CHANGELOG_OFFSET = b"changelog_offset"  # next changelog offset to read
 TIMERS = "__timers"  # timer_id -> due key
 DUE = "__due"  # due_ms u64 | timer_id -> topic | key | value (runtime/rocks.py encoding)
 TIMER_TABLES = (TIMERS, DUE)
+# The delivery agent's (runtime/kafka/delivery.py), in every partition store and its changelog.
+DELIVERIES = "__deliveries"  # send_id -> DeliveryState
+DELIVERY_DUE = "__delivery_due"  # due_ms hex | send_id -> send_id: the retry index
+DELIVERY_OUTBOX = "__delivery_outbox"  # send_id -> records of a final state not yet acked
+DELIVERY_META = "__delivery_meta"  # "offset" -> next sends offset (u64)
+RUNTIME_TABLES = (*TIMER_TABLES, DELIVERIES, DELIVERY_DUE, DELIVERY_OUTBOX, DELIVERY_META)
 
 
 class PartitionStore:
@@ -21,7 +27,7 @@ class PartitionStore:
         self.partition = partition
         self.path = root / f"partition-{partition}"
         self.tables = tables
-        self.db = RocksDB(self.path, (*tables, *TIMER_TABLES), sync=False)  # the changelog is the durable copy
+        self.db = RocksDB(self.path, (*tables, *RUNTIME_TABLES), sync=False)  # the changelog is the durable copy
         self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
 
