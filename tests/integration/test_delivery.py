@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -20,6 +21,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
+from spotzee.providers.unsubscribe import make_token, unsubscribe_url
+from spotzee.services import unsubscribe_secret
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import Stack, free_port, running_stack, wait_until
 
@@ -221,3 +224,67 @@ def test_a_throttled_send_is_retried_after_retry_after_and_a_refused_one_is_dead
         assert "400" in dead[0][2]
         events = stack.sql("SELECT event FROM events FINAL WHERE event LIKE 'message_%' ORDER BY event")
         assert [row[0] for row in events] == ["message_failed", "message_sent"]
+
+
+class HoldingInbox(Inbox):
+    """Holds the 250 of messages to ``held`` until released: the delivery agent is mid-call, and
+    the sends behind it (same partition) wait."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        answer = await super().handle_DATA(server, session, envelope)
+        if self.held in [str(r) for r in envelope.rcpt_tos]:
+            await asyncio.to_thread(self.release.wait)
+        return answer
+
+
+@pytest.mark.parametrize("runtime", ["embedded", "kafka"])
+def test_an_unsubscribe_stops_a_send_already_queued(
+    request: pytest.FixtureRequest, tmp_path: Path, runtime: str
+) -> None:
+    box = HoldingInbox("ada@example.com")
+    smtp_port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=smtp_port)
+    controller.start()
+    bootstrap = request.getfixturevalue("kafka_bootstrap") if runtime == "kafka" else None
+    try:
+        # One partition: bob's send queues behind ada's, which the SMTP server holds.
+        with running_stack(tmp_path / "data", runtime=runtime, kafka_bootstrap=bootstrap, partitions=1) as stack:
+            provider = {
+                "name": "relay",
+                "channel": "email",
+                "type": "smtp",
+                "config": {"host": "127.0.0.1", "port": smtp_port, "security": "none", "timeout": 60},
+            }
+            assert stack.project.post("/api/v1/providers", json=provider).status_code == 201
+            template_id = stack.project.post("/api/v1/templates", json=WELCOME_EMAIL).json()["id"]
+            publish(stack, journey(template_id, "signed_up"))
+            for user in ("ada", "bob"):
+                traits = {"plan": "free", "email": f"{user}@example.com"}
+                stack.ingest.post("/v1/identify", json={"userId": user, "traits": traits})
+            stack.ingest.post("/v1/track", json={"userId": "ada", "event": "signed_up"})
+            wait_until(lambda: len(box.messages) == 1, timeout=60)
+            stack.ingest.post("/v1/track", json={"userId": "bob", "event": "signed_up"})
+
+            def statuses(user: str) -> list[str]:
+                rows = stack.sql(f"SELECT status FROM messages FINAL WHERE contact_id = '{user}' ORDER BY at")
+                return [row[0] for row in rows]
+
+            wait_until(lambda: statuses("bob") == ["queued"], timeout=60, interval=0.5)  # queued, not sent
+            token = make_token(unsubscribe_secret(stack.services.settings), stack.keys.project_id, "bob", "email")
+            assert httpx.post(unsubscribe_url(stack.base_url, token)).status_code == 200
+            box.release.set()
+
+            def done() -> bool:
+                stack.settle()
+                return statuses("ada") == ["queued", "sent"] and statuses("bob") == ["queued", "suppressed"]
+
+            wait_until(done, timeout=60, interval=0.5)
+            assert [m["To"] for m in box.messages] == ["ada@example.com"]
+    finally:
+        box.release.set()
+        controller.stop()
