@@ -279,12 +279,16 @@ class SegmentMemberships:
         rows = ctx.table(SEGMENT_MEMBERS)
         for segment_id in before.members.keys() - after.members.keys():
             rows.delete(member_key(project_id, segment_id, contact_id))
+        values: dict[tuple[datetime, int], bytes] = {}  # the segments entered together share a value
         for segment_id, membership in after.members.items():
-            if before.members.get(segment_id) != membership:
-                rows.set(
-                    member_key(project_id, segment_id, contact_id),
-                    dumps(Member(since=membership.since, version=membership.version)),
-                )
+            known = before.members.get(segment_id)
+            if known is None or known.since != membership.since or known.version != membership.version:
+                value = values.get((membership.since, membership.version))
+                if value is None:
+                    value = values[(membership.since, membership.version)] = dumps(
+                        Member(since=membership.since, version=membership.version)
+                    )
+                rows.set(member_key(project_id, segment_id, contact_id), value)
         now = ctx.clock.now()
         for transition in outcome.transitions:
             self._emit(ctx, key, project_id, contact_id, transition, now, cause)

@@ -46,6 +46,7 @@ from spotzee.domain.segments.state import (
     TotalSlot,
     Tracker,
     ValuesSlot,
+    is_empty,
 )
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.rules import (
@@ -410,10 +411,10 @@ def _expiries(times: list[datetime], window: timedelta) -> list[datetime]:
 
 
 def _static_aggregate(slot: TotalSlot, fn: AggregateFn) -> float | None:
+    if slot.n == 0:
+        return 0.0 if fn == "sum" else None
     if fn == "sum":
         return exact_float(Fraction(slot.total))
-    if slot.n == 0:
-        return None
     if fn == "min":
         return slot.low
     if fn == "max":
@@ -441,33 +442,65 @@ def _view(check: Check, slot: SlotModel) -> _View:
     return _Occurrence(slot.first if check.which == "first" else slot.last, check.condition)
 
 
+# A check's view of an empty slot depends on the check only: built once per check. A contact's
+# first evaluation (and every segment whose events it never did) reads empty slots only.
+_EMPTY_VIEWS: dict[int, tuple[Check, _View]] = {}
+
+
+def _empty_view(check: Check, slot: SlotModel) -> _View:
+    found = _EMPTY_VIEWS.get(id(check))
+    if found is None or found[0] is not check:  # (an id is reused once a check is gone)
+        if len(_EMPTY_VIEWS) > 65536:
+            _EMPTY_VIEWS.clear()
+        found = _EMPTY_VIEWS[id(check)] = (check, _view(check, slot))
+    return found[1]
+
+
 class _Reader:
     """The compiled rule over one contact's state, evaluable at any instant >= the last observe."""
 
     def __init__(self, compiled: CompiledRule, state: SegmentState, contact: ContactState, context: MembershipContext):
         self.contact = contact
         self.context = context
-        self.views: dict[int, _View] = {id(check): _view(check, check.tracker.slot(state)) for check in compiled.checks}
+        self.state = state
+        self.checks = compiled.checks
+        self._views: dict[int, _View] = {}  # built on first use: ``holds`` short-circuits
         self.timed = compiled.timed
+
+    def view(self, check: Check) -> _View:
+        found = self._views.get(id(check))
+        if found is None:
+            slot = check.tracker.slot(self.state)
+            view = _empty_view(check, slot) if is_empty(slot) else _view(check, slot)
+            found = self._views[id(check)] = view
+        return found
 
     def holds(self, node: Node, at: datetime) -> bool:
         if isinstance(node, CombinatorNode):
-            results = (self.holds(child, at) for child in node.children)
-            if node.kind == "all":
-                return all(results)
-            return any(results) if node.kind == "any" else not any(results)
+            kind = node.kind
+            for child in node.children:
+                result = self.holds(child, at)
+                if kind == "all":
+                    if not result:
+                        return False
+                elif result:
+                    return kind == "any"
+            return kind != "any"
         if isinstance(node, EventNode):
-            return all(self.views[id(check)].holds(at) for check in node.checks)
+            return all(self.view(check).holds(at) for check in node.checks)
         return static_holds(node.rule, self.contact, at, self.context)
 
     def breakpoints(self) -> list[datetime]:
-        points = [p for view in self.views.values() for p in view.breakpoints()]
+        points: list[datetime] = []
+        for check in self.checks:
+            if not is_empty(check.tracker.slot(self.state)):  # an empty slot's view never flips
+                points.extend(self.view(check).breakpoints())
         points.extend(p for rule in self.timed for p in attribute_breakpoints(rule, self.contact))
         return sorted(set(points))
 
     def leaves(self, at: datetime) -> tuple[bool, ...]:
         """The value of every time-dependent condition at ``at``."""
-        views = tuple(view.holds(at) for view in self.views.values())
+        views = tuple(self.view(check).holds(at) for check in self.checks)
         return views + tuple(static_holds(rule, self.contact, at, self.context) for rule in self.timed)
 
 
@@ -495,6 +528,8 @@ def matches_and_wake(
     if not compiled.dependencies.time:
         return member, None
     points = [p for p in reader.breakpoints() if p > now]
+    if not points:
+        return member, None
     before = reader.leaves(now)  # time-dependent leaves never read memberships
     return member, next((p for p in points if reader.leaves(p) != before), None)
 

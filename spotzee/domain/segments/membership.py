@@ -77,6 +77,8 @@ class ProjectSegments:
                 volatile=bool(deps.attribute_paths & VOLATILE_PATHS),
             )
         self.bundle: TrackerBundle = bundle(s.compiled for s in self.segments.values())
+        self.tracker_keys: tuple[str, ...] = tuple(sorted(self.bundle.trackers))
+        self._tracker_set = frozenset(self.tracker_keys)
         # Indexes for ``affected_by``: it runs for every record of every contact.
         self._volatile = {s.id for s in self.segments.values() if s.volatile}
         self._by_event: dict[str, set[str]] = {}
@@ -109,6 +111,18 @@ class ProjectSegments:
 
     def timed(self) -> set[str]:
         return {s.id for s in self.segments.values() if s.time}
+
+    def in_sync(self, cs: ContactSegments) -> bool:
+        """``cs`` holds nothing about trackers or segments these definitions no longer have (then
+        ``_synced`` would return an equal state)."""
+        trackers = self._tracker_set
+        return (
+            not cs.pending
+            and not cs.seeding
+            and trackers.issuperset(cs.complete)
+            and trackers.issuperset(cs.state.slots)
+            and self.segments.keys() >= cs.wakes.keys()
+        )
 
 
 def _topological(live: Mapping[str, SegmentDefinition]) -> list[str]:
@@ -176,7 +190,7 @@ class Outcome:
 
 def fresh(project: ProjectSegments, *, new_contact: bool) -> ContactSegments:
     """State for a contact seen for the first time: with no history, every tracker is complete."""
-    return ContactSegments(complete=sorted(project.bundle.trackers) if new_contact else [])
+    return ContactSegments(complete=list(project.tracker_keys) if new_contact else [])
 
 
 def _fact(fact: HistoryFact) -> EventFact:
@@ -185,6 +199,8 @@ def _fact(fact: HistoryFact) -> EventFact:
 
 def _synced(project: ProjectSegments, cs: ContactSegments) -> ContactSegments:
     """Drop slots, completeness and buffered facts that no live segment needs any more."""
+    if project.in_sync(cs):
+        return cs  # the common case: nothing to drop (states are never changed in place)
     trackers = project.bundle.trackers
     complete = [k for k in cs.complete if k in trackers]
     done = set(complete)

@@ -99,6 +99,29 @@ TrackerKind = Literal["count", "latest", "total", "sum", "min", "max", "span"]
 Entry = tuple[datetime, float]
 
 
+# The empty slot of each tracker kind (shared: slots are never changed in place).
+_EMPTY_VALUES = ValuesSlot()
+_EMPTY: dict[str, SlotModel] = {
+    "count": CountSlot(),
+    "latest": LatestSlot(),
+    "total": TotalSlot(),
+    "span": SpanSlot(),
+    "sum": _EMPTY_VALUES,
+    "min": _EMPTY_VALUES,
+    "max": _EMPTY_VALUES,
+}
+_EMPTY_IDS = frozenset(id(slot) for slot in _EMPTY.values())
+
+
+def is_empty(slot: SlotModel) -> bool:
+    """``slot`` is a shared empty slot (``Tracker.empty``): a tracker that has seen nothing."""
+    return id(slot) in _EMPTY_IDS
+
+
+# The slot kind each tracker kind keeps.
+_SLOT_KINDS: dict[str, str] = {kind: slot.kind for kind, slot in _EMPTY.items()}
+
+
 def _entry_time(entry: Entry) -> datetime:
     return entry[0]
 
@@ -151,21 +174,17 @@ class Tracker:
         return now - self.window
 
     def empty(self) -> SlotModel:
-        if self.kind == "count":
-            return CountSlot()
-        if self.kind == "latest":
-            return LatestSlot()
-        if self.kind == "total":
-            return TotalSlot()
-        if self.kind == "span":
-            return SpanSlot()
-        return ValuesSlot()
+        """The empty slot of this tracker's kind: one shared instance per kind. Slots are values,
+        never changed in place (``update``/``prune`` return new ones); building or validating a
+        model per missing slot cost more than the rest of a contact's first evaluation."""
+        return _EMPTY[self.kind]
 
     def slot(self, state: SegmentState) -> SlotModel:
         """This tracker's slot in ``state`` (empty when absent or of another kind)."""
         found = state.slots.get(self.key)
-        empty = self.empty()
-        return found if found is not None and found.kind == empty.kind else empty
+        if found is not None and found.kind == _SLOT_KINDS[self.kind]:
+            return found
+        return self.empty()
 
     def update(self, slot: SlotModel, fact: EventFact, now: datetime) -> SlotModel:
         """The slot after ``fact`` was observed at ``now`` (a new object; ``slot`` is not changed)."""
