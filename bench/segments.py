@@ -60,6 +60,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -811,13 +812,13 @@ def membership_checks(members: dict[str, int], scale: Scale) -> list[str]:
 
 def prepare_history(data_dir: Path, runtime: str, scale: Scale, seed: int, env: dict[str, str] | None) -> float:
     """``bench_history`` in a subprocess on ``data_dir``: the project, keys.json and the past events."""
-    progress(f"inserting {scale.history_events:,} past events for {scale.contacts:,} contacts into ClickHouse")
+    progress(f"{runtime}: inserting {scale.history_events:,} past events for {scale.contacts:,} contacts")
     command = [sys.executable, str(BENCH_DIR / "bench_history.py"), str(data_dir), "--runtime", runtime]
     command += ["--events", str(scale.history_events), "--contacts", str(scale.contacts), "--seed", str(seed)]
     answer = json.loads(run_command(command, env).strip().splitlines()[-1])
     if int(answer["events"]) != scale.history_events:
         raise BenchError(f"ClickHouse holds {answer['events']} past events, expected {scale.history_events}")
-    progress(f"past events inserted in {answer['insert_s']:.1f} s")
+    progress(f"{runtime}: past events inserted in {answer['insert_s']:.1f} s")
     return float(answer["insert_s"])
 
 
@@ -837,32 +838,87 @@ def run_embedded(config: Config, root: Path) -> Result:
 
 
 def run_kafka(config: Config, root: Path) -> Result:
-    started = time.perf_counter()
-    scale = config.kafka_scale
-    result = new_result(kafka_name(config.kafka_workers), scale)
+    setup = KafkaSetup(config, root)
+    try:
+        setup.prepare()
+        return setup.run()
+    finally:
+        setup.close()
 
-    def prepare(env: dict[str, str]) -> None:
-        result.history_insert_s = prepare_history(root / "data", "kafka", scale, config.seed, env)
 
-    with (
-        kafka_broker(root) as (bootstrap, own_broker),
-        kafka_stack(root, bootstrap, config.kafka_workers, own_broker=own_broker, prepare=prepare) as stack,
-    ):
-        asyncio.run(run_phases(stack, scale, config, result))
-    result.wall_s = time.perf_counter() - started
-    return result
+class KafkaSetup:
+    """The Kafka runtime's stack (broker, topics, history, API and workers up, group Stable), prepared apart from
+    its phases: with both runtimes, in a thread while the embedded runtime runs -- nothing of that preparation is
+    measured -- and the phases run after the embedded runtime has stopped, alone on the machine."""
+
+    def __init__(self, config: Config, root: Path) -> None:
+        self.config = config
+        self.root = root
+        self.result = new_result(kafka_name(config.kafka_workers), config.kafka_scale)
+        self.exits = contextlib.ExitStack()
+        self.stack: Stack | None = None
+        self.error: BaseException | None = None
+        self.prepared_s = math.nan
+        self.thread: threading.Thread | None = None
+
+    def prepare(self) -> None:
+        started = time.perf_counter()
+        scale, config = self.config.kafka_scale, self.config
+
+        def history(env: dict[str, str]) -> None:
+            self.result.history_insert_s = prepare_history(self.root / "data", "kafka", scale, config.seed, env)
+
+        try:
+            bootstrap, own_broker = self.exits.enter_context(kafka_broker(self.root))
+            stack = kafka_stack(self.root, bootstrap, config.kafka_workers, own_broker=own_broker, prepare=history)
+            self.stack = self.exits.enter_context(stack)
+            progress(f"{self.stack.name}: stack ready")
+        except BaseException as exc:  # re-raised by run() in the main thread
+            self.error = exc
+        finally:
+            self.prepared_s = time.perf_counter() - started
+
+    def start(self) -> None:
+        """``prepare`` in a thread (see the class docstring)."""
+        self.thread = threading.Thread(target=self.prepare, name="kafka-setup", daemon=True)
+        self.thread.start()
+
+    def run(self) -> Result:
+        """The phases, once the stack is ready; wall time = preparation + phases (the overlap is not counted)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.stack is not None
+        started = time.perf_counter()
+        asyncio.run(run_phases(self.stack, self.config.kafka_scale, self.config, self.result))
+        self.result.wall_s = self.prepared_s + time.perf_counter() - started
+        return self.result
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        self.exits.close()
 
 
 def run(config: Config) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="spotzee-bench-segments-"))
+    kafka: KafkaSetup | None = None
     try:
         results: list[Result] = []
+        if "embedded" in config.runtimes and "kafka" in config.runtimes:
+            kafka = KafkaSetup(config, root / "kafka")
+            kafka.start()  # prepared while the embedded runtime runs; measured after it
         if "embedded" in config.runtimes:
             results.append(run_embedded(config, root / "embedded"))
-        if "kafka" in config.runtimes:
+        if kafka is not None:
+            results.append(kafka.run())
+        elif "kafka" in config.runtimes:
             results.append(run_kafka(config, root / "kafka"))
         return results
     finally:
+        if kafka is not None:
+            kafka.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
