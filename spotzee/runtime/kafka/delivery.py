@@ -22,27 +22,30 @@ partition: the worker that takes a partition over restores it with the rest.
   the write of its final state and their acks;
 - ``__delivery_meta``: ``offset``, the next ``sends`` offset to read.
 
-For each send: (1) a final state: skip; ``retry``: wait for the index; (2) ``attempting`` is
-written to the changelog and acked **before** the provider call (the offset is not advanced);
-(3) the call (``Deliverer``, reading the contact now); (4) one changelog write: the final state
-(or ``retry`` + its due entry), the records in the outbox, the offset; (5) the records to
-``analytics`` / ``events`` / ``dead-letter``, acked, then the outbox entry deleted. A partition's
-task drains its outbox when it starts, so records are at-least-once (their consumers dedupe:
-ReplacingMergeTree ids, messageId ``<send_id>:<status>``).
+Sends are handled in batches (a fetch of up to 100 records, or the due retries): (1) a final
+state: skip; ``retry``: wait for the index; (2) the ``attempting`` markers of the batch are written
+to the changelog and acked **before** any provider call (the offset is not advanced, due entries
+stay); (3) the calls (``Deliverer``, reading the contact now), concurrently, at most
+``SPOTZEE_DELIVERY_CONCURRENCY`` in flight; (4) one changelog write: every final state (or
+``retry`` + its due entry), the records in the outbox, the offset past the batch, the due entries
+handled; (5) the records to ``analytics`` / ``events`` / ``dead-letter``, acked, then the outbox
+entries deleted. A partition's task drains its outbox when it starts, so records are
+at-least-once (their consumers dedupe: ReplacingMergeTree ids, messageId ``<send_id>:<status>``).
 
 The residual window and how it is closed: a worker killed (or a partition lost) between (2) and
 (4) leaves ``attempting``. Whoever owns the partition next reads the send again (its offset was
 not advanced; a retry is still in the due index) and finds ``attempting``: the provider may or
 may not have the message, so it is **not** called again (at most once per send_id, across
 crashes and rebalances) and the send is recorded ``failed`` with reason ``outcome unknown``
-(dead-lettered, ``message_failed``). The window is the time of one provider call. Emails carry a
+(dead-lettered, ``message_failed``). The window is the provider calls of one batch in flight. Emails carry a
 ``Message-ID`` derived from the send_id and webhooks an ``Idempotency-Key``, so a receiver can
 recognise a duplicate should an operator re-send by hand. On a graceful revocation the
 partition's in-flight send finishes first (bounded), so a rebalance doesn't open the window.
 A worker that keeps running after losing its group membership without noticing (a zombie) is
 not fenced, as for the contact state.
 
-Within a partition sends are delivered one at a time, in order; partitions in parallel.
+Partitions run in parallel, and within a partition the sends of a batch run concurrently: a
+slow provider holds its batch (up to the call timeout), not the partition for good.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -81,6 +86,16 @@ FETCH_RECORDS = 100
 STOP_GRACE_SECONDS = 10.0
 
 
+@dataclass(frozen=True)
+class Item:
+    """A send in hand: from the topic (``next_offset``) or from the retry index (``due``)."""
+
+    command: SendCommand
+    next_offset: int | None
+    due: str | None
+    offset: int
+
+
 class Revoked(Exception):
     """The partition left this worker: its next owner carries on from the changelog."""
 
@@ -101,6 +116,7 @@ class KafkaDelivery:
         self.policy = RetryPolicy(
             settings.delivery_max_attempts, settings.delivery_retry_base, settings.delivery_retry_cap
         )
+        self.concurrency = settings.delivery_concurrency
         self.sends_topic = sends_topic
         self.consumer_factory = consumer_factory
         self.partitions: dict[int, PartitionDelivery] = {}
@@ -177,80 +193,106 @@ class PartitionDelivery:
                 if self.store.db.closed:
                     raise Revoked
                 batches = await consumer.getmany(tp, timeout_ms=200, max_records=FETCH_RECORDS)
-                for message in batches.get(tp, []):
-                    if self.stopping.is_set():
-                        break
-                    await self._record(message.offset, message.key or b"", message.value or b"")
+                await self._records(batches.get(tp, []))
                 await self._due_retries()
                 if self.pending:
                     await self._write([], {})
         finally:
             await consumer.stop()
 
-    async def _record(self, offset: int, key: bytes, value: bytes) -> None:
-        try:
-            command = loads(SendCommand, value)
-        except (ValidationError, ValueError) as exc:
-            await self._poison(offset, key, value, exc)
-            return
-        await self._handle(command, next_offset=offset + 1, due=None, offset=offset)
+    async def _records(self, messages: list[Any]) -> None:
+        """A fetched batch: runs of send commands are handled together; a record that is not a
+        send command is dead-lettered in its place."""
+        run: list[Item] = []
+        for message in messages:
+            if self.stopping.is_set():
+                break
+            try:
+                command = loads(SendCommand, message.value or b"")
+            except (ValidationError, ValueError) as exc:
+                await self._handle(run)
+                run = []
+                await self._poison(message.offset, message.key or b"", message.value or b"", exc)
+                continue
+            run.append(Item(command, next_offset=message.offset + 1, due=None, offset=message.offset))
+        await self._handle(run)
 
     async def _due_retries(self) -> None:
         now = due_key(self.engine.clock.now(), "\x7f")
+        due: list[Item] = []
         for key, value in self._scan(DUE, limit=FETCH_RECORDS):
             if key > now or self.stopping.is_set():
-                return
+                break
             state = self._state(value.decode())
             if state is None:
                 self.pending[changelog_key(DUE, key)] = None
                 continue
-            await self._handle(state.command, next_offset=None, due=key, offset=0)
+            due.append(Item(state.command, next_offset=None, due=key, offset=0))
+        await self._handle(due)
 
-    # -- one send -------------------------------------------------------------------------------
+    # -- sends ----------------------------------------------------------------------------------
 
-    async def _handle(self, command: SendCommand, *, next_offset: int | None, due: str | None, offset: int) -> None:
-        state = self._state(command.send_id)
-        action = next_action(state, from_retry_index=due is not None)
-        if action in ("skip", "wait"):  # replayed, or waiting for its retry (the index brings it back)
-            if next_offset is not None:
-                self.pending[changelog_key(META, OFFSET)] = U64.pack(next_offset)
-            if due is not None:
-                self.pending[changelog_key(DUE, due)] = None  # a stale index entry
+    async def _handle(self, items: list[Item]) -> None:
+        """Sends together: every ``attempting`` marker acked in one changelog write before any
+        provider call; the calls concurrent (``SPOTZEE_DELIVERY_CONCURRENCY``); the final states,
+        outbox and offset in one write; then the records, and the outbox cleared."""
+        if not items:
             return
-        if action == "unknown" and state is not None:
-            log.warning("send %s: stopped during its provider call before; not called again", command.send_id)
-            await self._finish(
-                command, state.attempts, OUTCOME_UNKNOWN, next_offset=next_offset, due=due, offset=offset
-            )
-            return
-        marker = attempting(command, state)
-        await self._write([], {changelog_key(DELIVERIES, command.send_id): dumps(marker)})  # durable before the call
-        result = await self.agent.deliverer.deliver(command, self._contact(command))
-        await self._finish(command, marker.attempts, result, next_offset=next_offset, due=due, offset=offset)
+        # The offset moves past the batch, and its retries leave the index, only with the finals:
+        # a crash before them reads these sends again (and finds their markers).
+        tail: Changes = {}
+        for item in items:
+            if item.next_offset is not None:
+                tail[changelog_key(META, OFFSET)] = U64.pack(item.next_offset)
+            if item.due is not None:
+                tail[changelog_key(DUE, item.due)] = None
+        finals: list[tuple[Item, int, DeliveryResult]] = []
+        calls: list[tuple[Item, DeliveryState]] = []
+        seen: set[str] = set()
+        for item in items:
+            send_id = item.command.send_id
+            if send_id in seen:  # a replayed duplicate within the batch: the first decides
+                continue
+            seen.add(send_id)
+            state = self._state(send_id)
+            action = next_action(state, from_retry_index=item.due is not None)
+            if action in ("skip", "wait"):  # replayed, or waiting for its retry (the index brings it back)
+                continue
+            if action == "unknown" and state is not None:
+                log.warning("send %s: stopped during its provider call before; not called again", send_id)
+                finals.append((item, state.attempts, OUTCOME_UNKNOWN))
+                continue
+            calls.append((item, attempting(item.command, state)))
+        if calls:  # durable before any call
+            await self._write([], {changelog_key(DELIVERIES, i.command.send_id): dumps(m) for i, m in calls})
+        limit = asyncio.Semaphore(self.agent.concurrency)
 
-    async def _finish(
-        self,
-        command: SendCommand,
-        attempts: int,
-        result: DeliveryResult,
-        *,
-        next_offset: int | None,
-        due: str | None,
-        offset: int,
-    ) -> None:
+        async def call(command: SendCommand) -> DeliveryResult:
+            async with limit:
+                return await self.agent.deliverer.deliver(command, self._contact(command))
+
+        results = await asyncio.gather(*(call(item.command) for item, _ in calls))
+        finals += [(item, marker.attempts, result) for (item, marker), result in zip(calls, results, strict=True)]
+        await self._finish(finals, tail)
+
+    async def _finish(self, finals: list[tuple[Item, int, DeliveryResult]], tail: Changes) -> None:
         now = self.engine.clock.now()
-        done = outcome(command, attempts, result, now, self.agent.policy, partition=self.partition, offset=offset)
-        changes: Changes = {changelog_key(DELIVERIES, command.send_id): dumps(done.state)}
-        if next_offset is not None:
-            changes[changelog_key(META, OFFSET)] = U64.pack(next_offset)
-        if due is not None:
-            changes[changelog_key(DUE, due)] = None
-        if done.state.status == "retry" and done.state.due_at is not None:
-            changes[changelog_key(DUE, due_key(done.state.due_at, command.send_id))] = command.send_id.encode()
-        changes[changelog_key(OUTBOX, command.send_id)] = _outbox(done.emits)
-        await self._write([], changes)
-        await self._write(done.emits, {changelog_key(OUTBOX, command.send_id): None})
-        self.agent.delivered += done.state.status == "sent"
+        changes: Changes = dict(tail)
+        emits: list[Emit] = []
+        for item, attempts, result in finals:
+            command = item.command
+            done = outcome(
+                command, attempts, result, now, self.agent.policy, partition=self.partition, offset=item.offset
+            )
+            changes[changelog_key(DELIVERIES, command.send_id)] = dumps(done.state)
+            if done.state.status == "retry" and done.state.due_at is not None:
+                changes[changelog_key(DUE, due_key(done.state.due_at, command.send_id))] = command.send_id.encode()
+            changes[changelog_key(OUTBOX, command.send_id)] = _outbox(done.emits)
+            emits += done.emits
+            self.agent.delivered += done.state.status == "sent"
+        await self._write([], changes)  # with the pending offset and index deletions
+        if finals:
+            await self._write(emits, {changelog_key(OUTBOX, item.command.send_id): None for item, _, _ in finals})
 
     async def _poison(self, offset: int, key: bytes, value: bytes, exc: Exception) -> None:
         text = key.decode(errors="replace")
