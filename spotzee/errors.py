@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class _HasErrors(Protocol):  # pydantic's ValidationError, FastAPI's RequestValidationError
+    def errors(self) -> Sequence[Any]: ...
+
+
+def validation_details(exc: _HasErrors, prefix: str = "", skip: int = 0) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"path": "batch[2].userId", "reason": ...}`` entries."""
+    details = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"][skip:]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else str(part)
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        details.append({"path": path or "(body)", "reason": reason})
+    return details
 
 
 class SpotzeeError(Exception):

@@ -12,10 +12,9 @@ import uuid
 
 from pydantic import ValidationError
 
-from spotzee.api.errors import validation_details
 from spotzee.definitions import Catalogue, new_id
 from spotzee.domain.segments import segment_references
-from spotzee.errors import Conflict, InvalidInput
+from spotzee.errors import Conflict, InvalidInput, validation_details
 from spotzee.schemas.journeys import (
     ApiTrigger,
     ExitOnSegmentExited,

@@ -7,32 +7,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spotzee.errors import InvalidInput, Overloaded, SpotzeeError
+from spotzee.errors import InvalidInput, Overloaded, SpotzeeError, validation_details
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or []}}
-
-
-def validation_details(
-    exc: ValidationError | RequestValidationError, prefix: str = "", skip: int = 0
-) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{"path": "batch[2].userId", "reason": ...}`` entries."""
-    details = []
-    for error in exc.errors():
-        loc = [part for part in error["loc"][skip:]]
-        path = prefix
-        for part in loc:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            else:
-                path += f".{part}" if path else str(part)
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        details.append({"path": path or "(body)", "reason": reason})
-    return details
 
 
 def install(app: FastAPI) -> None:
