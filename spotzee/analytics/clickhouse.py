@@ -32,6 +32,7 @@ class ClickHouse:
         self.dsn = dsn
         self._username, self._password, self._database = username, password, database
         self._lock = threading.Lock()
+        self._column_types: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
         settings = session_settings or {}
         try:
             if dsn.startswith("chdb://"):
@@ -91,7 +92,16 @@ class ClickHouse:
         settings: dict[str, Any] | None = None,
     ) -> None:
         with self._lock, _mapped():
-            self.client.insert(table, list(rows), column_names=list(columns), settings=settings)
+            key = (table, tuple(columns))
+            types = self._column_types.get(key)
+            if types is None:  # one DESCRIBE per table and column list, not one per insert
+                context = self.client.create_insert_context(table, list(columns))
+                types = self._column_types[key] = list(context.column_types)
+            try:
+                self.client.insert(table, list(rows), column_names=list(columns), column_types=types, settings=settings)
+            except Exception:
+                self._column_types.pop(key, None)  # the table may have changed: describe it again next time
+                raise
 
     def query(
         self, sql: str, *, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
