@@ -134,21 +134,22 @@ class JourneyRunner:
         seen = machine.EventSeen(
             name=fact.name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
         )
+        # Each run (and each new one) sees the contact as the previous transitions left it.
         for run in self._runs(ctx, contact):
-            self._apply(ctx, contact, run.journey_id, run, seen)
+            contact = self._apply(ctx, contact, run.journey_id, run, seen)
         for journey in self.registry.live(contact.project_id):
             if machine.event_triggers(journey.trigger, fact.name, fact.properties):
                 event = machine.EventData(
                     name=fact.name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
                 )
-                self._enter(ctx, contact, journey, fact.message_id, event, ctx.clock.now())
+                contact = self._enter(ctx, contact, journey, fact.message_id, event, ctx.clock.now())
 
     def on_segments(self, ctx: Context, contact: ContactState, transitions: list[SegmentTransition]) -> None:
         for transition in transitions:
             if not transition.entered:
                 exited = machine.SegmentExited(segment_id=transition.segment_id)
                 for run in self._runs(ctx, contact):
-                    self._apply(ctx, contact, run.journey_id, run, exited)
+                    contact = self._apply(ctx, contact, run.journey_id, run, exited)
             change: Literal["entered", "exited"] = "entered" if transition.entered else "exited"
             for journey in self.registry.live(contact.project_id):
                 if machine.segment_triggers(journey.trigger, transition.segment_id, change):
@@ -156,7 +157,7 @@ class JourneyRunner:
                     event = machine.EventData(
                         name=f"segment_{change}", properties={"segment_id": transition.segment_id}
                     )
-                    self._enter(ctx, contact, journey, key, event, ctx.clock.now())
+                    contact = self._enter(ctx, contact, journey, key, event, ctx.clock.now())
 
     def on_entry(self, ctx: Context, contact: ContactState, record: JourneyEntry) -> None:
         journey = self.registry.get(record.journey_id)
@@ -189,7 +190,7 @@ class JourneyRunner:
     def on_leave(self, ctx: Context, contact: ContactState, reason: str) -> None:
         """The contact is erased or merged away: its runs end and its journey state goes."""
         for run in self._runs(ctx, contact):
-            self._apply(ctx, contact, run.journey_id, run, machine.Exit(reason=reason))
+            contact = self._apply(ctx, contact, run.journey_id, run, machine.Exit(reason=reason))
         entries = ctx.table(JOURNEY_ENTRIES)
         for key, _ in list(entries.scan_prefix(_contact_key(contact) + SEP)):
             entries.delete(key)
@@ -210,26 +211,27 @@ class JourneyRunner:
         event: machine.EventData | None,
         at: datetime,
         occurrence: datetime | None = None,
-    ) -> None:
+    ) -> ContactState:
+        """Start a run if the entrance rules allow; the contact as the run's first transition left it."""
         entries = ctx.table(JOURNEY_ENTRIES)
         history_key = f"{_contact_key(contact)}{SEP}{journey.id}"
         raw = entries.get(history_key)
         history = loads(machine.EntranceHistory, raw) if raw is not None else machine.EntranceHistory()
         run_id = machine.run_id_for(journey.id, contact.id, trigger_key)
         if run_id in history.active_run_ids or ctx.table(JOURNEY_RUNS).get(_run_key(contact, run_id)) is not None:
-            return  # a replayed trigger
+            return contact  # a replayed trigger
         if occurrence is not None:
             if machine.repeated_occurrence(history, occurrence):
-                return  # this occurrence (or a later one) was handled for the contact already
+                return contact  # this occurrence (or a later one) was handled for the contact already
             history = machine.record_occurrence(history, occurrence)
         now = ctx.clock.now()
         if not machine.may_enter(journey, history, now):
             if occurrence is not None:  # considered once: a repeat of the occurrence stays refused
                 entries.set(history_key, dumps(history))
-            return
+            return contact
         entries.set(history_key, dumps(machine.record_entry(history, run_id, now)))
         enter = machine.Enter(run_id=run_id, contact_id=contact.id, event=event, at=at)
-        self._apply(ctx, contact, journey.id, None, enter)
+        return self._apply(ctx, contact, journey.id, None, enter)
 
     def _apply(
         self,
@@ -238,10 +240,11 @@ class JourneyRunner:
         journey_id: str,
         run: machine.RunState | None,
         input: machine.JourneyInput,
-    ) -> None:
+    ) -> ContactState:
+        """One transition of a run; the contact as its effects (``update`` steps) left it."""
         journey = self.registry.get(journey_id)
         if journey is None:
-            return  # a definition this process doesn't know (yet): the run waits for it
+            return contact  # a definition this process doesn't know (yet): the run waits for it
         now = ctx.clock.now()
         counters = ctx.table(JOURNEY_COUNTERS)
         env = machine.JourneyEnv(
@@ -268,10 +271,10 @@ class JourneyRunner:
                 ctx.schedule(
                     f"journey:{key}", now + PAUSED_RECHECK, topics.EVENTS, _contact_key(contact), dumps(record)
                 )
-            return
+            return contact
         outcome = machine.transition(journey, run, input, now, env)
         if outcome.ignored is not None or outcome.state is None:
-            return
+            return contact
         state = outcome.state
         runs = ctx.table(JOURNEY_RUNS)
         key = _run_key(contact, state.run_id)
@@ -295,6 +298,7 @@ class JourneyRunner:
             ctx.cancel(timer_id)
         for seq, effect in enumerate(outcome.effects):
             contact = self._carry_out(ctx, contact, journey, state, effect, now, seq)
+        return contact
 
     def _record_exit(self, ctx: Context, contact: ContactState, journey_id: str, run_id: str, now: datetime) -> None:
         entries = ctx.table(JOURNEY_ENTRIES)
