@@ -8,13 +8,14 @@ and linked journeys must exist in the project.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from pydantic import ValidationError
 
 from spotzee.definitions import Catalogue, new_id
 from spotzee.domain.segments import segment_references
-from spotzee.errors import Conflict, InvalidInput, validation_details
+from spotzee.errors import Conflict, InvalidInput, LogUnavailable, validation_details
 from spotzee.schemas.journeys import (
     ApiTrigger,
     ExitOnSegmentExited,
@@ -43,6 +44,8 @@ MOVES: dict[str, tuple[JourneyStatus, frozenset[JourneyStatus]]] = {
     "pause": (JourneyStatus.paused, frozenset({JourneyStatus.live})),
     "archive": (JourneyStatus.archived, frozenset({JourneyStatus.draft, JourneyStatus.live, JourneyStatus.paused})),
 }
+
+log = logging.getLogger(__name__)
 
 
 class Journeys:
@@ -185,7 +188,10 @@ class Journeys:
         await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
         if item.status != JourneyStatus.draft:  # what is appended from now on sees this version
             barrier = JourneyBarrier(project_id=item.project_id, definition=item)
-            await self.runtime.broadcast(f"{item.project_id}:journey:{item.id}", dumps(barrier))
+            try:
+                await self.runtime.broadcast(f"{item.project_id}:journey:{item.id}", dumps(barrier))
+            except LogUnavailable as exc:  # the write stands: workers get it from the definitions store
+                log.warning("journey %s stored, but its barrier was not appended: %s", item.id, exc)
         self.registry.apply(item)  # after the barrier: this process's scheduler enters nobody before it
 
 

@@ -8,6 +8,7 @@ implement ``Context``; the processor code is the same.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ class ShiftedClock:
     For tests and drills ("what does this journey do a week from now?") on either runtime: the
     API process and every worker read the same file, so moving time is writing a number. The
     offset only grows in practice; the file is re-read at most every 50 ms (``now`` is called per
-    record). A missing or unreadable file means no shift.
+    record). A missing or unreadable file means no shift at first, then the last offset read.
     """
 
     def __init__(self, path: Path) -> None:
@@ -43,10 +44,9 @@ class ShiftedClock:
         tick = time.monotonic()
         if tick - self._read_at >= 0.05:
             self._read_at = tick
-            try:
+            # On a bad read the last offset stays: time never jumps back.
+            with contextlib.suppress(OSError, ValueError):
                 self._offset = timedelta(seconds=float(self.path.read_text().strip() or 0))
-            except (OSError, ValueError):
-                self._offset = timedelta(0)
         return datetime.now(UTC) + self._offset
 
     @staticmethod
