@@ -18,7 +18,7 @@ contacts (with an email address) through ``/v1/batch``, publishes two journeys a
 Checks (the run fails otherwise): every probe and every contact gets exactly one email (by
 ``Message-ID``, derived from the send id: no duplicates), and every run exits.
 
-    .venv/bin/python bench/journeys.py [--runtimes embedded,kafka] [--contacts N] [--probes N]
+    .venv/bin/python bench/journeys.py [--runtime embedded|kafka|both] [--contacts N] [--probes N]
 
 Without ``SPOTZEE_KAFKA_BOOTSTRAP`` the Kafka column fetches and starts a broker (``deploy/kafka``).
 """
@@ -121,15 +121,15 @@ class Result:
 
 def parse_args(argv: list[str] | None) -> Config:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtimes", default="embedded,kafka", help="comma-separated: embedded, kafka")
+    parser.add_argument(
+        "--runtime", choices=("embedded", "kafka", "both"), default="both", help="what to run (default both)"
+    )
     parser.add_argument("--contacts", type=int, default=5000, help="contacts through the Flow journey (default 5000)")
     parser.add_argument("--probes", type=int, default=200, help="latency probes (default 200)")
     parser.add_argument("--rate", type=float, default=20.0, help="latency probes per second (default 20)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds any phase may take (default 300)")
     args = parser.parse_args(argv)
-    runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
-    if not runtimes or set(runtimes) - {"embedded", "kafka"}:
-        parser.error("--runtimes takes embedded and/or kafka")
+    runtimes = ("embedded", "kafka") if args.runtime == "both" else (args.runtime,)
     return Config(runtimes, args.contacts, args.probes, args.rate, args.timeout)
 
 
