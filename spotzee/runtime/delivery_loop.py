@@ -155,7 +155,11 @@ class DeliveryLoop:
             async with limit:
                 contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
                 contact = loads(ContactState, contact_raw) if contact_raw is not None else None
-                return await self.deliverer.deliver(command, contact)
+                try:
+                    return await self.deliverer.deliver(command, contact)
+                except Exception:  # a bug, not a provider answer: this send only, never called again
+                    log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
+                    return OUTCOME_UNKNOWN
 
         results = await asyncio.gather(*(call(command) for command, _ in calls))
         now = self.clock.now()

@@ -269,7 +269,12 @@ class PartitionDelivery:
 
         async def call(command: SendCommand) -> DeliveryResult:
             async with limit:
-                return await self.agent.deliverer.deliver(command, self._contact(command))
+                contact = self._contact(command)
+                try:
+                    return await self.agent.deliverer.deliver(command, contact)
+                except Exception:  # a bug, not a provider answer: this send only, never called again
+                    log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
+                    return OUTCOME_UNKNOWN
 
         results = await asyncio.gather(*(call(item.command) for item, _ in calls))
         finals += [(item, marker.attempts, result) for (item, marker), result in zip(calls, results, strict=True)]
