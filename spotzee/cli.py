@@ -72,10 +72,10 @@ def worker(
     """Run a Kafka runtime worker: faust agents for the contact processor and the analytics sink."""
     from spotzee.agents.worker import run_worker
     from spotzee.errors import SpotzeeError
-    from spotzee.logging import configure
+    from spotzee.logging import configure, settings_secrets
 
     settings = _settings(data_dir=data_dir, partitions=partitions, worker_id=worker_id, runtime="kafka")
-    configure(settings.log_level, json_lines=settings.log_json)
+    configure(settings.log_level, json_lines=settings.log_json, secrets=settings_secrets(settings))
     try:
         run_worker(settings, sink=sink, processor=processor)
     except SpotzeeError as exc:
@@ -88,10 +88,10 @@ def _serve(settings: Settings, *, sink: bool) -> None:
 
     from spotzee.api.app import create_app
     from spotzee.errors import SpotzeeError
-    from spotzee.logging import configure
+    from spotzee.logging import configure, settings_secrets
     from spotzee.services import Services
 
-    configure(settings.log_level, json_lines=settings.log_json)
+    configure(settings.log_level, json_lines=settings.log_json, secrets=settings_secrets(settings))
     try:
         services = Services.open(settings, run_sink=sink)
     except SpotzeeError as exc:

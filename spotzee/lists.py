@@ -205,7 +205,12 @@ class Lists:
         return members_page(self.runtime, LIST_MEMBERS, member_prefix(project_id, list_id), cursor, limit)
 
     def export(self, project_id: str, list_id: str, fmt: str) -> Iterator[bytes]:
+        """The list's members as CSV or NDJSON. The list is looked up now, not when the first chunk
+        is pulled: an unknown list must be a 404 before the response has started."""
         self.get(project_id, list_id)
+        return self._export_rows(project_id, list_id, fmt)
+
+    def _export_rows(self, project_id: str, list_id: str, fmt: str) -> Iterator[bytes]:
         prefix = member_prefix(project_id, list_id)
         rows = ((key[len(prefix) :], loads(Member, raw)) for key, raw in self.runtime.scan(LIST_MEMBERS, prefix))
         if fmt == "csv":

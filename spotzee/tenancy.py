@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from spotzee.domain import keys as key_rules
 from spotzee.errors import Conflict, Forbidden, NotFound, Unauthorized
+from spotzee.files import private_dir
 from spotzee.runtime.base import Runtime
 from spotzee.schemas.analytics import AuditRow
 from spotzee.schemas.tenancy import (
@@ -122,7 +123,7 @@ class Tenancy:
                 secret_key=secret_raw,
                 admin_key=admin_raw,
             )
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         path = data_dir / "keys.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

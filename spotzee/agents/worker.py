@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.errors import LogUnavailable
+from spotzee.files import private_dir
 from spotzee.runtime.kafka import admin, codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
 from spotzee.runtime.kafka.definitions import DefinitionsReplica
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 def _app(settings: Settings, app_id: str) -> faust.App:
     codec.register()
     datadir = settings.data_dir / "faust" / f"{settings.worker_id}-{app_id}"
-    datadir.mkdir(parents=True, exist_ok=True)
+    private_dir(datadir)
     return faust.App(
         app_id,
         **faust_broker_settings(settings),

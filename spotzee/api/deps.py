@@ -44,8 +44,8 @@ def basic_username(request: Request) -> str | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise Unauthorized("malformed Basic authorization header") from exc
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII; UnicodeDecodeError is one too
+        raise Unauthorized("malformed Basic authorization header") from None
     return decoded.partition(":")[0]
 
 

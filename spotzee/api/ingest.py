@@ -7,19 +7,29 @@ A request is validated whole before anything is appended, so a bad request store
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import zlib
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import TypeAdapter, ValidationError
 
 from spotzee.api.deps import MetricsDep, ServicesDep, basic_username
+from spotzee.domain.events import effective_timestamp
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, PayloadTooLarge, SpotzeeError, Unauthorized
-from spotzee.schemas.events import MESSAGE_TYPES, IdentifyMessage, SegmentMessage
+from spotzee.schemas.events import (
+    MAX_EVENT_DEPTH,
+    MESSAGE_TYPES,
+    IdentifyMessage,
+    SegmentMessage,
+    timestamp_problem,
+    too_deep,
+)
 from spotzee.schemas.records import IngestedMessage, record_key
 from spotzee.schemas.tenancy import ApiKey, KeyKind
 from spotzee.streams.codec import dumps
@@ -64,7 +74,36 @@ def parse_object(body: bytes) -> dict[str, Any]:
         ) from exc
     if not isinstance(value, dict):
         raise InvalidInput("body must be a JSON object", details=[{"path": "(body)", "reason": "not an object"}])
+    if any(_inexact_ids(item) for item in _messages(value)):
+        _restore_exact_ids(value, json.loads(body))
     return value
+
+
+# Segment accepts numeric ids. orjson reads integers beyond 64 bits as floats, so two different
+# 20-digit user ids could become one float, and so one contact; those bodies are read again with
+# the standard library, whose integers are exact, and the ids keep their digits.
+_ID_FIELDS: Final = (
+    *("userId", "user_id", "anonymousId", "anonymous_id", "messageId", "message_id"),
+    *("groupId", "group_id", "previousId", "previous_id"),
+)
+
+
+def _messages(body: dict[str, Any]) -> list[Any]:
+    batch = body.get("batch")
+    return [body, *batch] if isinstance(batch, list) else [body]
+
+
+def _inexact_ids(item: Any) -> bool:
+    return isinstance(item, dict) and any(isinstance(item.get(f), float) for f in _ID_FIELDS)
+
+
+def _restore_exact_ids(fast: dict[str, Any], exact: dict[str, Any]) -> None:
+    for item, original in zip(_messages(fast), _messages(exact), strict=True):
+        if not isinstance(item, dict) or not isinstance(original, dict):
+            continue
+        for field in _ID_FIELDS:
+            if isinstance(item.get(field), float) and isinstance(original.get(field), int):
+                item[field] = str(original[field])
 
 
 def _details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
@@ -78,19 +117,47 @@ def _details(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
         reason = str(error["msg"]).removeprefix("Value error, ")
         if not loc and "userId" in reason:
             loc = ["userId"]
-        path = prefix
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        details.append({"path": path or "(body)", "reason": reason})
+        details.append({"path": _join_path(prefix, loc), "reason": reason})
     return details
 
 
-def build_record(item: Any, *, path: str, project_id: str, received_at: Any) -> IngestedMessage:
+def _join_path(prefix: str, parts: list[str | int]) -> str:
+    path = prefix
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(body)"
+
+
+def _check_times(message: SegmentMessage, path: str, received_at: datetime) -> None:
+    """Every time the event carries, and the time it is filed under after clock-skew correction,
+    within the documented range (a year-1 or year-9999 time used to be accepted, then dead-lettered)."""
+    for name, value in (
+        ("timestamp", message.timestamp),
+        ("originalTimestamp", message.original_timestamp),
+        ("sentAt", message.sent_at),
+    ):
+        problem = timestamp_problem(value) if value is not None else None
+        if problem is not None:
+            where = _join_path(path, [name])
+            raise InvalidInput(f"{where}: {problem}", details=[{"path": where, "reason": problem}])
+    problem = timestamp_problem(effective_timestamp(message, received_at))
+    if problem is not None:
+        where = _join_path(path, ["sentAt"])
+        reason = f"the clock-skew corrected time (receivedAt - (sentAt - timestamp)) {problem}"
+        raise InvalidInput(f"{where}: {reason}", details=[{"path": where, "reason": reason}])
+
+
+def build_record(item: Any, *, path: str, project_id: str, received_at: datetime) -> IngestedMessage:
     if not isinstance(item, dict):
         raise InvalidInput(
             f"{path or 'body'}: each event must be an object",
             details=[{"path": path or "(body)", "reason": "not an object"}],
         )
+    deep = too_deep(item)
+    if deep is not None:
+        where = _join_path(path, deep)
+        reason = f"nested deeper than {MAX_EVENT_DEPTH} levels"
+        raise InvalidInput(f"{where}: {reason}", details=[{"path": where, "reason": reason}])
     raw = orjson.dumps(item)
     if len(raw) > MAX_EVENT_BYTES:
         where = path or "body"
@@ -103,6 +170,7 @@ def build_record(item: Any, *, path: str, project_id: str, received_at: Any) -> 
     except ValidationError as exc:
         details = _details(exc, path)
         raise InvalidInput("; ".join(f"{d['path']}: {d['reason']}" for d in details), details=details) from exc
+    _check_times(message, path, received_at)
     if isinstance(message, IdentifyMessage):
         prefix = f"{path}.traits" if path else "traits"
         try:

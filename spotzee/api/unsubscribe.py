@@ -55,6 +55,8 @@ async def unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
         traits={"subscriptions": {claim.channel: "unsubscribed"}},
         requested_at=services.clock.now(),
         request_id=f"unsubscribe:{uuid.uuid4()}",
+        only_existing=True,
+        only_created_ms=claim.contact_created_ms,
     )
     positions = await services.runtime.append([(record_key(patch), dumps(patch))])
     await services.runtime.wait_processed(positions, WAIT_SECONDS)  # durable already; this is for read-your-writes

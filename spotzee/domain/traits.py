@@ -22,6 +22,9 @@ from spotzee.schemas.contacts import FIRST_CLASS_FIELDS
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 MAX_TRAIT_DEPTH = 16
+"""Levels of nesting in traits; each segment of a dotted key counts as a level (``a.b`` is two)."""
+MAX_TRAIT_KEY_LENGTH = 256
+"""Characters in one trait key (a dotted key counts whole)."""
 
 _TIMEZONES: set[str] | None = None
 
@@ -104,13 +107,17 @@ def normalize_traits(traits: dict[str, Any], *, prefix: str = "traits") -> dict[
 
 
 def _check_depth(value: Any, path: str, depth: int) -> None:
+    """Dotted keys are expanded into nested objects when stored, so their segments count as levels:
+    a depth limit that only counted JSON nesting let ``{"a.a.a...": 1}`` build state too deep to read."""
     if depth > MAX_TRAIT_DEPTH:
-        raise TraitError(path, f"nested deeper than {MAX_TRAIT_DEPTH} levels")
+        raise TraitError(path, f"nested deeper than {MAX_TRAIT_DEPTH} levels (each part of a dotted key is a level)")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str) or not key or key.startswith(".") or key.endswith(".") or ".." in key:
                 raise TraitError(f"{path}.{key}", "empty path segment")
-            _check_depth(item, f"{path}.{key}", depth + 1)
+            if len(key) > MAX_TRAIT_KEY_LENGTH:
+                raise TraitError(f"{path}.{key[:32]}…", f"key longer than {MAX_TRAIT_KEY_LENGTH} characters")
+            _check_depth(item, f"{path}.{key}", depth + key.count(".") + 1)
 
 
 def expand_paths(traits: dict[str, Any]) -> dict[str, Any]:

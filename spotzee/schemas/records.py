@@ -72,6 +72,14 @@ class ContactPatch(Model):
     traits: JSONObject
     requested_at: UTCDateTime
     request_id: str
+    only_existing: bool = Field(
+        default=False, description="Change only a contact that exists: an unsubscribe link never re-creates one."
+    )
+    only_created_ms: int | None = Field(
+        default=None,
+        description="...and only the contact created at this instant (epoch ms): an erased id used again later "
+        "is someone else.",
+    )
 
     @property
     def contact_id(self) -> str:

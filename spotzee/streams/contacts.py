@@ -23,6 +23,7 @@ from spotzee.domain import contacts as domain
 from spotzee.domain.events import effective_timestamp
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
+from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contacts import AliasState, ContactState, FieldChange
 from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name
 from spotzee.schemas.records import (
@@ -227,12 +228,18 @@ class ContactProcessor:
 
     def _patch(self, ctx: Context, record: ContactPatch) -> None:
         key = record_key(record)
-        if self._forward_if_merged(ctx, key, record, "id"):
+        # Merged since the link was made: the contact lives on under the target, created at another
+        # time, so only "it exists" still applies there.
+        if self._forward_if_merged(ctx, key, record.model_copy(update={"only_created_ms": None}), "id"):
             return
+        state = self._state(ctx, key)
+        if record.only_existing and (
+            state is None
+            or (record.only_created_ms is not None and epoch_ms(state.created_at) != record.only_created_ms)
+        ):
+            return  # an unsubscribe link of an erased contact: it names nobody any more
         now = ctx.clock.now()
-        outcome = domain.apply_patch(
-            self._state(ctx, key), record.traits, project_id=record.project_id, contact_id=record.id, now=now
-        )
+        outcome = domain.apply_patch(state, record.traits, project_id=record.project_id, contact_id=record.id, now=now)
         ctx.table(CONTACTS).set(key, dumps(outcome.state))
         self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
         self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
