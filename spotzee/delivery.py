@@ -11,7 +11,6 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import ip_network
 from typing import Literal
 
 from pydantic import SecretStr, ValidationError
@@ -25,12 +24,15 @@ from spotzee.domain.templates import (
     template_variables,
 )
 from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.safety import OutboundPolicy
+from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
 from spotzee.providers.smtp import SmtpSender
 from spotzee.providers.unsubscribe import make_token, unsubscribe_url
 from spotzee.providers.webhook import WebhookSender
+from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.messages import SendCommand
-from spotzee.schemas.providers import ProviderDefinition, SmtpConfig, WebhookConfig
+from spotzee.schemas.providers import ProviderDefinition, SmtpConfig, StoredProvider, WebhookConfig
 from spotzee.schemas.templates import EmailContent, TemplateDefinition, WebhookContent
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,7 @@ class DeliveryResult:
 class DeliverySettings:
     public_base_url: str
     unsubscribe_secret: SecretStr
-    webhook_allow_private: bool = False
-    webhook_allowed_networks: tuple[str, ...] = ()
+    outbound: OutboundPolicy  # where every provider may connect (no default: a sender can't skip it)
     tls_context: ssl.SSLContext | None = None
 
 
@@ -73,7 +74,13 @@ class Deliverer:
         template = self.template(command.project_id, command.template_id)
         if template is None:
             return DeliveryResult("failed", {"reason": f"template {command.template_id} not found"})
-        provider = self.provider_for(command.project_id, command.channel)
+        try:
+            provider = self.provider_for(command.project_id, command.channel)
+        except SecretsUnreadable as exc:
+            # This process's SPOTZEE_SECRETS_KEY is not the one the provider was sealed with: an
+            # operator's mistake to fix, not the send's; retried (with backoff) and logged each time.
+            log.error("send %s: provider secrets unreadable: %s", command.send_id, exc.message)
+            return DeliveryResult("retry", {"reason": f"provider secrets unreadable: {exc.message}"})
         if provider is None:
             return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
         try:
@@ -90,7 +97,13 @@ class Deliverer:
     ) -> DeliveryResult:
         if not contact.email:
             return DeliveryResult("failed", {"reason": "the contact has no email address"})
-        token = make_token(self.settings.unsubscribe_secret, command.project_id, contact.id, "email")
+        token = make_token(
+            self.settings.unsubscribe_secret,
+            command.project_id,
+            contact.id,
+            "email",
+            contact_created_ms=epoch_ms(contact.created_at),
+        )
         link = unsubscribe_url(self.settings.public_base_url, token)
         variables = template_variables(
             contact,
@@ -103,7 +116,7 @@ class Deliverer:
             delivery = EmailDelivery(send_id=command.send_id, to=contact.email, email=rendered, unsubscribe_url=link)
         except ValidationError as exc:
             return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
-        sender = SmtpSender(config, tls_context=self.settings.tls_context)
+        sender = SmtpSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
         try:
             return _result(await sender.send(delivery))
         finally:
@@ -118,11 +131,7 @@ class Deliverer:
             journey=_as_dict(command.variables.get("journey")),
         )
         rendered = render_webhook(content, variables)
-        sender = WebhookSender(
-            config,
-            allow_private=self.settings.webhook_allow_private,
-            allowed_networks=[ip_network(n, strict=False) for n in self.settings.webhook_allowed_networks],
-        )
+        sender = WebhookSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
         try:
             return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))
         finally:
@@ -133,11 +142,12 @@ Scan = Callable[[str], Iterable[tuple[str, bytes]]]
 
 
 def definition_lookups(
-    scan: Scan,
+    scan: Scan, box: SecretBox
 ) -> tuple[Callable[[str, str], TemplateDefinition | None], Callable[[str, str], ProviderDefinition | None]]:
     """Template and provider lookups over a definitions store (``<kind>/<id>`` -> JSON), for a
     process without the catalogue services (a Kafka worker): the same rules as ``Catalogue``
-    (the caller's project only, deleted providers absent, the first provider of a channel by creation)."""
+    (the caller's project only, deleted providers absent, the first provider of a channel by
+    creation). Provider secrets are opened with ``box`` (``SecretsUnreadable`` with another key)."""
 
     def template(project_id: str, template_id: str) -> TemplateDefinition | None:
         key = f"template/{template_id}"
@@ -148,10 +158,11 @@ def definition_lookups(
     def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
         found = [
             item
-            for item in (ProviderDefinition.model_validate_json(raw) for _, raw in scan("provider/"))
+            for item in (StoredProvider.model_validate_json(raw) for _, raw in scan("provider/"))
             if item.project_id == project_id and not item.deleted and item.channel == channel
         ]
-        return min(found, key=lambda d: (d.created_at, d.id), default=None)
+        first = min(found, key=lambda d: (d.created_at, d.id), default=None)
+        return open_definition(first, box) if first is not None else None
 
     return template, provider_for
 

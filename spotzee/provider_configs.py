@@ -1,29 +1,50 @@
-"""Delivery providers per project (SMTP, webhook): definitions with secrets that never leave."""
+"""Delivery providers per project (SMTP, webhook): definitions with secrets that never leave.
+
+A provider's destinations are vetted by the outbound policy before it is stored (400 with the
+field path), and its secret fields are sealed in the definitions store (``providers.sealing``).
+"""
 
 from __future__ import annotations
+
+import logging
 
 import orjson
 
 from spotzee.definitions import Catalogue, new_id
-from spotzee.schemas.providers import ProviderCreate, ProviderDefinition, ProviderPublic, ProviderUpdate
+from spotzee.providers.destinations import check_provider
+from spotzee.providers.safety import OutboundPolicy
+from spotzee.providers.sealing import SecretBox, has_clear_secrets, open_definition, seal_definition
+from spotzee.schemas.providers import (
+    ProviderCreate,
+    ProviderDefinition,
+    ProviderPublic,
+    ProviderUpdate,
+    StoredProvider,
+)
 from spotzee.schemas.tenancy import ApiKey
 from spotzee.streams.interface import Clock
+
+log = logging.getLogger(__name__)
 
 KIND = "provider"
 
 
 class Providers:
-    def __init__(self, catalogue: Catalogue, clock: Clock) -> None:
+    def __init__(self, catalogue: Catalogue, clock: Clock, policy: OutboundPolicy, box: SecretBox) -> None:
         self.catalogue = catalogue
         self.clock = clock
+        self.policy = policy
+        self.box = box
+        self._clear_warned: set[str] = set()
 
     def get(self, project_id: str, provider_id: str) -> ProviderDefinition:
-        return self.catalogue.get(KIND, ProviderDefinition, project_id, provider_id, what="provider")
+        return self._open(self.catalogue.get(KIND, StoredProvider, project_id, provider_id, what="provider"))
 
     def all(self, project_id: str) -> list[ProviderDefinition]:
-        return self.catalogue.all(KIND, ProviderDefinition, project_id)
+        return [self._open(stored) for stored in self.catalogue.all(KIND, StoredProvider, project_id)]
 
     async def create(self, actor: ApiKey, body: ProviderCreate) -> ProviderDefinition:
+        await check_provider(body.config, self.policy)
         now = self.clock.now()
         item = ProviderDefinition(
             id=new_id("prv"),
@@ -40,6 +61,7 @@ class Providers:
         return item
 
     async def update(self, actor: ApiKey, provider_id: str, body: ProviderUpdate) -> ProviderDefinition:
+        await check_provider(body.config, self.policy)
         current = self.get(actor.project_id or "", provider_id)
         item = current.model_copy(
             update={
@@ -59,6 +81,14 @@ class Providers:
         item = current.model_copy(update={"deleted": True, "version": current.version + 1})
         await self._put(actor, "provider.delete", item, current)
 
+    def _open(self, stored: StoredProvider) -> ProviderDefinition:
+        if has_clear_secrets(stored) and stored.id not in self._clear_warned:
+            self._clear_warned.add(stored.id)
+            log.warning(
+                "provider %s has secrets stored in clear (an earlier version): sealed at its next write", stored.id
+            )
+        return open_definition(stored, self.box)
+
     async def _put(
         self, actor: ApiKey, action: str, item: ProviderDefinition, before: ProviderDefinition | None
     ) -> None:
@@ -68,7 +98,7 @@ class Providers:
             action,
             KIND,
             item,
-            orjson.dumps(item.storage_dump()),
+            orjson.dumps(seal_definition(item, self.box).model_dump(mode="json")),
             before=ProviderPublic.from_definition(before).model_dump(mode="json") if before else None,
             after=ProviderPublic.from_definition(item).model_dump(mode="json"),
         )

@@ -16,6 +16,10 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
 from spotzee.analytics.sink import AnalyticsSink
 from spotzee.errors import NotFound
+from spotzee.files import private_dir
+from spotzee.logging import register_secret
+from spotzee.providers.safety import OutboundPolicy
+from spotzee.providers.sealing import secrets_box
 from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.runtime.kafka.runtime import KafkaRuntime
 from spotzee.runtime.sink_loop import SinkLoop
@@ -84,7 +88,9 @@ class Services:
         from spotzee.templates import Templates
 
         clock = clock or clock_from(settings.clock_shift_file)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
+        box = secrets_box(settings.secrets_key, data_dir=settings.data_dir, embedded=settings.runtime == "embedded")
+        outbound = outbound_policy(settings)
         registry = SegmentRegistry()
         journey_registry = JourneyRegistry()
         runtime = _open_runtime(settings, clock, registry, journey_registry)
@@ -122,8 +128,8 @@ class Services:
         segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
         lists = Lists(runtime, clock, tenancy, segments)
         catalogue = Catalogue(runtime, tenancy)
-        templates = Templates(catalogue, clock)
-        providers = Providers(catalogue, clock)
+        templates = Templates(catalogue, clock, outbound)
+        providers = Providers(catalogue, clock, outbound, box)
         journeys = Journeys(catalogue, clock, segments, journey_registry)
         return cls(
             settings,
@@ -199,6 +205,11 @@ class Services:
         }
 
 
+def outbound_policy(settings: Settings) -> OutboundPolicy:
+    """Where tenant-configured connections may go: the same policy for every provider."""
+    return OutboundPolicy.from_settings(settings.outbound_allow_private, settings.outbound_allowed_networks)
+
+
 def unsubscribe_secret(settings: Settings) -> SecretStr:
     """The configured secret, else one made once for this data dir (``unsubscribe.key``, 0600)."""
     if settings.unsubscribe_secret is not None:
@@ -208,7 +219,9 @@ def unsubscribe_secret(settings: Settings) -> SecretStr:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(48))
-    return SecretStr(path.read_text().strip())
+    secret = SecretStr(path.read_text().strip())
+    register_secret(secret)
+    return secret
 
 
 def _delivery_loop(
@@ -235,8 +248,7 @@ def _delivery_loop(
         DeliverySettings(
             public_base_url=settings.resolved_public_base_url(),
             unsubscribe_secret=unsubscribe_secret(settings),
-            webhook_allow_private=settings.webhook_allow_private,
-            webhook_allowed_networks=tuple(settings.webhook_allowed_networks),
+            outbound=outbound_policy(settings),
         ),
         template,
         provider_for,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _networks(value: list[str]) -> list[str]:
+    """Each entry a CIDR (a bad one stops startup with its value, not a send later)."""
+    for network in value:
+        ipaddress.ip_network(network, strict=False)
+    return value
 
 
 def _seconds(value: Any) -> Any:
@@ -20,7 +28,10 @@ def _seconds(value: Any) -> Any:
 class Settings(BaseSettings):
     """Every tunable of a Spotzee process. Secrets are ``SecretStr``."""
 
-    model_config = SettingsConfigDict(env_prefix="SPOTZEE_", env_file=None, extra="ignore")
+    # validate_by_name: fields with an environment alias are still set by name (Settings(outbound_...=)).
+    model_config = SettingsConfigDict(
+        env_prefix="SPOTZEE_", env_file=None, extra="ignore", validate_by_name=True, validate_by_alias=True
+    )
 
     data_dir: Path = Field(default=Path("./spotzee-data"), description="Where RocksDB state, the log and chDB live.")
     host: str = "127.0.0.1"
@@ -46,11 +57,23 @@ class Settings(BaseSettings):
         default=None,
         description="Signs unsubscribe links (>= 32 characters); default: made once in <data_dir>/unsubscribe.key.",
     )
-    webhook_allow_private: bool = Field(
-        default=False, description="Allow webhook destinations on private, loopback or link-local addresses."
+    # Where tenant-configured connections (SMTP relays, webhooks, every provider) may go. The
+    # SPOTZEE_WEBHOOK_* names are the earlier ones, still read.
+    outbound_allow_private: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("SPOTZEE_OUTBOUND_ALLOW_PRIVATE", "SPOTZEE_WEBHOOK_ALLOW_PRIVATE"),
+        description="Allow provider destinations on private, loopback or link-local addresses.",
     )
-    webhook_allowed_networks: list[str] = Field(
-        default_factory=list, description="CIDRs allowed despite being private (e.g. 127.0.0.0/8 for tests)."
+    outbound_allowed_networks: Annotated[list[str], AfterValidator(_networks)] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("SPOTZEE_OUTBOUND_ALLOWED_NETWORKS", "SPOTZEE_WEBHOOK_ALLOWED_NETWORKS"),
+        description="CIDRs provider destinations may use despite being private, as JSON: '[\"10.1.0.0/16\"]'.",
+    )
+    secrets_key: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Seals provider secrets at rest (>= 32 characters, the same on every API process and "
+        "worker); embedded default: made once in <data_dir>/secrets.key.",
     )
     delivery_max_attempts: int = Field(default=5, ge=1, le=50, description="Provider calls per send before failing.")
     delivery_retry_base: float = Field(default=2.0, gt=0, description="Seconds before the first retry (exponential).")
@@ -84,6 +107,19 @@ class Settings(BaseSettings):
 
     sql_max_rows: int = Field(default=10_000, ge=1)
     sql_max_seconds: int = Field(default=30, ge=1)
+    sql_max_memory_bytes: int = Field(
+        default=1_073_741_824,
+        ge=16_777_216,
+        description="ClickHouse max_memory_usage of one analyst SQL query (1 GiB).",
+    )
+    sql_max_result_bytes: int = Field(
+        default=16_777_216,
+        ge=1024,
+        description="Largest analyst SQL answer (its rows as JSON, 16 MiB); a larger result is refused with 400.",
+    )
+    sql_max_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Analyst SQL queries running at once; one more is answered 429."
+    )
 
     admin_key: SecretStr | None = Field(default=None, description="Used by `spotzee sql` when no keys.json is found.")
 

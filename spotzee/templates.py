@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from spotzee.definitions import Catalogue, new_id
 from spotzee.domain import templates as rendering
+from spotzee.providers.destinations import check_template
+from spotzee.providers.safety import OutboundPolicy
 from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.templates import (
     TemplateCreate,
@@ -19,9 +21,10 @@ KIND = "template"
 
 
 class Templates:
-    def __init__(self, catalogue: Catalogue, clock: Clock) -> None:
+    def __init__(self, catalogue: Catalogue, clock: Clock, outbound: OutboundPolicy) -> None:
         self.catalogue = catalogue
         self.clock = clock
+        self.outbound = outbound  # a webhook template's written-out host is vetted when written
 
     def get(self, project_id: str, template_id: str) -> TemplateDefinition:
         return self.catalogue.get(KIND, TemplateDefinition, project_id, template_id, what="template")
@@ -30,6 +33,7 @@ class Templates:
         return self.catalogue.all(KIND, TemplateDefinition, project_id)
 
     async def create(self, actor: ApiKey, body: TemplateCreate) -> TemplateDefinition:
+        await check_template(body.content, self.outbound)
         now = self.clock.now()
         item = TemplateDefinition(
             id=new_id("tpl"),
@@ -45,6 +49,7 @@ class Templates:
         return item
 
     async def update(self, actor: ApiKey, template_id: str, body: TemplateCreate) -> TemplateDefinition:
+        await check_template(body.content, self.outbound)
         current = self.get(actor.project_id or "", template_id)
         item = current.model_copy(
             update={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,11 @@ from spotzee.schemas.tenancy import BootstrapKeys
 from spotzee.services import Services
 from spotzee.settings import Settings
 from spotzee.streams.interface import Clock
+
+# Tests run their SMTP and HTTP receivers on loopback: a stack that sends to them allows it, as an
+# operator with a relay on the same host would (SPOTZEE_OUTBOUND_ALLOWED_NETWORKS='["127.0.0.0/8"]').
+LOOPBACK_RELAY: dict[str, Any] = {"outbound_allowed_networks": ["127.0.0.0/8"]}
+LOOPBACK_RELAY_ENV: dict[str, str] = {"SPOTZEE_OUTBOUND_ALLOWED_NETWORKS": '["127.0.0.0/8"]'}
 
 
 def free_port() -> int:
@@ -124,6 +130,7 @@ def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings
         "partitions": 4,
         "sink_flush_interval": 0.05,
         "unsubscribe_secret": uuid.uuid4().hex + uuid.uuid4().hex,  # shared by the API and the workers
+        "secrets_key": uuid.uuid4().hex + uuid.uuid4().hex,  # seals provider secrets; the workers open them
         **overrides,
     }
     return Settings(**values)
@@ -144,7 +151,9 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
         "SPOTZEE_LOG_LEVEL": "WARNING",
         # Delivery: links point at the API and are signed with the secret it verifies.
         "SPOTZEE_PUBLIC_BASE_URL": settings.resolved_public_base_url(),
-        "SPOTZEE_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
+        # Workers connect to providers: the same outbound policy as the API.
+        "SPOTZEE_OUTBOUND_ALLOW_PRIVATE": str(settings.outbound_allow_private).lower(),
+        "SPOTZEE_OUTBOUND_ALLOWED_NETWORKS": json.dumps(settings.outbound_allowed_networks),
         "SPOTZEE_DELIVERY_MAX_ATTEMPTS": str(settings.delivery_max_attempts),
         "SPOTZEE_DELIVERY_RETRY_BASE": str(settings.delivery_retry_base),
         "SPOTZEE_DELIVERY_RETRY_CAP": str(settings.delivery_retry_cap),
@@ -153,6 +162,7 @@ def worker_env(settings: Settings, worker_id: str) -> dict[str, str]:
             if settings.unsubscribe_secret
             else {}
         ),
+        **({"SPOTZEE_SECRETS_KEY": settings.secrets_key.get_secret_value()} if settings.secrets_key else {}),
     }
 
 

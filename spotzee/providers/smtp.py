@@ -10,6 +10,12 @@ The message (``build_message``) is multipart/alternative when both text and HTML
 Headers are written with a 998-character line limit: the default 78 makes Python's email package
 turn a long unsubscribe URL into RFC 2047 encoded-words, which mail clients do not read as a URL.
 
+The relay is a destination a tenant chose: the connection goes through the ``OutboundPolicy``
+(``spotzee.providers.safety``). The host is resolved and checked, and the socket is connected to
+a checked address, never to the name again; TLS (``ssl`` or ``starttls``) still verifies the
+certificate against the configured host name. A refused destination is permanent, a name that
+does not resolve transient.
+
 SMTP replies classify the outcome: 4xx transient, 5xx permanent (552 on a recipient is "mailbox
 full", transient per RFC 5321); connection problems and timeouts transient; a TLS certificate
 that does not verify or an unsupported extension (no STARTTLS, no AUTH) permanent, since
@@ -18,7 +24,9 @@ retrying cannot fix configuration.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import socket
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,6 +45,7 @@ from aiosmtplib.errors import (
 )
 
 from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient
+from spotzee.providers.safety import DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
 from spotzee.schemas.providers import SmtpConfig
 
 POLICY: Final = SMTP.clone(max_line_length=998)
@@ -98,12 +107,14 @@ class SmtpSender:
         self,
         config: SmtpConfig,
         *,
+        policy: OutboundPolicy,
         message_id_domain: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         local_hostname: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
+        self._policy = policy
         self._message_id_domain = message_id_domain
         self._tls_context = tls_context
         self._local_hostname = local_hostname
@@ -116,13 +127,23 @@ class SmtpSender:
         config = self._config
         message = build_message(delivery, now=self._clock(), message_id_domain=self._message_id_domain)
         password = config.password.get_secret_value() if config.password is not None else None
+        port = config.resolved_port()
         try:
+            sock = await self._connect(config.host, port, config.timeout)
+        except DestinationRefused as exc:
+            return Permanent(reason=f"destination refused: {exc.message}")
+        except DestinationUnresolved as exc:
+            return Transient(reason=exc.message)
+        except OSError as exc:  # refused, unreachable, timed out (TimeoutError is an OSError)
+            return Transient(reason=f"cannot connect to {config.host}:{port}: {type(exc).__name__}: {exc}")
+        try:
+            # ``hostname`` is the configured name: what TLS verifies the certificate against.
             _refused, reply = await aiosmtplib.send(
                 message,
                 sender=_addr_spec(delivery.email.from_),
                 recipients=[_addr_spec(delivery.to)],
                 hostname=config.host,
-                port=config.resolved_port(),
+                sock=sock,
                 username=config.username,
                 password=password,
                 use_tls=config.security == "ssl",
@@ -142,4 +163,28 @@ class SmtpSender:
             return Permanent(reason=f"TLS certificate not accepted: {exc.verify_message or exc}")
         except (SMTPException, OSError) as exc:  # connection refused/lost, timeouts, TLS errors
             return Transient(reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            sock.close()  # aiosmtplib closed its transport; this covers a failure before it took the socket
         return Sent(detail=reply, provider_message_id=str(message["Message-ID"]))
+
+    async def _connect(self, host: str, port: int, timeout: float) -> socket.socket:
+        """A socket connected to the first checked address of ``host`` that accepts."""
+        loop = asyncio.get_running_loop()
+        error: OSError | None = None
+        async with asyncio.timeout(timeout):
+            addresses: tuple[IPAddress, ...] = await self._policy.resolve(host, port)
+            for address in addresses:
+                family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (str(address), port))
+                except OSError as exc:
+                    sock.close()
+                    error = exc  # try the next address the name resolved to
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                return sock
+        raise error or OSError(f"no address to connect to for {host}")

@@ -7,10 +7,10 @@ Every request carries:
   recompute it (``verify_signature``) and reject stale timestamps, which stops replays;
 - ``Idempotency-Key: <send_id>`` -- the same on every retry, so a receiver can drop duplicates.
 
-The destination is checked before connecting, and the connection goes to the checked address
-(``spotzee.providers.safety``); redirects (at most ``max_redirects``) are followed one hop at a
-time so each hop is checked too. Environment proxies are ignored: a proxy would connect on our
-behalf to wherever the name resolves for it.
+The destination is checked before connecting by the ``OutboundPolicy`` every provider gets, and
+the connection goes to the checked address (``spotzee.providers.safety``); redirects (at most
+``max_redirects``) are followed one hop at a time so each hop is checked too. Environment
+proxies are ignored: a proxy would connect on our behalf to wherever the name resolves for it.
 
 Outcomes: 2xx sent; 408, 425, 429, 5xx, timeouts and connection errors transient (with the
 ``Retry-After`` delay when given); any other status, a refused destination, a TLS certificate that
@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -33,15 +33,7 @@ from typing import Final
 import httpx
 
 from spotzee.providers.base import Permanent, Sent, Transient, WebhookDelivery
-from spotzee.providers.safety import (
-    Destination,
-    DestinationRefused,
-    DestinationUnresolved,
-    IPAddress,
-    IPNetwork,
-    Resolver,
-    check_destination,
-)
+from spotzee.providers.safety import Destination, DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
 from spotzee.schemas.providers import WebhookConfig
 
 TIMESTAMP_HEADER: Final = "X-Spotzee-Timestamp"
@@ -121,10 +113,8 @@ class WebhookSender:
         self,
         config: WebhookConfig,
         *,
-        allow_private: bool = False,
-        allowed_networks: Sequence[IPNetwork] = (),
+        policy: OutboundPolicy,
         max_redirects: int = MAX_REDIRECTS,
-        resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
         user_agent: str = "Spotzee-Webhooks/1",
         tls_context: ssl.SSLContext | None = None,
@@ -134,10 +124,8 @@ class WebhookSender:
             raise ValueError("a webhook provider needs a signing secret")
         self._secret = config.signing_secret.get_secret_value()
         self._timeout = config.timeout
-        self._allow_private = allow_private
-        self._allowed_networks = tuple(allowed_networks)
+        self._policy = policy
         self._max_redirects = max_redirects
-        self._resolver = resolver
         self._clock = clock
         self._user_agent = user_agent
         # No keep-alive: connections are made to a pinned IP address, and httpx pools them by
@@ -170,12 +158,7 @@ class WebhookSender:
         try:
             async with asyncio.timeout(self._timeout):
                 for _hop in range(self._max_redirects + 1):
-                    destination = await check_destination(
-                        url,
-                        allow_private=self._allow_private,
-                        allowed_networks=self._allowed_networks,
-                        resolver=self._resolver,
-                    )
+                    destination = await self._policy.check_url(url)
                     result = await self._exchange(destination, method, headers, body)
                     if not isinstance(result, _Redirect):
                         return result

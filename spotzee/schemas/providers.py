@@ -11,15 +11,19 @@ the config model and the channel it serves:
 Secrets are ``SecretStr`` and never leave through the API: ``ProviderPublic`` says only whether
 one is set. A ``PUT`` that omits a secret keeps the stored one (clients cannot read it back to
 send it again); ``ProviderUpdate`` therefore accepts a webhook without ``signing_secret``.
-Stored definitions keep secrets in clear (``ProviderDefinition.storage_dump``); protecting the
-definitions store is the store's job.
+In the definitions store (RocksDB, the Kafka ``definitions`` topic) a provider is a
+``StoredProvider``: its secret fields sealed (``spotzee.providers.sealing``).
+
+Every config model names the destinations it connects to (``destinations()``: field, host, port),
+so the outbound policy checks every provider's destinations when it is written, including
+providers added later; a webhook's URL is in its template and checked there.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -37,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
 ProviderType = Literal["smtp", "webhook"]
@@ -63,16 +68,38 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za
 
 
 def _host(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value.strip("[]")))
-    except ValueError:
-        pass
+    """A host name, or an IP address in its canonical form: ``2130706433`` or ``0x7f.1`` (what a
+    resolver reads as 127.0.0.1) is stored as ``127.0.0.1``, so what is checked is what is used."""
+    address = literal_address(value)
+    if address is not None:
+        return str(address)
     if not _HOSTNAME.match(value):
+        raise ValueError("not a valid host name or IP address")
+    if value.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        # Neither a name (a top-level domain is never numeric) nor an address a resolver reads alike.
         raise ValueError("not a valid host name or IP address")
     return value.lower().rstrip(".")
 
 
-class SmtpConfig(Model):
+@dataclass(frozen=True)
+class Endpoint:
+    """A destination a provider connects to, with the config field it comes from."""
+
+    field: str
+    host: str
+    port: int
+
+
+class ProviderConfigModel(Model):
+    """What every provider config declares: its secret fields and its destinations."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def destinations(self) -> tuple[Endpoint, ...]:
+        raise NotImplementedError(f"{type(self).__name__} must name its destinations (or none)")
+
+
+class SmtpConfig(ProviderConfigModel):
     host: Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_host)]
     port: Annotated[int | None, Field(ge=1, le=65535, description="Default: 25, 587 (starttls) or 465 (ssl).")] = None
     username: Annotated[str | None, Field(min_length=1, max_length=512)] = None
@@ -85,6 +112,9 @@ class SmtpConfig(Model):
     def resolved_port(self) -> int:
         return self.port or DEFAULT_SMTP_PORTS[self.security]
 
+    def destinations(self) -> tuple[Endpoint, ...]:
+        return (Endpoint("host", self.host, self.resolved_port()),)
+
     @model_validator(mode="after")
     def _login_is_whole(self) -> SmtpConfig:
         if self.password is not None and self.username is None:
@@ -92,7 +122,7 @@ class SmtpConfig(Model):
         return self
 
 
-class WebhookConfig(Model):
+class WebhookConfig(ProviderConfigModel):
     signing_secret: Secret | None = Field(
         default=None, description=f"At least {MIN_SIGNING_SECRET} characters; required when creating."
     )
@@ -100,6 +130,9 @@ class WebhookConfig(Model):
     max_retries: Annotated[int, Field(ge=0, le=20)] = 5
 
     secret_fields: ClassVar[tuple[str, ...]] = ("signing_secret",)
+
+    def destinations(self) -> tuple[Endpoint, ...]:
+        return ()  # the URL is part of each webhook template: checked when the template is written
 
     @field_validator("signing_secret")
     @classmethod
@@ -188,8 +221,25 @@ class ProviderDefinition(Model):
     deleted: bool = False
 
     def storage_dump(self) -> dict[str, Any]:
-        """JSON-ready, with secrets in clear: only for the definitions store."""
+        """JSON-ready, with secrets in clear: only for sealing (``spotzee.providers.sealing``)."""
         return self.model_dump(mode="json", context=REVEAL_SECRETS)
+
+
+class StoredProvider(Model):
+    """A provider as the definitions store holds it: ``config`` with each secret field sealed
+    (``{"sealed": "v1...."}``), or a clear string when written by a version before sealing."""
+
+    type: Literal["provider"] = "provider"
+    id: str
+    project_id: str
+    name: str
+    channel: ProviderChannel
+    provider_type: ProviderType
+    config: dict[str, Any]
+    version: int
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+    deleted: bool = False
 
 
 # -- public views -------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ TICKS_TO_ENTER = 200  # every user crosses it while the server is being killed a
 
 
 @contextmanager
-def server(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SPOTZEE_SINK_FLUSH_INTERVAL": "0.05", "SPOTZEE_LOG_LEVEL": "WARNING"}
+def server(data_dir: Path, port: int, extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "SPOTZEE_SINK_FLUSH_INTERVAL": "0.05", "SPOTZEE_LOG_LEVEL": "WARNING", **(extra_env or {})}
     log = (data_dir.parent / f"server-{port}-{time.time_ns()}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "spotzee", "up", "--data-dir", str(data_dir), "--port", str(port)],

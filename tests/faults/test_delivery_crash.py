@@ -17,7 +17,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from tests.faults.test_crash import server
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
-from tests.support import free_port, wait_until
+from tests.support import LOOPBACK_RELAY_ENV, free_port, wait_until
 
 
 class SlowInbox:
@@ -41,7 +41,7 @@ def test_a_crash_during_the_provider_call_sends_nothing_twice(tmp_path: Path) ->
     data = tmp_path / "data"
     port = free_port()
     try:
-        with server(data, port) as proc:
+        with server(data, port, LOOPBACK_RELAY_ENV) as proc:
             keys = json.loads((data / "keys.json").read_text())
             api = httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['secret_key']}"}
@@ -64,7 +64,7 @@ def test_a_crash_during_the_provider_call_sends_nothing_twice(tmp_path: Path) ->
             wait_until(lambda: len(inbox.received) == 1, timeout=30)
             os.kill(proc.pid, signal.SIGKILL)  # the provider has the message; the commit never happened
         inbox.release.set()
-        with server(data, port):
+        with server(data, port, LOOPBACK_RELAY_ENV):
             api = httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {keys['admin_key']}"}
             )

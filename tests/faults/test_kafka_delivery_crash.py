@@ -24,7 +24,7 @@ from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.settings import Settings
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
-from tests.support import Stack, free_port, running_stack, start_worker, wait_until
+from tests.support import LOOPBACK_RELAY, Stack, free_port, running_stack, start_worker, wait_until
 
 HELD = "ada@example.com"
 OTHERS = ("bob@example.com", "cy@example.com")
@@ -101,7 +101,12 @@ def test_a_worker_killed_during_the_provider_call_sends_nothing_twice(
     try:
         # One partition: every send queues behind the held one.
         with running_stack(
-            tmp_path / "data", runtime="kafka", kafka_bootstrap=kafka_bootstrap, workers=workers, partitions=1
+            tmp_path / "data",
+            runtime="kafka",
+            kafka_bootstrap=kafka_bootstrap,
+            workers=workers,
+            partitions=1,
+            **LOOPBACK_RELAY,
         ) as stack:
             provider = {
                 "name": "relay",

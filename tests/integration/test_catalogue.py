@@ -82,7 +82,7 @@ def test_provider_secrets_are_never_returned_nor_audited(stack: Stack) -> None:
         "channel": "email",
         "type": "smtp",
         "config": {
-            "host": "127.0.0.1",
+            "host": "smtp.example.com",
             "port": 2525,
             "username": "u",
             "password": "hunter2-secret",

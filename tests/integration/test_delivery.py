@@ -24,7 +24,16 @@ from aiosmtpd.smtp import Envelope, Session
 from spotzee.providers.unsubscribe import make_token, unsubscribe_url
 from spotzee.services import unsubscribe_secret
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
-from tests.support import Stack, free_port, running_stack, wait_until
+from tests.support import LOOPBACK_RELAY, Stack, free_port, running_stack, wait_until
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """conftest's ``stack``, allowed to deliver to the receivers on loopback."""
+    runtime = getattr(request, "param", "embedded")
+    bootstrap = request.getfixturevalue("kafka_bootstrap") if runtime == "kafka" else None
+    with running_stack(tmp_path / "data", runtime=runtime, kafka_bootstrap=bootstrap, **LOOPBACK_RELAY) as running:
+        yield running
 
 
 class Inbox:
@@ -172,7 +181,7 @@ def test_a_throttled_send_is_retried_after_retry_after_and_a_refused_one_is_dead
         tmp_path / "data",
         runtime=runtime,
         kafka_bootstrap=bootstrap,
-        webhook_allow_private=True,
+        **LOOPBACK_RELAY,
         delivery_retry_base=0.2,
     ) as stack:
         project = stack.project
@@ -253,7 +262,9 @@ def test_an_unsubscribe_stops_a_send_already_queued(
     bootstrap = request.getfixturevalue("kafka_bootstrap") if runtime == "kafka" else None
     try:
         # One partition: bob's send queues behind ada's, which the SMTP server holds.
-        with running_stack(tmp_path / "data", runtime=runtime, kafka_bootstrap=bootstrap, partitions=1) as stack:
+        with running_stack(
+            tmp_path / "data", runtime=runtime, kafka_bootstrap=bootstrap, partitions=1, **LOOPBACK_RELAY
+        ) as stack:
             provider = {
                 "name": "relay",
                 "channel": "email",

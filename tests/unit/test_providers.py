@@ -32,6 +32,7 @@ from spotzee.providers.safety import (
     DestinationRefused,
     DestinationUnresolved,
     IPNetwork,
+    OutboundPolicy,
     check_destination,
 )
 from spotzee.providers.smtp import SmtpSender, build_message, message_id
@@ -64,6 +65,8 @@ SECRET = "whsec_0123456789abcdef"
 UNSUB_SECRET = SecretStr("unsubscribe-secret-for-tests-0001")
 LOOPBACK: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+RELAY = OutboundPolicy(allowed_networks=LOOPBACK)  # what an operator with a relay on this host sets
+STRICT = OutboundPolicy()
 
 
 def free_port() -> int:
@@ -142,7 +145,9 @@ def delivery(to: str = "ann@example.com", *, send_id: str = "journey-1:step-2:c1
 
 async def test_smtp_delivers_both_parts_and_the_unsubscribe_headers(smtp_server: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp_server
-    sender = SmtpSender(SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5), clock=lambda: NOW)
+    sender = SmtpSender(
+        SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5), policy=RELAY, clock=lambda: NOW
+    )
     outcome = await sender.send(delivery())
     assert isinstance(outcome, Sent), outcome
     assert outcome.provider_message_id == message_id("journey-1:step-2:c1", "example.com")
@@ -178,7 +183,7 @@ async def test_smtp_login_and_reply_codes_classify(smtp_server: tuple[Mailbox, i
     config = SmtpConfig(
         host="127.0.0.1", port=port, security="none", username="app", password=SecretStr("s3cret"), timeout=5
     )
-    sender = SmtpSender(config)
+    sender = SmtpSender(config, policy=RELAY)
     assert isinstance(await sender.send(delivery()), Sent)
     full = await sender.send(delivery("full@example.com"))
     assert isinstance(full, Transient)
@@ -186,7 +191,7 @@ async def test_smtp_login_and_reply_codes_classify(smtp_server: tuple[Mailbox, i
     unknown = await sender.send(delivery("nobody@example.com"))
     assert isinstance(unknown, Permanent)
     assert "550" in unknown.reason
-    wrong = SmtpSender(config.model_copy(update={"password": SecretStr("wrong")}))
+    wrong = SmtpSender(config.model_copy(update={"password": SecretStr("wrong")}), policy=RELAY)
     refused = await wrong.send(delivery())
     assert isinstance(refused, Permanent)
     assert "535" in refused.reason
@@ -194,7 +199,7 @@ async def test_smtp_login_and_reply_codes_classify(smtp_server: tuple[Mailbox, i
 
 
 async def test_smtp_connection_refused_is_transient() -> None:
-    sender = SmtpSender(SmtpConfig(host="127.0.0.1", port=free_port(), security="none", timeout=2))
+    sender = SmtpSender(SmtpConfig(host="127.0.0.1", port=free_port(), security="none", timeout=2), policy=RELAY)
     assert isinstance(await sender.send(delivery()), Transient)
 
 
@@ -209,12 +214,12 @@ async def test_smtp_starttls_is_required_and_used(tmp_path: Path) -> None:
     try:
         trusting = ssl.create_default_context(cafile=str(cert))
         secure = SmtpConfig(host="127.0.0.1", port=port, security="starttls", timeout=5)
-        assert isinstance(await SmtpSender(secure, tls_context=trusting).send(delivery()), Sent)
+        assert isinstance(await SmtpSender(secure, policy=RELAY, tls_context=trusting).send(delivery()), Sent)
         # Without the test CA the certificate does not verify: retrying will not fix that.
-        untrusted = await SmtpSender(secure).send(delivery())
+        untrusted = await SmtpSender(secure, policy=RELAY).send(delivery())
         assert isinstance(untrusted, Permanent), untrusted
         # The server insists on STARTTLS: a plain session is refused, nothing is delivered.
-        plain = await SmtpSender(secure.model_copy(update={"security": "none"})).send(delivery())
+        plain = await SmtpSender(secure.model_copy(update={"security": "none"}), policy=RELAY).send(delivery())
         assert not isinstance(plain, Sent)
     finally:
         controller.stop()
@@ -342,7 +347,7 @@ def hooks() -> Iterator[tuple[list[Seen], int]]:
 @pytest.fixture
 async def sender() -> AsyncIterator[WebhookSender]:
     config = WebhookConfig(signing_secret=SecretStr(SECRET), timeout=1.0)
-    webhook = WebhookSender(config, allowed_networks=LOOPBACK, clock=lambda: BEFORE_HTTP_DATE)
+    webhook = WebhookSender(config, policy=RELAY, clock=lambda: BEFORE_HTTP_DATE)
     try:
         yield webhook
     finally:
@@ -419,7 +424,7 @@ async def test_webhook_redirects_are_checked_hop_by_hop(hooks: tuple[list[Seen],
 
 async def test_webhook_to_loopback_is_refused_unless_allowed(hooks: tuple[list[Seen], int]) -> None:
     seen, port = hooks
-    strict = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET)))
+    strict = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET)), policy=STRICT)
     try:
         outcome = await strict.send(request(f"http://127.0.0.1:{port}/ok"))
     finally:
@@ -432,7 +437,7 @@ async def test_webhook_to_loopback_is_refused_unless_allowed(hooks: tuple[list[S
 async def test_webhook_by_name_connects_to_the_checked_address(hooks: tuple[list[Seen], int]) -> None:
     """``localhost`` resolves (maybe to ::1 first, where nothing listens); the Host header keeps the name."""
     seen, port = hooks
-    webhook = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET)), allowed_networks=LOOPBACK)
+    webhook = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET)), policy=RELAY)
     try:
         assert isinstance(await webhook.send(request(f"http://localhost:{port}/ok")), Sent)
     finally:
@@ -452,10 +457,8 @@ async def test_https_webhook_by_name_verifies_the_name_on_the_pinned_address(tmp
     thread.start()
     port = server.server_address[1]
     config = WebhookConfig(signing_secret=SecretStr(SECRET), timeout=2)
-    trusting = WebhookSender(
-        config, allowed_networks=LOOPBACK, tls_context=ssl.create_default_context(cafile=str(cert))
-    )
-    untrusting = WebhookSender(config, allowed_networks=LOOPBACK)
+    trusting = WebhookSender(config, policy=RELAY, tls_context=ssl.create_default_context(cafile=str(cert)))
+    untrusting = WebhookSender(config, policy=RELAY)
     try:
         assert isinstance(await trusting.send(request(f"https://localhost:{port}/ok")), Sent)
         rejected = await untrusting.send(request(f"https://localhost:{port}/ok"))
@@ -471,7 +474,7 @@ async def test_https_webhook_by_name_verifies_the_name_on_the_pinned_address(tmp
 
 async def test_webhook_timeouts_and_refused_connections_are_transient(hooks: tuple[list[Seen], int]) -> None:
     _seen, port = hooks
-    webhook = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET), timeout=0.3), allowed_networks=LOOPBACK)
+    webhook = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET), timeout=0.3), policy=RELAY)
     try:
         slow = await webhook.send(request(f"http://127.0.0.1:{port}/slow"))
         closed = await webhook.send(request(f"http://127.0.0.1:{free_port()}/ok"))
@@ -759,14 +762,16 @@ def test_an_update_without_the_secret_keeps_the_stored_one() -> None:
 
 def test_a_webhook_sender_needs_a_secret() -> None:
     with pytest.raises(ValueError, match="signing secret"):
-        WebhookSender(WebhookConfig())
+        WebhookSender(WebhookConfig(), policy=STRICT)
 
 
 async def test_senders_satisfy_the_provider_protocol() -> None:
     from spotzee.providers.base import Provider
 
-    email_provider: Provider[EmailDelivery] = SmtpSender(SmtpConfig(host="127.0.0.1", security="none"))
-    webhook_provider: Provider[WebhookDelivery] = WebhookSender(WebhookConfig(signing_secret=SecretStr(SECRET)))
+    email_provider: Provider[EmailDelivery] = SmtpSender(SmtpConfig(host="127.0.0.1", security="none"), policy=RELAY)
+    webhook_provider: Provider[WebhookDelivery] = WebhookSender(
+        WebhookConfig(signing_secret=SecretStr(SECRET)), policy=STRICT
+    )
     await email_provider.aclose()
     await webhook_provider.aclose()
     await asyncio.sleep(0)

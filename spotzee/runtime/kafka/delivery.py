@@ -61,6 +61,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from spotzee.delivery import Deliverer, DeliveryResult, DeliverySettings, Scan, definition_lookups
+from spotzee.providers.safety import OutboundPolicy
+from spotzee.providers.sealing import SecretBox
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.changelog import changelog_key
 from spotzee.runtime.kafka.config import aiokafka_config
@@ -375,13 +377,20 @@ def build_delivery(settings: Settings, engine: Engine, scan: Scan) -> KafkaDeliv
             "set it, the same on every API process and worker, and SPOTZEE_PUBLIC_BASE_URL"
         )
         return None
-    template, provider_for = definition_lookups(scan)
+    if settings.secrets_key is None:
+        log.error(
+            "SPOTZEE_SECRETS_KEY is not set: this worker does not deliver (sends wait on their topic); "
+            "set it, the same on every API process and worker, to open provider secrets"
+        )
+        return None
+    box = SecretBox(settings.secrets_key)
+    log.info("provider secrets key id %s (the API processes must show the same)", box.key_id)
+    template, provider_for = definition_lookups(scan, box)
     deliverer = Deliverer(
         DeliverySettings(
             public_base_url=settings.resolved_public_base_url(),
             unsubscribe_secret=settings.unsubscribe_secret,
-            webhook_allow_private=settings.webhook_allow_private,
-            webhook_allowed_networks=tuple(settings.webhook_allowed_networks),
+            outbound=OutboundPolicy.from_settings(settings.outbound_allow_private, settings.outbound_allowed_networks),
         ),
         template,
         provider_for,
