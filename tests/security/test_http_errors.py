@@ -40,7 +40,7 @@ def test_unsubscribe_links_that_are_not_ours_are_400(shared_stack: Stack, token:
 def test_exporting_an_unknown_or_foreign_list_is_404_before_any_byte(shared_stack: Stack) -> None:
     other = shared_stack.admin.post("/api/v1/projects", json={"name": "other"})
     assert other.status_code == 201, other.text
-    foreign_key = other.json()["secret_key"]
+    foreign_key = other.json()["secret_key"]["key"]
     with shared_stack.client(foreign_key) as foreign:
         created = foreign.post("/api/v1/lists", json={"name": "theirs"})
         assert created.status_code == 201, created.text

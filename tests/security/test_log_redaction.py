@@ -50,8 +50,9 @@ def debug_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
         server = subprocess.Popen(
             [sys.executable, "-m", "spotzee", "up", "--data-dir", str(data_dir), "--port", str(port)],
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            # stdout shows the bootstrap keys once, by design (README); the log is stderr
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -73,7 +74,7 @@ def _exercise_error_paths(base: str, keys: dict[str, str]) -> None:
         http.post("/api/v1/sql", headers={"authorization": f"Bearer {secret}"}, json={"query": "SELECT 1"})
         http.post("/v1/track", auth=(secret, ""), json={"userId": "u", "event": "e"})
         http.post("/v1/track", auth=(write + "x", ""), json={"userId": "u", "event": "e"})
-        http.post("/v1/track", headers={"authorization": "Basic " + "é" * 4}, content=b"{}")
+        http.post("/v1/track", headers={"authorization": ("Basic " + "é" * 4).encode()}, content=b"{}")
         http.post("/v1/track", json={"writeKey": write + "nope", "userId": "u", "event": "e"})
         # bad bodies, with the key in the body as well
         http.post("/v1/track", auth=(write, ""), content=b"{not json")
