@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spotzee.errors import InvalidInput, Overloaded, SpotzeeError, validation_details
 
-
 log = logging.getLogger(__name__)
 
 
