@@ -11,7 +11,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import SecretStr, ValidationError
 
@@ -34,10 +34,12 @@ from spotzee.schemas.contacts import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.schemas.providers import ProviderDefinition, SmtpConfig, StoredProvider, WebhookConfig
 from spotzee.schemas.templates import EmailContent, TemplateDefinition, WebhookContent
+from spotzee.template_workers import TemplateWorkers
 
 log = logging.getLogger(__name__)
 
 Status = Literal["sent", "retry", "failed", "suppressed"]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,15 @@ class Deliverer:
         self.settings = settings
         self.template = template
         self.provider_for = provider_for
+        # Set by the delivery agent that owns them: renders then run in worker processes with a
+        # hard deadline (a slow template fails its own send, never stalls the others).
+        self.workers: TemplateWorkers | None = None
+
+    async def _render(self, function: Callable[..., R], *args: object) -> R:
+        if self.workers is None:
+            return function(*args)
+        rendered: R = await self.workers.call(function, *args)
+        return rendered
 
     async def deliver(self, command: SendCommand, contact: ContactState | None) -> DeliveryResult:
         if contact is None:
@@ -111,7 +122,7 @@ class Deliverer:
             journey=_as_dict(command.variables.get("journey")),
             unsubscribe_url=link,
         )
-        rendered = render_email(content, variables)
+        rendered = await self._render(render_email, content, variables)
         try:
             delivery = EmailDelivery(send_id=command.send_id, to=contact.email, email=rendered, unsubscribe_url=link)
         except ValidationError as exc:
@@ -130,7 +141,7 @@ class Deliverer:
             event=event_variables(command.variables.get("event")),
             journey=_as_dict(command.variables.get("journey")),
         )
-        rendered = render_webhook(content, variables)
+        rendered = await self._render(render_webhook, content, variables)
         sender = WebhookSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
         try:
             return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))

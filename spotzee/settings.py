@@ -84,6 +84,20 @@ class Settings(BaseSettings):
         description="Provider calls in flight at once per delivery agent (per partition on Kafka).",
     )
     delivery_retry_cap: float = Field(default=600.0, gt=0, description="Longest wait between two attempts, seconds.")
+    template_render_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Hard deadline, seconds, of one template parse or render in a worker process: past it "
+        "the worker is killed and the request gets a 400 (the send fails with a render error).",
+    )
+    template_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Worker processes that parse and render templates, per API process "
+        "and per delivery agent (started on first use).",
+    )
     topic_retention_records: int = Field(
         default=1_000_000,
         ge=1000,

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from spotzee.api.contacts import resolve
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.errors import NotFound
-from spotzee.schemas.templates import TemplateCreate, TemplatePreview, TemplatePreviewRequest, TemplatePublic
+from spotzee.schemas.templates import (
+    TemplateCreate,
+    TemplatePreview,
+    TemplatePreviewRequest,
+    TemplatePublic,
+    defer_liquid_parsing,
+)
 
-router = APIRouter(prefix="/api/v1/templates", tags=["templates"])
+
+async def _parse_off_the_loop() -> None:
+    """Runs (as an async dependency: in the request's own task) before the body is validated:
+    the body's template fields are then checked for size only, and the service parses them in a
+    worker process. Parsing a template at the size limits takes up to a second."""
+    defer_liquid_parsing()
+
+
+router = APIRouter(prefix="/api/v1/templates", tags=["templates"], dependencies=[Depends(_parse_off_the_loop)])
 
 
 @router.post("", response_model=TemplatePublic, status_code=201)
@@ -43,4 +57,4 @@ async def preview_template(
     contact = resolve(services, project_id, body.contact_id)
     if contact is None:
         raise NotFound(f"contact {body.contact_id} not found")
-    return services.templates.preview(template, contact, body)
+    return await services.templates.preview(template, contact, body)

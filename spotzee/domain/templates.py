@@ -19,17 +19,17 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from liquid import BoundTemplate, RenderContext
+from liquid import BoundTemplate
 from liquid.exceptions import (
     LiquidError,
     LocalNamespaceLimitError,
     LoopIterationLimitError,
     OutputStreamLimitError,
-    ResourceLimitError,
 )
 from liquid.output import LimitedStringIO
 from pydantic import ConfigDict, Field
 
+from spotzee.domain.template_bounds import BoundedEnvironment, BudgetContext, RenderTimeout, ValueLimitError
 from spotzee.errors import InvalidInput
 from spotzee.schemas.common import JSONObject, Model
 from spotzee.schemas.contacts import ContactState
@@ -43,6 +43,7 @@ from spotzee.schemas.templates import (
     TemplatePreviewRequest,
     WebhookContent,
     liquid_problem,
+    source_problem,
 )
 
 Clock = Callable[[], float]
@@ -56,6 +57,9 @@ class RenderLimits(Model):
     max_output_bytes: int = Field(default=512 * 1024, ge=1, description="UTF-8 bytes of all fields together.")
     max_loop_iterations: int = Field(default=10_000, ge=1, description="Nested loops count as their product.")
     max_local_bytes: int = Field(default=1024 * 1024, ge=1, description="Bytes held by assign/capture variables.")
+    max_items: int = Field(
+        default=10_000, ge=1, description="Items of one range literal or of one list a filter returns."
+    )
     timeout: float = Field(default=1.0, gt=0, description="Seconds of wall time for the whole message.")
 
 
@@ -121,54 +125,15 @@ def template_variables(
 # -- environments -------------------------------------------------------------------------------
 
 
-class RenderTimeout(ResourceLimitError):
-    """The message's time budget ran out."""
-
-
-# The slot that stores RenderContext.disabled_tags, shadowed by the property below.
-_DISABLED_TAGS_SLOT: Final[Any] = vars(RenderContext)["disabled_tags"]
-
-
-class _BudgetContext(RenderContext):
-    """A render context that stops the render once its deadline has passed.
-
-    python-liquid has no time limit. Every node's ``render`` reads ``context.disabled_tags`` before
-    rendering, so checking the clock in that property bounds the time between two nodes,
-    including each iteration of a loop body. Contexts copied by tags inherit the deadline.
-    """
-
-    __slots__ = ("_clock", "_deadline")
-    _clock: Clock
-    _deadline: float
-
-    def __init__(self, *args: Any, deadline: float | None = None, clock: Clock | None = None, **kwargs: Any) -> None:
-        parent = kwargs.get("parent_context")
-        if isinstance(parent, _BudgetContext):
-            deadline = parent._deadline if deadline is None else deadline
-            clock = parent._clock if clock is None else clock
-        self._deadline = float("inf") if deadline is None else deadline
-        self._clock = clock or time.monotonic
-        super().__init__(*args, **kwargs)
-
-    @property
-    def disabled_tags(self) -> list[str]:
-        if self._clock() > self._deadline:
-            raise RenderTimeout("render time budget exhausted", token=None)
-        value: list[str] = _DISABLED_TAGS_SLOT.__get__(self, RenderContext)
-        return value
-
-    @disabled_tags.setter
-    def disabled_tags(self, value: list[str]) -> None:
-        _DISABLED_TAGS_SLOT.__set__(self, value)
-
-
 @lru_cache(maxsize=16)
 def _environment(limits: RenderLimits, autoescape: bool) -> LiquidDialect:
     # python-liquid reads its resource limits from class attributes, hence one subclass per limits.
-    class Limited(LiquidDialect):
+    class Limited(LiquidDialect, BoundedEnvironment):
         loop_iteration_limit = limits.max_loop_iterations
         output_stream_limit = limits.max_output_bytes
         local_namespace_limit = limits.max_local_bytes
+        max_value_bytes = limits.max_output_bytes
+        max_items = limits.max_items
 
     return Limited(autoescape=autoescape)
 
@@ -199,12 +164,15 @@ class _Render:
 
     def field(self, source: str, field: str, *, autoescape: bool = False) -> str:
         env = _environment(self.limits, autoescape)
+        too_large = source_problem(source)  # before parsing: parse time grows with the source
+        if too_large is not None:
+            raise TemplateRenderError(field, too_large)
         try:
             template = _parse(env, source)
         except LiquidError:
             reason, line = liquid_problem(source, env) or ("invalid Liquid template", None)
             raise TemplateRenderError(field, reason, line=line) from None
-        context = _BudgetContext(
+        context = BudgetContext(
             template, globals=template.make_globals(self.variables), deadline=self.deadline, clock=self.clock
         )
         buffer = LimitedStringIO(limit=self.remaining)
@@ -230,6 +198,8 @@ class _Render:
             return TemplateRenderError(field, f"more than {limits.max_loop_iterations} loop iterations")
         if isinstance(exc, LocalNamespaceLimitError):
             return TemplateRenderError(field, f"variables larger than {limits.max_local_bytes} bytes")
+        if isinstance(exc, ValueLimitError):
+            return TemplateRenderError(field, str(exc.message))
         context = exc.context()
         return TemplateRenderError(field, str(exc.message), line=context[0] if context else None)
 
@@ -366,3 +336,32 @@ def event_variables(data: object) -> dict[str, object] | None:
         if key in data:
             flat.setdefault(key, data[key])
     return flat
+
+
+def template_fields(content: EmailContent | WebhookContent) -> list[tuple[str, str]]:
+    """Every Liquid source of ``content`` with its path (``content.html``)."""
+    if isinstance(content, EmailContent):
+        named = {"subject": content.subject, "html": content.html, "text": content.text}
+    else:
+        named = {"url": content.url, **{f"headers.{k}": v for k, v in content.headers.items()}, "body": content.body}
+    return [(f"content.{name}", source) for name, source in named.items() if source is not None]
+
+
+def check_content(content: EmailContent | WebhookContent) -> None:
+    """Parse every template field (what ``TemplateCreate`` checks when parsing isn't deferred);
+    raise ``InvalidInput`` naming each field that fails. Run off the event loop: parsing costs
+    up to a second for a source at the size limits."""
+    details: list[dict[str, Any]] = []
+    for path, source in template_fields(content):
+        too_large = source_problem(source)
+        if too_large is not None:
+            details.append({"path": path, "reason": too_large})
+            continue
+        problem = liquid_problem(source)
+        if problem is None:
+            continue
+        reason, line = problem
+        where = f"line {line}: " if line is not None else ""
+        details.append({"path": path, "reason": f"invalid Liquid template: {where}{reason}"})
+    if details:
+        raise InvalidInput("invalid template content", details=details)

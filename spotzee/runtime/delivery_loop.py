@@ -39,6 +39,7 @@ from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import CONTACTS
 from spotzee.streams.delivery import OUTCOME_UNKNOWN, DeliveryState, RetryPolicy, attempting, next_action, outcome
 from spotzee.streams.interface import Clock
+from spotzee.template_workers import TemplateWorkers
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class DeliveryLoop:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.delivered = 0
+        # Renders in worker processes, killed at the deadline: a slow template fails its send only.
+        self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout)
+        deliverer.workers = self.workers
 
     def start(self) -> None:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="spotzee-delivery", daemon=True)
@@ -77,6 +81,7 @@ class DeliveryLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.workers.close()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -11,6 +11,13 @@ Text fields are Liquid templates (subject, html, text; url, header values, body)
 ``journey``. They are parsed when the template is created: a syntax error, an unknown filter or a
 disallowed tag is rejected with the field's path (``content.html``) and the line in the reason.
 
+Size is checked before anything is parsed (parse time grows with the source): a template field
+holds at most ``MAX_SOURCE_BYTES`` UTF-8 bytes, and a template's fields together at most
+``MAX_MARKUP`` tags and outputs (``{{``/``{%``);
+Liquid blocks nest at most 30 deep. Over a limit: 400 with the field's path. The API parses in a
+worker process (``defer_liquid_parsing``, ``spotzee.template_workers``); stored definitions
+(``TemplateDefinition``) are not parsed again when they are read, so one accepted always loads.
+
 The Liquid dialect is standard Liquid with two changes: ``include`` and ``render`` are not
 available (templates never read a file system or other templates), and a ``json`` filter writes a
 value as JSON (for webhook bodies: ``{"name": {{ contact.first_name | json }}}``).
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextvars import ContextVar
 from datetime import date, datetime
 from email.headerregistry import Address
 from email.utils import getaddresses
@@ -45,7 +53,8 @@ TemplateChannel = Literal["email", "webhook"]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 MAX_SUBJECT: Final = 2_000
-MAX_BODY: Final = 1_000_000  # characters of template source per html/text/body field
+MAX_SOURCE_BYTES: Final = 256 * 1024  # UTF-8 bytes of template source per field (html/text/body)
+MAX_MARKUP: Final = 5_000  # Liquid tags and outputs per template (all fields): parse time grows with them
 MAX_URL: Final = 4_096
 MAX_HEADER_VALUE: Final = 8_192
 MAX_HEADERS: Final = 50
@@ -99,7 +108,34 @@ def liquid_problem(source: str, env: Environment = SYNTAX) -> tuple[str, int | N
     return None
 
 
-def _liquid(value: str) -> str:
+def source_problem(source: str) -> str | None:
+    """What makes ``source`` too large to parse, or None; cheap (no parsing)."""
+    if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        return f"template source larger than {MAX_SOURCE_BYTES} bytes"
+    markup = source.count("{{") + source.count("{%")
+    if markup > MAX_MARKUP:
+        return f"more than {MAX_MARKUP} Liquid tags and outputs ({markup})"
+    return None
+
+
+_DEFER_PARSING: ContextVar[bool] = ContextVar("spotzee_defer_liquid_parsing", default=False)
+_STORED: Final = "stored"  # validation context of definitions read back: checked when accepted
+
+
+def defer_liquid_parsing() -> None:
+    """For the rest of the current task (one API request), template fields are checked for size
+    only; the caller parses them off the event loop (``spotzee.domain.templates.check_content``)."""
+    _DEFER_PARSING.set(True)
+
+
+def _liquid(value: str, info: ValidationInfo) -> str:
+    if isinstance(info.context, dict) and info.context.get("liquid") == _STORED:
+        return value
+    too_large = source_problem(value)
+    if too_large is not None:
+        raise PydanticCustomError("liquid_size", "{reason}", {"reason": too_large})
+    if _DEFER_PARSING.get():
+        return value
     problem = liquid_problem(value)
     if problem is not None:
         reason, line = problem
@@ -110,6 +146,20 @@ def _liquid(value: str) -> str:
             {"where": where, "reason": reason, "line": line},
         )
     return value
+
+
+def _markup_within_limit(data: Any) -> Any:
+    """All template fields of one content together (headers too): at most ``MAX_MARKUP`` tags."""
+    if not isinstance(data, dict):
+        return data
+    sources = [data.get(name) for name in ("subject", "html", "text", "url", "body")]
+    headers = data.get("headers")
+    if isinstance(headers, dict):
+        sources += list(headers.values())
+    markup = sum(s.count("{{") + s.count("{%") for s in sources if isinstance(s, str))
+    if markup > MAX_MARKUP:
+        raise ValueError(f"more than {MAX_MARKUP} Liquid tags and outputs in the template ({markup})")
+    return data
 
 
 def _single_line(value: str) -> str:
@@ -173,7 +223,7 @@ def _header_name(value: str) -> str:
 LiquidTemplate = Annotated[str, AfterValidator(_liquid)]
 """Any string field that is a Liquid template (journey update/event values too): checked on input."""
 Subject = Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT), AfterValidator(_liquid)]
-Body = Annotated[str, Field(min_length=1, max_length=MAX_BODY), AfterValidator(_liquid)]
+Body = Annotated[str, Field(min_length=1), AfterValidator(_liquid)]
 UrlTemplate = Annotated[
     str,
     Field(min_length=1, max_length=MAX_URL),
@@ -199,6 +249,11 @@ class EmailContent(Model):
     from_: EmailAddress = Field(alias="from")
     reply_to: EmailAddress | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _markup_limit(cls, data: Any) -> Any:
+        return _markup_within_limit(data)
+
     @model_validator(mode="after")
     def _has_a_body(self) -> EmailContent:
         if self.html is None and self.text is None:
@@ -213,6 +268,11 @@ class WebhookContent(Model):
     url: UrlTemplate
     headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = Field(default_factory=dict)
     body: Body | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _markup_limit(cls, data: Any) -> Any:
+        return _markup_within_limit(data)
 
     @model_validator(mode="after")
     def _body_fits_method(self) -> WebhookContent:
@@ -244,7 +304,18 @@ def _content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info
     return model.model_validate(value)
 
 
+def _stored_content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """Stored content is read back as it was accepted: no parsing, no size check again."""
+    model = CONTENT_MODELS.get(info.data.get("channel", ""))
+    if model is None or isinstance(value, model):
+        return value
+    if isinstance(value, Model):
+        value = value.model_dump(by_alias=True)
+    return model.model_validate(value, context={"liquid": _STORED})
+
+
 ChannelContent = Annotated[Content, WrapValidator(_content_for_channel)]
+StoredContent = Annotated[Content, WrapValidator(_stored_content_for_channel)]
 TemplateName = Annotated[str, Field(min_length=1, max_length=200)]
 
 # -- API and storage ----------------------------------------------------------------------------
@@ -269,7 +340,7 @@ class TemplateDefinition(Model):
     project_id: str
     name: str
     channel: TemplateChannel
-    content: ChannelContent
+    content: StoredContent
     version: int
     created_at: UTCDateTime
     updated_at: UTCDateTime

@@ -77,6 +77,7 @@ from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import CONTACTS
 from spotzee.streams.delivery import OUTCOME_UNKNOWN, DeliveryState, RetryPolicy, attempting, next_action, outcome
+from spotzee.template_workers import TemplateWorkers
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class KafkaDelivery:
         self.consumer_factory = consumer_factory
         self.partitions: dict[int, PartitionDelivery] = {}
         self.delivered = 0
+        # Renders in worker processes, killed at the deadline: a slow template fails its send only.
+        self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout)
+        deliverer.workers = self.workers
 
     async def reconcile(self) -> None:
         """Start delivering partitions whose store is ready; forget those that ended."""
@@ -146,6 +150,7 @@ class KafkaDelivery:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_partition(p) for p in list(self.partitions)))
+        self.workers.close()
 
 
 class PartitionDelivery:
