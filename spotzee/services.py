@@ -30,6 +30,7 @@ from spotzee.streams.contacts import ContactProcessor
 from spotzee.streams.interface import Clock, clock_from
 from spotzee.streams.journeys import JourneyRegistry
 from spotzee.streams.segments import SegmentRegistry
+from spotzee.template_workers import TemplateWorkers
 from spotzee.tenancy import Tenancy
 
 if TYPE_CHECKING:
@@ -128,7 +129,9 @@ class Services:
         segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
         lists = Lists(runtime, clock, tenancy, segments)
         catalogue = Catalogue(runtime, tenancy)
-        templates = Templates(catalogue, clock, outbound)
+        templates = Templates(
+            catalogue, clock, outbound, TemplateWorkers(settings.template_workers, settings.template_render_timeout)
+        )
         providers = Providers(catalogue, clock, outbound, box)
         journeys = Journeys(catalogue, clock, segments, journey_registry)
         return cls(
@@ -188,6 +191,7 @@ class Services:
         self.close()
 
     def close(self) -> None:
+        self.templates.close()
         self.runtime.close()
         self.analyst.close()
         self.clickhouse.close()
