@@ -196,6 +196,14 @@ def _write_key(request: Request, body: dict[str, Any]) -> str:
     return key
 
 
+def _body_key(request: Request, services: ServicesDep, body: dict[str, Any], key: ApiKey | None) -> ApiKey:
+    """The write key from the body when none came in the header, checked before the body's events:
+    a caller without a valid key learns nothing about its payload (401 before any 400)."""
+    if key is not None:
+        return key
+    return services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
+
+
 def _header_key(request: Request, services: ServicesDep) -> ApiKey | None:
     """A key sent in the Basic header is checked before the body is read: a bad key is a 401
     whatever the body, and an unauthenticated caller can't make the server parse 500 KB."""
@@ -209,10 +217,8 @@ async def _accept(
     metrics: MetricsDep,
     body: dict[str, Any],
     items: list[tuple[str, Any]],
-    key: ApiKey | None,
+    key: ApiKey,
 ) -> dict[str, bool]:
-    if key is None:
-        key = services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
     project_id = key.project_id or ""
     received_at = services.clock.now()
     records = [build_record(item, path=path, project_id=project_id, received_at=received_at) for path, item in items]
@@ -228,8 +234,9 @@ async def _accept(
 def _single(kind: str) -> Any:
     async def endpoint(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
         started = time.perf_counter()
-        key = _header_key(request, services)
+        header_key = _header_key(request, services)
         body = parse_object(await read_body(request, MAX_EVENT_BYTES))
+        key = _body_key(request, services, body, header_key)
         declared = body.get("type")
         if declared is not None and declared != kind:
             raise InvalidInput(
@@ -257,8 +264,9 @@ for _kind in MESSAGE_TYPES:
 @router.post("/v1/batch", summary="Segment-spec batch of up to 2,500 events / 500 KB")
 async def ingest_batch(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
     started = time.perf_counter()
-    key = _header_key(request, services)
+    header_key = _header_key(request, services)
     body = parse_object(await read_body(request, MAX_BATCH_BYTES))
+    key = _body_key(request, services, body, header_key)
     batch = body.get("batch")
     if not isinstance(batch, list):
         raise InvalidInput(
