@@ -29,6 +29,7 @@ from spotzee.schemas.journeys import (
     SegmentTrigger,
     SendStep,
 )
+from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.records import JourneyBarrier, JourneyEntry
 from spotzee.schemas.templates import TemplateDefinition
 from spotzee.schemas.tenancy import ApiKey
@@ -61,6 +62,10 @@ class Journeys:
 
     def all(self, project_id: str) -> list[JourneyDefinition]:
         return self.catalogue.all(KIND, JourneyDefinition, project_id)
+
+    def load(self, project_id: str) -> tuple[list[JourneyDefinition], list[QuarantinedDefinition]]:
+        """The project's journeys and its quarantined (unreadable) ones."""
+        return self.catalogue.load(KIND, JourneyDefinition, project_id)
 
     async def create(self, actor: ApiKey, body: JourneyCreate) -> JourneyDefinition:
         now = self.clock.now()

@@ -34,12 +34,14 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
+from spotzee.definitions import quarantined_conflict
 from spotzee.domain.segments import compile, evaluate, find_cycle, segment_references
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
 from spotzee.errors import Conflict, InvalidInput, NotFound, Overloaded, SpotzeeError
 from spotzee.runtime.base import Position, Runtime
 from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.rules import ListRule, RuleNode, SegmentCreate
 from spotzee.schemas.segments import (
     BuildProgress,
@@ -59,6 +61,7 @@ from spotzee.settings import Settings
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import CONTACTS
 from spotzee.streams.interface import Clock
+from spotzee.streams.quarantine import Unreadable, decode
 from spotzee.streams.segments import MEMBERSHIPS, SEGMENT_MEMBERS, SegmentRegistry, member_prefix
 from spotzee.tenancy import Tenancy
 
@@ -129,27 +132,39 @@ class Segments:
 
     # -- definitions ------------------------------------------------------------------------------
 
+    def _decoded(self, prefix: str) -> Iterator[SegmentDefinition | ListDefinition | Unreadable]:
+        """Every definition under ``prefix``, one by one: an unreadable one is quarantined."""
+        for key, raw in self.runtime.scan_definitions(prefix):
+            yield decode(key, raw, _definition.validate_json)
+
     def definitions(self, project_id: str) -> list[SegmentDefinition]:
-        found = []
-        for _, raw in self.runtime.scan_definitions("segment/"):
-            item = _definition.validate_json(raw)
-            if isinstance(item, SegmentDefinition) and item.project_id == project_id:
-                found.append(item)
-        return found
+        return [
+            item
+            for item in self._decoded("segment/")
+            if isinstance(item, SegmentDefinition) and item.project_id == project_id
+        ]
+
+    def quarantined(self, project_id: str) -> list[QuarantinedDefinition]:
+        """The project's segments whose stored definition can't be read."""
+        return [
+            QuarantinedDefinition(id=item.id, reason=item.reason)
+            for item in self._decoded("segment/")
+            if isinstance(item, Unreadable) and item.project_id == project_id
+        ]
 
     def lists(self, project_id: str) -> list[ListDefinition]:
-        found = []
-        for _, raw in self.runtime.scan_definitions("list/"):
-            item = _definition.validate_json(raw)
-            if isinstance(item, ListDefinition) and item.project_id == project_id and not item.deleted:
-                found.append(item)
-        return found
+        return [
+            item
+            for item in self._decoded("list/")
+            if isinstance(item, ListDefinition) and item.project_id == project_id and not item.deleted
+        ]
 
     def get(self, project_id: str, segment_id: str) -> SegmentDefinition:
-        raw = next(
-            (v for k, v in self.runtime.scan_definitions(f"segment/{segment_id}") if k == f"segment/{segment_id}"), None
-        )
-        item = _definition.validate_json(raw) if raw is not None else None
+        key = f"segment/{segment_id}"
+        raw = next((v for k, v in self.runtime.scan_definitions(key) if k == key), None)
+        item = decode(key, raw, _definition.validate_json) if raw is not None else None
+        if isinstance(item, Unreadable) and item.project_id == project_id:
+            raise quarantined_conflict("segment", item)
         if not isinstance(item, SegmentDefinition) or item.project_id != project_id or item.status == "deleted":
             raise NotFound(f"segment {segment_id} not found")
         progress = self.progress.get(segment_id)
@@ -257,9 +272,9 @@ class Segments:
     # -- building ---------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Restart the builds a previous process left unfinished."""
-        for _, raw in self.runtime.scan_definitions("segment/"):
-            item = _definition.validate_json(raw)
+        """Restart the builds a previous process left unfinished (an unreadable definition is
+        quarantined and left alone: it can't stop a start)."""
+        for item in self._decoded("segment/"):
             if isinstance(item, SegmentDefinition) and item.status == SegmentStatus.building:
                 self.registry.apply(item)
                 self._start(item)
@@ -409,7 +424,7 @@ class Segments:
         cs = loads(ContactSegments, raw)
         found = []
         for segment_id, membership in sorted(cs.members.items()):
-            with contextlib.suppress(NotFound):
+            with contextlib.suppress(NotFound, Conflict):  # deleted meanwhile, or quarantined
                 found.append((self.get(contact.project_id, segment_id), membership))
         return found
 

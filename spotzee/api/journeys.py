@@ -7,12 +7,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.journey_stats import journey_stats
 from spotzee.schemas.journey_stats import JourneyStatsPublic
-from spotzee.schemas.journeys import JourneyCreate, JourneyEntered, JourneyEnterRequest, JourneyPublic
+from spotzee.schemas.journeys import JourneyCreate, JourneyEntered, JourneyEnterRequest, JourneyList, JourneyPublic
 
-router = APIRouter(prefix="/api/v1/journeys", tags=["journeys"])
+router = APIRouter(prefix="/api/v1/journeys", tags=["journeys"], route_class=BoundedJSONRoute)
 
 
 @router.post("", response_model=JourneyPublic, status_code=201)
@@ -20,9 +21,11 @@ async def create_journey(body: JourneyCreate, key: SecretKeyDep, services: Servi
     return JourneyPublic.from_definition(await services.journeys.create(key, body))
 
 
-@router.get("", response_model=dict[str, list[JourneyPublic]])
-async def list_journeys(key: SecretKeyDep, services: ServicesDep) -> dict[str, list[JourneyPublic]]:
-    return {"items": [JourneyPublic.from_definition(j) for j in services.journeys.all(key.project_id or "")]}
+@router.get("", response_model=JourneyList)
+async def list_journeys(key: SecretKeyDep, services: ServicesDep) -> JourneyList:
+    """The project's journeys, and those whose stored definition can't be read (``quarantined``)."""
+    items, quarantined = services.journeys.load(key.project_id or "")
+    return JourneyList(items=[JourneyPublic.from_definition(j) for j in items], quarantined=quarantined)
 
 
 @router.get("/{journey_id}", response_model=JourneyPublic)

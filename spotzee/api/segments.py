@@ -6,18 +6,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.schemas.rules import SegmentCreate
 from spotzee.schemas.segments import (
     MembersPage,
     SegmentCount,
     SegmentDefinition,
+    SegmentList,
     SegmentPreview,
     SegmentPreviewRequest,
     SegmentPublic,
 )
 
-router = APIRouter(prefix="/api/v1/segments", tags=["segments"])
+router = APIRouter(prefix="/api/v1/segments", tags=["segments"], route_class=BoundedJSONRoute)
 
 
 def public(definition: SegmentDefinition) -> SegmentPublic:
@@ -29,11 +31,15 @@ async def create_segment(body: SegmentCreate, key: SecretKeyDep, services: Servi
     return public(await services.segments.create(key, body))
 
 
-@router.get("", response_model=dict[str, list[SegmentPublic]])
-async def list_segments(key: SecretKeyDep, services: ServicesDep) -> dict[str, list[SegmentPublic]]:
+@router.get("", response_model=SegmentList)
+async def list_segments(key: SecretKeyDep, services: ServicesDep) -> SegmentList:
+    """The project's segments, and those whose stored definition can't be read (``quarantined``)."""
     project_id = key.project_id or ""
     items = sorted(services.segments.live(project_id), key=lambda d: (d.created_at, d.id))
-    return {"items": [public(services.segments.get(project_id, d.id)) for d in items]}
+    return SegmentList(
+        items=[public(services.segments.get(project_id, d.id)) for d in items],
+        quarantined=services.segments.quarantined(project_id),
+    )
 
 
 @router.post("/preview", response_model=SegmentPreview)

@@ -29,6 +29,11 @@ through a step that always waits: a ``delay`` with a positive ``duration`` or an
 or a ``wait_for_event``. ``until_date`` may lie in the past (the run goes straight on) and a
 ``limited`` balancer may have room, so neither breaks a cycle.
 
+Limits (``spotzee.schemas.limits``): at most ``MAX_STEPS`` (500) steps and ``MAX_JOURNEY_BYTES``
+(1 MiB) as stored; a gate's rule has the rule limits; free-form values (an update step's ``set``
+values, an event step's ``properties``, the payload of an API entry) nest at most
+``MAX_VALUE_DEPTH`` (16) levels, and an entry's payload takes at most ``MAX_PAYLOAD_BYTES`` (32 KiB).
+
 Errors carry the path of the offending field, without union tags: ``steps.check.yes``,
 ``steps.split.variants.1.name``, ``trigger.cron``, ``exit_when.0.event``.
 """
@@ -52,10 +57,17 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, to_json
 
 from spotzee.domain.traits import normalize_timezone
 from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
+from spotzee.schemas.limits import (
+    MAX_JOURNEY_BYTES,
+    MAX_PAYLOAD_BYTES,
+    QuarantinedDefinition,
+    check_stored_size,
+    check_value_depth,
+)
 from spotzee.schemas.rules import MAX_DURATION, AttributePath, PropertyFilter, PropertyPath, SegmentRule
 
 DurationUnit = Literal["second", "minute", "hour", "day", "week"]
@@ -71,6 +83,9 @@ StepId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Name = Annotated[str, Field(min_length=1, max_length=512)]
 Ref = Annotated[str, Field(min_length=1, max_length=512)]  # ids of other objects (segments, templates ...)
 TimeZone = Annotated[str, Field(max_length=64), AfterValidator(normalize_timezone)]
+# Free-form JSON kept in a definition: nested at most MAX_VALUE_DEPTH levels (see schemas.limits).
+FreeValue = Annotated[Any, AfterValidator(check_value_depth)]
+FreeObject = Annotated[dict[str, Any], AfterValidator(check_value_depth)]
 
 
 # -- durations ------------------------------------------------------------------------------------
@@ -439,7 +454,7 @@ class UpdateStep(Model):
     with ``contact``, ``event`` and ``journey``), ``unset`` paths."""
 
     type: Literal["update"] = "update"
-    set: dict[AttributePath, Any] = Field(default_factory=dict)
+    set: dict[AttributePath, FreeValue] = Field(default_factory=dict)
     unset: list[AttributePath] = Field(default_factory=list)
     next: StepId
 
@@ -458,7 +473,7 @@ class EventStep(Model):
 
     type: Literal["event"] = "event"
     name: Name
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: FreeObject = Field(default_factory=dict)
     next: StepId
 
 
@@ -662,6 +677,15 @@ class JourneyBody(Model):
         _raise_all(type(self).__name__, graph_errors(self.start, self.steps))
         return self
 
+    @model_validator(mode="after")
+    def _size(self) -> JourneyBody:
+        # the marketer's part only: a journey's stored, created and shown forms measure the same
+        check_stored_size(self.model_dump_json(include=_BODY_FIELDS).encode(), MAX_JOURNEY_BYTES, "journey")
+        return self
+
+
+_BODY_FIELDS: Final[set[str]] = set(JourneyBody.model_fields)
+
 
 class JourneyCreate(JourneyBody):
     """``POST /api/v1/journeys`` (and ``PUT``: a new version)."""
@@ -724,7 +748,20 @@ class JourneyPublic(JourneyBody):
         return cls.model_validate(definition.model_dump(exclude={"type"}))
 
 
+class JourneyList(Model):
+    items: list[JourneyPublic]
+    quarantined: list[QuarantinedDefinition]  # stored but unreadable: see docs/api.md
+
+
 STEP_TYPES: Final[tuple[str, ...]] = tuple(_STEPS.choices)
+
+
+def _payload(value: JSONObject | None) -> JSONObject | None:
+    """Copied into every entry record: nested and sized like a tracked event's properties."""
+    if value is not None:
+        check_value_depth(value)
+        check_stored_size(to_json(value), MAX_PAYLOAD_BYTES, "payload")
+    return value
 
 
 class JourneyEnterRequest(Model):
@@ -732,7 +769,7 @@ class JourneyEnterRequest(Model):
     templates see as ``event``, and a key that makes a retried call enter nobody twice."""
 
     ids: Annotated[list[Identifier], Field(min_length=1, max_length=10_000)]
-    payload: JSONObject | None = None
+    payload: Annotated[JSONObject | None, AfterValidator(_payload)] = None
     idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200, pattern=r"^[^:]+$")] = None
 
 

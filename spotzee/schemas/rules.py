@@ -5,7 +5,12 @@ A rule is a tree of small nodes, a union discriminated on ``type``:
 - ``attribute`` -- a contact field or custom trait compared with an operator (``AttributeRule``);
 - ``event`` -- behaviour: how often, how much, how recently an event happened (``EventRule``);
 - ``list`` / ``segment`` / ``subscription`` / ``random`` / ``everyone`` -- membership nodes;
-- ``all`` / ``any`` / ``none`` -- combinators, nested to any depth.
+- ``all`` / ``any`` / ``none`` -- combinators.
+
+Limits (``spotzee.schemas.limits``, checked before the rule is validated or stored): rules nest at
+most ``MAX_RULE_DEPTH`` (32) levels, hold at most ``MAX_RULE_NODES`` (500) nodes and take at most
+``MAX_RULE_BYTES`` (64 KiB) as stored; a violation is reported at the offending node
+(``rule.rules.0.rules.0...``) or at the rule itself (size).
 
 Attribute paths: ``email``, ``phone``, ``timezone``, ``locale``, ``user_id``, ``first_seen``,
 ``last_seen`` and ``created_at`` name the contact's first-class fields; any other path is a custom
@@ -54,6 +59,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from spotzee.schemas.common import Model, UTCDateTime
+from spotzee.schemas.limits import MAX_RULE_BYTES, check_rule_shape, check_stored_size
 
 TimeUnit = Literal["second", "minute", "hour", "day", "week", "month"]
 UNIT_SECONDS: Final[dict[str, int]] = {
@@ -166,11 +172,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _jsonable(value: Any) -> Any:
-    """Datetimes given from Python become ISO strings, as they would arrive in JSON."""
+    """Datetimes given from Python become ISO strings, as they would arrive in JSON (one list
+    level: values are scalars or lists of scalars, anything deeper is refused as it is)."""
     if isinstance(value, datetime):
         return UTCDateTimeAdapter.validate_python(value).isoformat()
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [UTCDateTimeAdapter.validate_python(v).isoformat() if isinstance(v, datetime) else v for v in value]
     return value
 
 
@@ -404,19 +411,19 @@ class EveryoneRule(Model):
 
 class AllRule(Model):
     type: Literal["all"] = "all"
-    rules: Annotated[list[SegmentRule], Field(min_length=1)]
+    rules: Annotated[list[ChildRule], Field(min_length=1)]
 
 
 class AnyRule(Model):
     type: Literal["any"] = "any"
-    rules: Annotated[list[SegmentRule], Field(min_length=1)]
+    rules: Annotated[list[ChildRule], Field(min_length=1)]
 
 
 class NoneRule(Model):
     """None of ``rules`` holds."""
 
     type: Literal["none"] = "none"
-    rules: Annotated[list[SegmentRule], Field(min_length=1)]
+    rules: Annotated[list[ChildRule], Field(min_length=1)]
 
 
 RuleNode = (
@@ -470,7 +477,19 @@ def _dispatch(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     return model.model_validate(value)
 
 
-SegmentRule = Annotated[RuleNode, Field(discriminator="type"), WrapValidator(_dispatch)]
+def _bounded(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A whole rule: its shape is checked within the limits first (iteratively, whatever the
+    nesting of the input), then its nodes are validated, then its stored size is checked."""
+    check_rule_shape(value)
+    node = _dispatch(value, handler)
+    check_stored_size(node.model_dump_json().encode(), MAX_RULE_BYTES, "rule")
+    return node
+
+
+# A node inside a combinator: its whole rule was checked at the root.
+ChildRule = Annotated[RuleNode, Field(discriminator="type"), WrapValidator(_dispatch)]
+# A rule as a field of anything else (segment, preview, journey gate): checked within the limits.
+SegmentRule = Annotated[RuleNode, Field(discriminator="type"), WrapValidator(_bounded)]
 
 for _model in (AllRule, AnyRule, NoneRule):
     _model.model_rebuild()

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
+from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.rules import SegmentCreate, SegmentRule
 
 # -- definitions ------------------------------------------------------------------------------
@@ -71,6 +72,11 @@ class SegmentPublic(Model):
     created_at: datetime
     updated_at: datetime
     ready_at: datetime | None
+
+
+class SegmentList(Model):
+    items: list[SegmentPublic]
+    quarantined: list[QuarantinedDefinition]  # stored but unreadable: see docs/api.md
 
 
 class SegmentCount(Model):

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import orjson
-from pydantic import ValidationError
 
 from spotzee.domain import journeys as machine
 from spotzee.domain.segments import compile, evaluate
@@ -44,6 +43,7 @@ from spotzee.schemas.segments import HistoryFact
 from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.interface import Context, Table
+from spotzee.streams.quarantine import decode
 from spotzee.streams.segments import MEMBERSHIPS
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,9 @@ class JourneyRegistry:
     def on_definition(self, key: str, value: bytes | None) -> None:
         if value is None or not key.startswith("journey/"):
             return
-        try:
-            self.apply(JourneyDefinition.model_validate_json(value))
-        except ValidationError:
-            log.warning("ignoring an unreadable journey definition at %s", key)
+        journey = decode(key, value, JourneyDefinition.model_validate_json)  # unreadable: quarantined, skipped
+        if isinstance(journey, JourneyDefinition):
+            self.apply(journey)
 
     def apply(self, journey: JourneyDefinition) -> None:
         with self._lock:

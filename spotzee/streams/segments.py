@@ -17,7 +17,8 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
+from pydantic_core import from_json
 
 from spotzee.domain.segments import membership as domain
 from spotzee.schemas.analytics import SegmentChangeRow
@@ -35,6 +36,7 @@ from spotzee.schemas.segments import (
 from spotzee.streams import topics
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.interface import Context
+from spotzee.streams.quarantine import Unreadable, decode, quarantine
 
 MEMBERSHIPS = "memberships"
 SEGMENT_MEMBERS = "segment_members"
@@ -75,10 +77,7 @@ class SegmentRegistry:
     def on_definition(self, key: str, value: bytes | None) -> None:
         if value is None or not key.startswith("segment/"):
             return
-        try:
-            definition = _definition.validate_json(value)
-        except ValidationError:
-            return
+        definition = decode(key, value, _definition.validate_json)  # unreadable: quarantined, skipped
         if isinstance(definition, SegmentDefinition):
             self.apply(definition)
 
@@ -117,6 +116,23 @@ TransitionListener = Callable[[Context, str, str, list[tuple[str, bool, str]]], 
 _barriered = TypeAdapter[dict[str, SegmentDefinition]](dict[str, SegmentDefinition])
 
 
+def _read_barriered(project_id: str, raw: bytes) -> dict[str, SegmentDefinition]:
+    """A partition's barriered definitions of a project, each decoded on its own: one that is
+    unreadable (stored by an older version) is quarantined and dropped, the others stand. The
+    registry still has every readable definition from the definitions store."""
+    key = f"{SEGMENT_DEFINITIONS}/{project_id}"
+    items = decode(key, raw, from_json)
+    if isinstance(items, Unreadable) or not isinstance(items, dict):
+        return {}
+    found: dict[str, SegmentDefinition] = {}
+    for segment_id, data in items.items():
+        try:
+            found[segment_id] = SegmentDefinition.model_validate(data)
+        except Exception as exc:  # this one definition only
+            quarantine(f"{key}/{segment_id}", raw, exc)
+    return found
+
+
 class SegmentMemberships:
     """The processor side of segments, called by ContactProcessor for every contact record."""
 
@@ -136,7 +152,7 @@ class SegmentMemberships:
         self.registry.apply(definition)
         table = ctx.table(SEGMENT_DEFINITIONS)
         raw = table.get(definition.project_id)
-        known = _barriered.validate_json(raw) if raw is not None else {}
+        known = _read_barriered(definition.project_id, raw) if raw is not None else {}
         current = known.get(definition.id)
         if current is None or (current.version, _rank(current)) < (definition.version, _rank(definition)):
             known[definition.id] = definition
@@ -148,7 +164,7 @@ class SegmentMemberships:
         raw = ctx.table(SEGMENT_DEFINITIONS).get(project_id)
         if raw is None or raw in self._applied:
             return
-        for definition in _barriered.validate_json(raw).values():
+        for definition in _read_barriered(project_id, raw).values():
             self.registry.apply(definition)
         if len(self._applied) > 4096:
             self._applied.clear()

@@ -1,0 +1,139 @@
+"""Size and nesting limits of definitions (segment rules, journeys): properties of the data.
+
+Every definition is stored as JSON and read back by readers that refuse deep nesting (pydantic's
+JSON reader stops near 200 levels, orjson's writer at 255, both counted over the whole document,
+and a rule sits up to five levels inside a stored record). The limits below keep everything that
+passes validation far below those: a rule at ``MAX_RULE_DEPTH`` is at most 66 JSON levels deep,
+a free-form value at most ``MAX_VALUE_DEPTH``, a request body at most ``MAX_BODY_DEPTH``. They are
+checked by walking the input iteratively, before any recursive validation, so an over-deep input
+is refused with its path instead of exhausting the interpreter's stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from spotzee.schemas.common import Model
+
+MAX_RULE_DEPTH: Final = 32  # rule nodes on the way from a rule's root to its deepest node
+MAX_RULE_NODES: Final = 500  # rule nodes (leaves and combinators) in one rule
+MAX_RULE_BYTES: Final = 65_536  # a rule's compact JSON as stored
+MAX_VALUE_DEPTH: Final = 16  # free-form JSON values: update step ``set``, event step ``properties``
+MAX_JOURNEY_BYTES: Final = 1_048_576  # a journey's compact JSON as stored (without identity fields)
+MAX_PAYLOAD_BYTES: Final = 32_768  # the payload of ``POST /journeys/{id}/enter`` (Segment's event size)
+MAX_BODY_DEPTH: Final = 256  # JSON nesting of a request body on the segments and journeys routes (the
+# standard library reader FastAPI uses recurses per level and fails near 1,000: a 500)
+
+# A valid rule at MAX_RULE_DEPTH nests 2 JSON levels per rule level (object, ``rules`` list) and
+# at most 4 inside a leaf (``where`` list, filter, value list, scalar): anything deeper is invalid.
+_MAX_RULE_JSON_DEPTH: Final = 2 * MAX_RULE_DEPTH + 4
+_COMBINATORS: Final = frozenset({"all", "any", "none"})
+
+Loc = tuple[str | int, ...]
+
+
+def _error(kind: str, message: str, loc: Loc) -> ValidationError:
+    # input None: an over-limit input is never echoed back (nor into logs)
+    details: list[InitErrorDetails] = [{"type": PydanticCustomError(kind, message), "loc": loc, "input": None}]
+    return ValidationError.from_exception_data("Limits", details)
+
+
+def _children(value: Any) -> Iterator[tuple[str | int, Any]]:
+    if isinstance(value, dict):
+        yield from value.items()
+    elif isinstance(value, list | tuple):
+        yield from enumerate(value)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield name, getattr(value, name)
+
+
+def _is_container(value: Any) -> bool:
+    return isinstance(value, dict | list | tuple | BaseModel)
+
+
+def _tag(value: Any) -> Any:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+def _scalar_size(value: Any) -> int:
+    """A lower bound of the bytes a scalar takes in compact JSON."""
+    return len(value) + 2 if isinstance(value, str) else 1
+
+
+def _container_size(value: Any, children: list[tuple[str | int, Any]]) -> int:
+    """A lower bound of a container's own bytes: brackets, separators and keys (not its values)."""
+    return 2 + len(children) + sum(len(key) + 3 for key, _ in children if isinstance(key, str))
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RULE_BYTES:
+        raise _error("rule_too_large", f"larger than {MAX_RULE_BYTES} bytes", ())
+
+
+def check_rule_shape(rule: Any) -> None:
+    """Raise a ValidationError (located at the offending node) when ``rule`` -- raw JSON data or
+    already built models -- exceeds the rule limits. Iterative: any nesting is safe to pass in."""
+    if not _is_container(rule):
+        return  # not a rule at all: validation says why
+    stack: list[tuple[Any, Loc, int, int, bool]] = [(rule, (), 1, 1, True)]
+    nodes = 0
+    size = 0
+    while stack:
+        value, loc, json_depth, rule_depth, is_rule = stack.pop()
+        if json_depth > _MAX_RULE_JSON_DEPTH:
+            raise _error("rule_too_deep", f"nested too deeply (rules may nest {MAX_RULE_DEPTH} levels)", loc)
+        if is_rule:
+            nodes += 1
+            if rule_depth > MAX_RULE_DEPTH:
+                raise _error("rule_too_deep", f"rules nested deeper than {MAX_RULE_DEPTH} levels", loc)
+            if nodes > MAX_RULE_NODES:
+                raise _error("rule_too_large", f"more than {MAX_RULE_NODES} rule nodes", ())
+        children = list(_children(value))
+        size += _container_size(value, children)
+        _check_size(size)  # before walking a huge container's items
+        combinator = is_rule and _tag(value) in _COMBINATORS
+        for key, child in reversed(children):  # reversed: the first child is walked first
+            if not _is_container(child):
+                size += _scalar_size(child)
+            elif combinator and key == "rules":
+                # the list is one JSON level; its items are rule nodes one level down
+                items = list(_children(child))
+                size += _container_size(child, items)
+                _check_size(size)
+                for index, item in reversed(items):
+                    if _is_container(item):
+                        stack.append((item, (*loc, key, index), json_depth + 2, rule_depth + 1, True))
+            else:
+                stack.append((child, (*loc, key), json_depth + 1, rule_depth, False))
+        _check_size(size)
+
+
+def check_stored_size(encoded: bytes, limit: int, what: str) -> None:
+    if len(encoded) > limit:
+        raise _error(f"{what}_too_large", f"{len(encoded)} bytes as stored; at most {limit}", ())
+
+
+def check_value_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> Any:
+    """``value`` itself when its JSON nesting is at most ``limit`` (a scalar is 0, ``{}`` 1);
+    else a ValidationError at the first container beyond the limit. Iterative."""
+    stack: list[tuple[Any, Loc, int]] = [(value, (), 1)]
+    while stack:
+        item, loc, depth = stack.pop()
+        if not _is_container(item):
+            continue
+        if depth > limit:
+            raise _error("value_too_deep", f"nested deeper than {limit} levels", loc)
+        stack.extend((child, (*loc, key), depth + 1) for key, child in _children(item))
+    return value
+
+
+class QuarantinedDefinition(Model):
+    """A stored definition that can't be read back (see ``spotzee.streams.quarantine``)."""
+
+    id: str
+    reason: str
