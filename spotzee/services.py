@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
+from spotzee.analytics.analyst import Analyst
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
 from spotzee.analytics.sink import AnalyticsSink
@@ -66,7 +67,7 @@ class Services:
     clock: Clock
     runtime: EmbeddedRuntime | KafkaRuntime
     clickhouse: ClickHouse
-    analyst: ClickHouse  # read-only session for POST /api/v1/sql
+    analyst: Analyst  # checked, limited, read-only sessions for POST /api/v1/sql
     sink: Sink | None
     tenancy: Tenancy
     segments: Segments
@@ -100,7 +101,18 @@ class Services:
         try:
             clickhouse = ClickHouse.from_settings(settings)
             migrate(clickhouse)
-            analyst = clickhouse.read_only(max_seconds=settings.sql_max_seconds, max_rows=settings.sql_max_rows)
+            analyst = Analyst(
+                lambda: clickhouse.read_only(
+                    max_seconds=settings.sql_max_seconds,
+                    max_rows=settings.sql_max_rows,
+                    max_memory_bytes=settings.sql_max_memory_bytes,
+                ),
+                database=settings.clickhouse_database,
+                max_rows=settings.sql_max_rows,
+                max_result_bytes=settings.sql_max_result_bytes,
+                max_concurrency=settings.sql_max_concurrency,
+                max_seconds=settings.sql_max_seconds,
+            )
         except Exception:
             runtime.close()
             raise

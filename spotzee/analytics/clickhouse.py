@@ -8,12 +8,17 @@ calls are serialised through a lock; the read-only analyst session is a second c
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import (
+    ClickHouseError,
+    DatabaseError,
+    OperationalError,
+    StreamFailureError,
+)
 
 from spotzee.errors import AnalyticsError, AnalyticsUnavailable
 from spotzee.settings import Settings
@@ -55,8 +60,8 @@ class ClickHouse:
             database=settings.clickhouse_database,
         )
 
-    def read_only(self, *, max_seconds: int, max_rows: int) -> ClickHouse:
-        """A second session that is read-only for good, with time and row limits.
+    def read_only(self, *, max_seconds: int, max_rows: int, max_memory_bytes: int) -> ClickHouse:
+        """Another session, read-only for good, with time, memory and row limits (analyst SQL).
 
         The limits are set before ``readonly = 1`` and never per query: once a session is
         read-only it can't change settings, and chDB applies some per-call settings with SET
@@ -65,6 +70,7 @@ class ClickHouse:
         """
         limits = {
             "max_execution_time": max_seconds,
+            "max_memory_usage": max_memory_bytes,
             "max_result_rows": max_rows + 1,  # one more than returned, to tell "exactly the limit" from "cut"
             "result_overflow_mode": "break",
             "readonly": 1,
@@ -109,6 +115,24 @@ class ClickHouse:
         with self._lock, _mapped():
             result = self.client.query(sql, parameters=parameters, settings=settings)
             return list(result.column_names), [list(row) for row in result.result_rows]
+
+    def stream(self, sql: str, consume: Callable[[list[str], list[list[Any]]], bool]) -> list[str]:
+        """Hands the result to ``consume`` block by block until it returns False; returns the column
+        names. Stopping early keeps a large result from being decoded whole."""
+        with self._lock, _mapped():
+            try:
+                with self.client.query_row_block_stream(sql) as stream:
+                    columns = list(stream.source.column_names)
+                    for block in stream:
+                        if not consume(columns, [list(row) for row in block]):
+                            break
+                    return columns
+            except StreamFailureError as exc:
+                # The engine refused the query while streaming (memory limit, bad IN ...): the
+                # caller's fault, unless no ClickHouse answer came back at all.
+                if "DB::Exception" in str(exc):
+                    raise AnalyticsError(_first_line(str(exc))) from exc
+                raise
 
     def ping(self) -> bool:
         try:
