@@ -31,7 +31,7 @@ from contextvars import ContextVar
 from datetime import date, datetime
 from email.headerregistry import Address
 from email.utils import getaddresses
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from liquid import Environment, Undefined
@@ -148,18 +148,18 @@ def _liquid(value: str, info: ValidationInfo) -> str:
     return value
 
 
-def _markup_within_limit(data: Any) -> Any:
-    """All template fields of one content together (headers too): at most ``MAX_MARKUP`` tags."""
-    if not isinstance(data, dict):
-        return data
-    sources = [data.get(name) for name in ("subject", "html", "text", "url", "body")]
-    headers = data.get("headers")
-    if isinstance(headers, dict):
-        sources += list(headers.values())
+_ContentT = TypeVar("_ContentT", bound=Model)
+
+
+def _markup_within_limit(content: _ContentT) -> _ContentT:
+    """All template fields of one content together (headers too): at most ``MAX_MARKUP`` tags.
+    After the fields' own checks, so a field over its own limit is reported at its path."""
+    sources = [getattr(content, name, None) for name in ("subject", "html", "text", "url", "body")]
+    sources += list(getattr(content, "headers", {}).values())
     markup = sum(s.count("{{") + s.count("{%") for s in sources if isinstance(s, str))
     if markup > MAX_MARKUP:
         raise ValueError(f"more than {MAX_MARKUP} Liquid tags and outputs in the template ({markup})")
-    return data
+    return content
 
 
 def _single_line(value: str) -> str:
@@ -249,10 +249,9 @@ class EmailContent(Model):
     from_: EmailAddress = Field(alias="from")
     reply_to: EmailAddress | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _markup_limit(cls, data: Any) -> Any:
-        return _markup_within_limit(data)
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
 
     @model_validator(mode="after")
     def _has_a_body(self) -> EmailContent:
@@ -269,10 +268,9 @@ class WebhookContent(Model):
     headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = Field(default_factory=dict)
     body: Body | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _markup_limit(cls, data: Any) -> Any:
-        return _markup_within_limit(data)
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
 
     @model_validator(mode="after")
     def _body_fits_method(self) -> WebhookContent:
