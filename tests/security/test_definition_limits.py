@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from spotzee.schemas.journeys import JourneyDefinition
 from spotzee.schemas.limits import (
@@ -189,6 +190,13 @@ def test_everything_within_the_limits_round_trips_through_the_stored_forms() -> 
     wrapped = SegmentBarrier(project_id="p", id="__segment__seg_x", definition=segment)
     assert events_record_adapter.validate_json(dumps(wrapped)) == wrapped
     assert SegmentDefinition.model_validate_json(orjson.dumps(orjson.loads(dumps(segment)))) == segment
+    # one level more is refused by the stored models themselves, whoever builds them
+    with pytest.raises(ValidationError, match="nested deeper"):
+        SegmentDefinition.model_validate({**segment.model_dump(), "rule": nest(MAX_RULE_DEPTH + 1, leaf)})
+    with pytest.raises(ValidationError, match="nested deeper"):
+        JourneyDefinition.model_validate(
+            {**definition.model_dump(), "steps": journey(nest(MAX_RULE_DEPTH + 1))["steps"]}
+        )
 
 
 # -- unreadable definitions are quarantined -----------------------------------------------------
