@@ -156,12 +156,12 @@ def open_stack(name: str, api: Proc, port: int, data_dir: Path, workers: list[Pr
 
 
 @contextlib.contextmanager
-def embedded_stack(root: Path) -> Iterator[Stack]:
-    """``spotzee up`` on ``root/data`` (the whole stack in one process)."""
+def embedded_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """``spotzee up`` on ``root/data`` (the whole stack in one process); ``env``: extra settings."""
     port = free_port()
     data_dir = root / "data"
     command = spotzee_command("up", "--data-dir", str(data_dir), "--port", str(port), "--host", HOST)
-    server = spawn("server", command, root / "server.log")
+    server = spawn("server", command, root / "server.log", {**os.environ, **(env or {})})
     try:
         yield open_stack("embedded", server, port, data_dir, [])
     finally:
@@ -197,8 +197,10 @@ def kafka_env(bootstrap: str, prefix: str) -> dict[str, str]:
         "SPOTZEE_KAFKA_BOOTSTRAP": bootstrap,
         "SPOTZEE_KAFKA_TOPIC_PREFIX": prefix,
         "SPOTZEE_PARTITIONS": str(PARTITIONS),
-        # Workers deliver: they sign unsubscribe links with the secret the API verifies.
+        # Workers deliver: they sign unsubscribe links with the secret the API verifies, and open
+        # the provider secrets the API sealed.
         "SPOTZEE_UNSUBSCRIBE_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
+        "SPOTZEE_SECRETS_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
     }
 
 
@@ -262,14 +264,16 @@ def kafka_stack(
     *,
     own_broker: bool,
     prepare: Callable[[dict[str, str]], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """A fresh installation on ``bootstrap``: its own topic prefix, N workers and the API.
 
     ``prepare(env)``, if given, runs once the topics exist and before any process starts (``env``: the
-    installation's environment), e.g. to fill ``root/data`` (the API's data dir) first.
+    installation's environment), e.g. to fill ``root/data`` (the API's data dir) first. ``env``: extra
+    settings for every process.
     """
     prefix = f"b{uuid.uuid4().hex[:10]}."
-    env = kafka_env(bootstrap, prefix)
+    env = {**kafka_env(bootstrap, prefix), **(env or {})}
     progress(f"creating the topics with prefix {prefix} ({PARTITIONS} partitions)")
     run_command(spotzee_command("topics", "create"), env)
     procs: list[Proc] = []
