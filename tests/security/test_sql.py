@@ -144,7 +144,8 @@ def test_analyst_queries_still_work(stack: Stack) -> None:
         "LEFT JOIN (SELECT alias_id, contact_id FROM contact_aliases FINAL) AS a ON a.alias_id = r.recorded_contact_id "
         f"WHERE r.project_id = '{project}' AND r.event = 'purchase' GROUP BY r.contact_id"
     )
-    assert len(resolved) == 1 and resolved[0][1] == 4
+    assert len(resolved) == 1
+    assert resolved[0][1] == 4
     assert stack.sql(
         f"WITH p AS (SELECT JSONExtractString(raw, 'event') AS name, toStartOfDay(timestamp) AS day "
         f"FROM events FINAL WHERE project_id = '{project}' AND event_type = 'track') "
@@ -154,9 +155,12 @@ def test_analyst_queries_still_work(stack: Stack) -> None:
         "SELECT arrayJoin(JSONExtractKeys(properties)) AS k, countIf(k = 'amount'), quantiles(0.5)(1), "
         "multiIf(k = 'amount', 'a', 'b'), if(1, 'y', 'n') FROM events FINAL WHERE event = 'purchase' GROUP BY k"
     ) == [["amount", 4, [1.0], "a", "y"]]
-    assert stack.scalar(
-        "SELECT uniqExactIf(message_id, event = 'purchase') + countIfOrNull(event != '') * 0 FROM default.events"
-    ) == 4
+    assert (
+        stack.scalar(
+            "SELECT uniqExactIf(message_id, event = 'purchase') + countIfOrNull(event != '') * 0 FROM default.events"
+        )
+        == 4
+    )
     everything = stack.scalar("SELECT count() FROM events")
     assert everything == 6  # identify, 3 tracks, alias, track
     assert stack.scalar("WITH [1, 2] AS s SELECT countIf(1 IN s) FROM events") == everything
@@ -167,7 +171,8 @@ def test_memory_and_result_size_are_bounded(stack: Stack) -> None:
     limit = stack.services.settings.sql_max_result_bytes
     big = refused(stack, f"SELECT repeat('x', 1000000) FROM (SELECT arrayJoin(range({limit // 1_000_000 + 2})))")
     assert big["code"] == "sql_refused"
-    assert "larger than" in big["message"] and str(limit) in big["message"]
+    assert "larger than" in big["message"]
+    assert str(limit) in big["message"]
     memory = refused(stack, "SELECT length(groupArray(x)) FROM (SELECT arrayJoin(range(400000000)) AS x)")
     assert memory["code"] == "analytics_error"
     assert "memory limit" in memory["message"].lower()
