@@ -116,7 +116,7 @@ TransitionListener = Callable[[Context, str, str, list[tuple[str, bool, str]]], 
 _barriered = TypeAdapter[dict[str, SegmentDefinition]](dict[str, SegmentDefinition])
 
 
-def _read_barriered(project_id: str, raw: bytes) -> dict[str, SegmentDefinition]:
+def read_barriered(project_id: str, raw: bytes) -> dict[str, SegmentDefinition]:
     """A partition's barriered definitions of a project, each decoded on its own: one that is
     unreadable (stored by an older version) is quarantined and dropped, the others stand. The
     registry still has every readable definition from the definitions store."""
@@ -152,7 +152,7 @@ class SegmentMemberships:
         self.registry.apply(definition)
         table = ctx.table(SEGMENT_DEFINITIONS)
         raw = table.get(definition.project_id)
-        known = _read_barriered(definition.project_id, raw) if raw is not None else {}
+        known = read_barriered(definition.project_id, raw) if raw is not None else {}
         current = known.get(definition.id)
         if current is None or (current.version, _rank(current)) < (definition.version, _rank(definition)):
             known[definition.id] = definition
@@ -164,7 +164,7 @@ class SegmentMemberships:
         raw = ctx.table(SEGMENT_DEFINITIONS).get(project_id)
         if raw is None or raw in self._applied:
             return
-        for definition in _read_barriered(project_id, raw).values():
+        for definition in read_barriered(project_id, raw).values():
             self.registry.apply(definition)
         if len(self._applied) > 4096:
             self._applied.clear()

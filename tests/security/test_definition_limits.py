@@ -31,6 +31,7 @@ from spotzee.schemas.limits import (
 from spotzee.schemas.records import JourneyBarrier, events_record_adapter
 from spotzee.schemas.segments import SegmentBarrier, SegmentDefinition
 from spotzee.streams.codec import dumps
+from spotzee.streams.segments import read_barriered
 from tests.support import Stack, running_stack, start_worker, stop_worker, wait_until
 
 LEAF: dict[str, Any] = {"type": "attribute", "path": "plan", "op": "eq", "value": "pro"}
@@ -326,3 +327,15 @@ def test_a_kafka_worker_starts_and_processes_with_an_unreadable_definition(
         log_text = (settings.data_dir / "worker-late.log").read_text()
         assert "segment/seg_bad" in log_text
         assert MARKER not in log_text
+
+
+def test_a_partitions_barriered_definitions_are_read_one_by_one() -> None:
+    """The embedded and Kafka processors keep the segment definitions seen in barriers per project
+    in one state value: an unreadable one in there drops only itself, never the project's records."""
+    now = "2025-01-01T00:00:00+00:00"
+    good = {"id": "seg_ok", "project_id": "p", "name": "n", "rule": LEAF, "version": 1, "status": "ready"}
+    good |= {"created_at": now, "updated_at": now}
+    raw = orjson.dumps({"seg_ok": good, "seg_bad": {**good, "id": "seg_bad", "rule": nest(MAX_RULE_DEPTH + 1)}})
+    assert list(read_barriered("p", raw)) == ["seg_ok"]
+    too_deep = b'{"seg_x": ' + b"[" * 300 + b"]" * 300 + b"}"
+    assert read_barriered("p", too_deep) == {}
