@@ -40,8 +40,19 @@ class Providers:
     def get(self, project_id: str, provider_id: str) -> ProviderDefinition:
         return self._open(self.catalogue.get(KIND, StoredProvider, project_id, provider_id, what="provider"))
 
-    def all(self, project_id: str) -> list[ProviderDefinition]:
-        return [self._open(stored) for stored in self.catalogue.all(KIND, StoredProvider, project_id)]
+    def public(self, project_id: str, provider_id: str) -> ProviderPublic:
+        """The API's view: secrets are not opened (only whether each is set)."""
+        return ProviderPublic.from_stored(
+            self.catalogue.get(KIND, StoredProvider, project_id, provider_id, what="provider")
+        )
+
+    def public_all(self, project_id: str) -> list[ProviderPublic]:
+        return [ProviderPublic.from_stored(stored) for stored in self.catalogue.all(KIND, StoredProvider, project_id)]
+
+    def first_for(self, project_id: str, channel: str) -> ProviderDefinition | None:
+        """The provider a send on ``channel`` goes through (the first by creation), opened."""
+        stored = self.catalogue.all(KIND, StoredProvider, project_id)
+        return next((self._open(item) for item in stored if item.channel == channel), None)
 
     async def create(self, actor: ApiKey, body: ProviderCreate) -> ProviderDefinition:
         await check_provider(body.config, self.policy)

@@ -258,7 +258,7 @@ def _delivery_loop(
         return None
 
     def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
-        return next((p for p in providers.all(project_id) if p.channel == channel), None)
+        return providers.first_for(project_id, channel)
 
     deliverer = Deliverer(
         DeliverySettings(

@@ -17,12 +17,12 @@ async def create_provider(body: ProviderCreate, key: SecretKeyDep, services: Ser
 
 @router.get("", response_model=dict[str, list[ProviderPublic]])
 async def list_providers(key: SecretKeyDep, services: ServicesDep) -> dict[str, list[ProviderPublic]]:
-    return {"items": [ProviderPublic.from_definition(p) for p in services.providers.all(key.project_id or "")]}
+    return {"items": services.providers.public_all(key.project_id or "")}
 
 
 @router.get("/{provider_id}", response_model=ProviderPublic)
 async def get_provider(provider_id: str, key: SecretKeyDep, services: ServicesDep) -> ProviderPublic:
-    return ProviderPublic.from_definition(services.providers.get(key.project_id or "", provider_id))
+    return services.providers.public(key.project_id or "", provider_id)
 
 
 @router.put("/{provider_id}", response_model=ProviderPublic)

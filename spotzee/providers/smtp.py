@@ -136,6 +136,8 @@ class SmtpSender:
             return Transient(reason=exc.message)
         except OSError as exc:  # refused, unreachable, timed out (TimeoutError is an OSError)
             return Transient(reason=f"cannot connect to {config.host}:{port}: {type(exc).__name__}: {exc}")
+        # The socket now belongs to aiosmtplib's transport, which closes it (also on failure); closing
+        # it here could free its descriptor while a TLS transport still shuts down over it.
         try:
             # ``hostname`` is the configured name: what TLS verifies the certificate against.
             _refused, reply = await aiosmtplib.send(
@@ -163,8 +165,6 @@ class SmtpSender:
             return Permanent(reason=f"TLS certificate not accepted: {exc.verify_message or exc}")
         except (SMTPException, OSError) as exc:  # connection refused/lost, timeouts, TLS errors
             return Transient(reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            sock.close()  # aiosmtplib closed its transport; this covers a failure before it took the socket
         return Sent(detail=reply, provider_message_id=str(message["Message-ID"]))
 
     async def _connect(self, host: str, port: int, timeout: float) -> socket.socket:

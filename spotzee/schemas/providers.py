@@ -95,8 +95,14 @@ class ProviderConfigModel(Model):
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.destinations is ProviderConfigModel.destinations:  # a new provider must say where it connects
+            raise TypeError(f"{cls.__name__} must define destinations() (an empty tuple if it connects nowhere)")
+
     def destinations(self) -> tuple[Endpoint, ...]:
-        raise NotImplementedError(f"{type(self).__name__} must name its destinations (or none)")
+        """Every host this provider connects to, with its config field: vetted by the outbound policy."""
+        raise NotImplementedError
 
 
 class SmtpConfig(ProviderConfigModel):
@@ -260,18 +266,25 @@ class WebhookPublicConfig(Model):
     max_retries: int
 
 
-def public_config(config: ProviderConfig) -> SmtpPublicConfig | WebhookPublicConfig:
+def public_config(
+    config: ProviderConfig, secrets_set: frozenset[str] | None = None
+) -> SmtpPublicConfig | WebhookPublicConfig:
+    """The config without secrets; ``secrets_set`` names the secrets stored (default: those in ``config``)."""
+
+    def has(name: str) -> bool:
+        return name in secrets_set if secrets_set is not None else getattr(config, name) is not None
+
     if isinstance(config, SmtpConfig):
         return SmtpPublicConfig(
             host=config.host,
             port=config.resolved_port(),
             username=config.username,
-            has_password=config.password is not None,
+            has_password=has("password"),
             security=config.security,
             timeout=config.timeout,
         )
     return WebhookPublicConfig(
-        has_signing_secret=config.signing_secret is not None, timeout=config.timeout, max_retries=config.max_retries
+        has_signing_secret=has("signing_secret"), timeout=config.timeout, max_retries=config.max_retries
     )
 
 
@@ -287,6 +300,24 @@ class ProviderPublic(Model):
     version: int
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def from_stored(cls, stored: StoredProvider) -> ProviderPublic:
+        """From the store's form, without opening a secret (a key problem can't hide the list)."""
+        model = CONFIG_MODELS[stored.provider_type]
+        present = frozenset(name for name in model.secret_fields if stored.config.get(name) is not None)
+        config = model.model_validate({k: v for k, v in stored.config.items() if k not in model.secret_fields})
+        return cls(
+            id=stored.id,
+            project_id=stored.project_id,
+            name=stored.name,
+            channel=stored.channel,
+            type=stored.provider_type,
+            config=public_config(config, present),
+            version=stored.version,
+            created_at=stored.created_at,
+            updated_at=stored.updated_at,
+        )
 
     @classmethod
     def from_definition(cls, definition: ProviderDefinition) -> ProviderPublic:

@@ -233,6 +233,25 @@ def test_clear_secrets_of_an_earlier_version_still_load_and_are_sealed_at_the_ne
         assert kept.password.get_secret_value() == PASSWORD
 
 
+def test_a_provider_sealed_with_another_key_does_not_hide_the_others(tmp_path: Path) -> None:
+    with running_stack(tmp_path / "data") as stack:
+        project_id = stack.keys.project_id
+        foreign = definition("prv_foreign").model_copy(update={"project_id": project_id, "channel": "email"})
+        sealed = seal_definition(foreign, SecretBox(SecretStr("o" * 40)))
+        stack.services.runtime.put_definitions([("provider/prv_foreign", sealed.model_dump_json().encode())], [])
+        hook = {"name": "hooks", "channel": "webhook", "type": "webhook", "config": {"signing_secret": SIGNING}}
+        assert stack.project.post("/api/v1/providers", json=hook).status_code == 201
+        listed = stack.project.get("/api/v1/providers")
+        assert listed.status_code == 200, listed.text
+        assert {p["id"]: p["config"].get("has_password") for p in listed.json()["items"]}["prv_foreign"] is True
+        assert stack.project.get("/api/v1/providers/prv_foreign").json()["config"]["has_password"] is True
+        # The webhook channel's provider opens; the email one says which key it needs.
+        webhook = stack.services.providers.first_for(project_id, "webhook")
+        assert webhook is not None
+        with pytest.raises(SecretsUnreadable, match="key id"):
+            stack.services.providers.first_for(project_id, "email")
+
+
 def definition(provider_id: str = "prv_1") -> ProviderDefinition:
     return ProviderDefinition(
         id=provider_id,
