@@ -77,8 +77,12 @@ class SecretBox:
         return {"sealed": f"{VERSION}.{self.key_id}.{token}"}
 
     def open(self, value: object, context: str) -> str:
-        """The secret in ``value``: a sealed dict, or a clear string written before sealing."""
+        """The secret in ``value``: a sealed dict, or a clear string written before sealing.
+
+        Every secret opened is registered with the log redactor: from here on it is in memory,
+        and a vendor's error message or a traceback might repeat it."""
         if isinstance(value, str):
+            register_secret(value)
             return value
         if not (isinstance(value, dict) and isinstance(value.get("sealed"), str)):
             raise SecretsUnreadable(f"{context}: not a sealed secret")
@@ -95,7 +99,9 @@ class SecretBox:
             plain = self._aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context.encode("utf-8"))
         except (binascii.Error, ValueError, InvalidTag):
             raise SecretsUnreadable(f"{context}: the sealed secret does not open (altered or moved)") from None
-        return plain.decode("utf-8")
+        secret = plain.decode("utf-8")
+        register_secret(secret)
+        return secret
 
 
 def _context(project_id: str, provider_id: str, field: str) -> str:

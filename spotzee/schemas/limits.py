@@ -96,7 +96,8 @@ def check_rule_shape(rule: Any) -> None:
         children = list(_children(value))
         size += _container_size(value, children)
         _check_size(size)  # before walking a huge container's items
-        combinator = is_rule and _tag(value) in _COMBINATORS
+        tag = _tag(value)
+        combinator = is_rule and isinstance(tag, str) and tag in _COMBINATORS  # a tag may be any JSON
         for key, child in reversed(children):  # reversed: the first child is walked first
             if not _is_container(child):
                 size += _scalar_size(child)

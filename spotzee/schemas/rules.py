@@ -132,10 +132,16 @@ UTCDateTimeAdapter: Final = TypeAdapter[datetime](UTCDateTime)
 
 
 def duration(amount: float, unit: str) -> timedelta:
-    """``amount`` units as a timedelta (whole numbers are exact)."""
-    if isinstance(amount, int) or float(amount).is_integer():
-        return timedelta(seconds=int(amount) * UNIT_SECONDS[unit])
-    return timedelta(seconds=amount * UNIT_SECONDS[unit])
+    """``amount`` units as a timedelta (whole numbers are exact).
+
+    Raises ValueError for amounts no timedelta holds (10**30 days, inf, nan): inside a validator
+    that is a 400 with the field's path, not an OverflowError."""
+    try:
+        if isinstance(amount, int) or float(amount).is_integer():
+            return timedelta(seconds=int(amount) * UNIT_SECONDS[unit])
+        return timedelta(seconds=amount * UNIT_SECONDS[unit])
+    except (OverflowError, ValueError):
+        raise ValueError("duration out of range") from None
 
 
 def canonical_attribute_path(path: str) -> str:

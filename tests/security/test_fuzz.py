@@ -20,7 +20,7 @@ from schemathesis import GenerationMode
 
 from tests.support import Stack, running_stack
 
-EXAMPLES = int(os.environ.get("SPOTZEE_FUZZ_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("SPOTZEE_FUZZ_EXAMPLES", "20"))
 ORGANISATION_ROUTES = ("/api/v1/projects", "/api/v1/keys", "/api/v1/sql", "/api/v1/audit")
 # Calls that would take the fuzzer's own keys away; their refusals are covered by the tenant matrix.
 SKIPPED = {("POST", "/api/v1/keys/{key_id}/rotate"), ("DELETE", "/api/v1/keys/{key_id}")}
