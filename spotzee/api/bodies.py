@@ -1,4 +1,9 @@
-"""JSON request bodies nested deeper than ``MAX_BODY_DEPTH`` are refused before they are parsed.
+"""JSON request bodies of the admin API: at most ``MAX_BODY_BYTES`` and ``MAX_BODY_DEPTH`` levels,
+refused before they are parsed.
+
+Without a size limit a client could make the server hold a body of any size in memory (FastAPI
+reads it whole before validating it); routes that take large uploads read their own body with
+their own limit and declare no body model (list imports: 50 MB), so they are not affected.
 
 The standard library's JSON reader (which FastAPI uses) recurses once per level and fails with a
 RecursionError -- an unhandled 500 -- near 1,000 levels; pydantic's validators recurse too. The
@@ -16,8 +21,8 @@ from typing import Any, Final
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from spotzee.errors import InvalidInput
-from spotzee.schemas.limits import MAX_BODY_DEPTH
+from spotzee.errors import InvalidInput, PayloadTooLarge
+from spotzee.schemas.limits import MAX_BODY_BYTES, MAX_BODY_DEPTH
 
 _STRING: Final = re.compile(rb'"(?:[^"\\]|\\.?)*+"?', re.DOTALL)  # an unclosed string runs to the end: never rescans
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
@@ -30,14 +35,34 @@ def json_depth(body: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (declared or streamed), cached on the request
+    as Starlette caches it (``Request.body``), so the handler reads it again for free."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # what Request.body() sets: later readers get the same bytes
+    return body
+
+
 class BoundedJSONRoute(APIRoute):
-    """A route whose JSON body may nest at most ``MAX_BODY_DEPTH`` levels (else 400 at ``(body)``)."""
+    """A route whose JSON body is at most ``MAX_BODY_BYTES`` (else 413) and nests at most
+    ``MAX_BODY_DEPTH`` levels (else 400 at ``(body)``). Routes without a body model are untouched."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
 
         async def bounded(request: Request) -> Response:
-            body = await request.body()  # cached on the request: the handler reads it again for free
+            body = await read_bounded(request, MAX_BODY_BYTES)
             if body and json_depth(body) > MAX_BODY_DEPTH:
                 reason = f"JSON nested deeper than {MAX_BODY_DEPTH} levels"
                 raise InvalidInput(f"(body): {reason}", details=[{"path": "(body)", "reason": reason}])

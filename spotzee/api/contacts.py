@@ -10,6 +10,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, NotFound
@@ -20,7 +21,7 @@ from spotzee.services import Services
 from spotzee.streams.codec import dumps, loads
 from spotzee.streams.contacts import ALIASES, CONTACTS, contact_key
 
-router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"])
+router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"], route_class=BoundedJSONRoute)
 WAIT_SECONDS = 10.0
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.api.ingest import read_body
 from spotzee.schemas.segments import (
@@ -18,7 +19,7 @@ from spotzee.schemas.segments import (
     MembersPage,
 )
 
-router = APIRouter(prefix="/api/v1/lists", tags=["lists"])
+router = APIRouter(prefix="/api/v1/lists", tags=["lists"], route_class=BoundedJSONRoute)
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 

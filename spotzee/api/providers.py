@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.schemas.providers import ProviderCreate, ProviderPublic, ProviderUpdate
 
-router = APIRouter(prefix="/api/v1/providers", tags=["providers"])
+router = APIRouter(prefix="/api/v1/providers", tags=["providers"], route_class=BoundedJSONRoute)
 
 
 @router.post("", response_model=ProviderPublic, status_code=201)

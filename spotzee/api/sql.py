@@ -6,11 +6,12 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.sink import json_cell
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import AdminKeyDep, ServicesDep
 from spotzee.errors import Forbidden
 from spotzee.schemas.analytics import SqlQuery, SqlResult
 
-router = APIRouter(prefix="/api/v1", tags=["analytics"])
+router = APIRouter(prefix="/api/v1", tags=["analytics"], route_class=BoundedJSONRoute)
 
 
 @router.post("/sql", response_model=SqlResult)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.contacts import resolve
 from spotzee.api.deps import SecretKeyDep, ServicesDep
 from spotzee.errors import NotFound
@@ -23,7 +24,12 @@ async def _parse_off_the_loop() -> None:
     defer_liquid_parsing()
 
 
-router = APIRouter(prefix="/api/v1/templates", tags=["templates"], dependencies=[Depends(_parse_off_the_loop)])
+router = APIRouter(
+    prefix="/api/v1/templates",
+    tags=["templates"],
+    dependencies=[Depends(_parse_off_the_loop)],
+    route_class=BoundedJSONRoute,
+)
 
 
 @router.post("", response_model=TemplatePublic, status_code=201)

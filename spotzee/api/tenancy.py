@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
+from spotzee.api.bodies import BoundedJSONRoute
 from spotzee.api.deps import AdminKeyDep, SecretOrAdminKeyDep, ServicesDep
 from spotzee.errors import InvalidInput
 from spotzee.schemas.tenancy import (
@@ -24,7 +25,7 @@ from spotzee.schemas.tenancy import (
     ProjectPublic,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["tenancy"])
+router = APIRouter(prefix="/api/v1", tags=["tenancy"], route_class=BoundedJSONRoute)
 
 
 @router.post("/projects", status_code=201, response_model=ProjectIssued)

@@ -25,8 +25,9 @@ MAX_RULE_BYTES: Final = 65_536  # a rule's compact JSON as stored
 MAX_VALUE_DEPTH: Final = 16  # free-form JSON values: update step ``set``, event step ``properties``
 MAX_JOURNEY_BYTES: Final = 1_048_576  # a journey's compact JSON as stored (without identity fields)
 MAX_PAYLOAD_BYTES: Final = 32_768  # the payload of ``POST /journeys/{id}/enter`` (Segment's event size)
-MAX_BODY_DEPTH: Final = 256  # JSON nesting of a request body on the segments and journeys routes (the
-# standard library reader FastAPI uses recurses per level and fails near 1,000: a 500)
+MAX_BODY_DEPTH: Final = 256  # JSON nesting of an admin API request body (the standard library
+# reader FastAPI uses recurses per level and fails near 1,000: a 500)
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # an admin API JSON request body (a journey is at most 1 MiB)
 
 # A valid rule at MAX_RULE_DEPTH nests 2 JSON levels per rule level (object, ``rules`` list) and
 # at most 4 inside a leaf (``where`` list, filter, value list, scalar): anything deeper is invalid.
