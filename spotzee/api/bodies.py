@@ -35,17 +35,21 @@ def json_depth(body: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
+def _size(limit: int) -> str:
+    return f"{limit // 1024} KB" if limit % 1024 == 0 else f"{limit} bytes"
+
+
 async def read_bounded(request: Request, limit: int) -> bytes:
     """The body, refused with 413 past ``limit`` bytes (declared or streamed), cached on the request
     as Starlette caches it (``Request.body``), so the handler reads it again for free."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {_size(limit)}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise PayloadTooLarge(f"request body exceeds the limit of {_size(limit)}")
         chunks.append(chunk)
     body = b"".join(chunks)
     request._body = body  # what Request.body() sets: later readers get the same bytes

@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import TypeAdapter, ValidationError
 
+from spotzee.api.bodies import read_bounded
 from spotzee.api.deps import MetricsDep, ServicesDep, basic_username
 from spotzee.domain.events import effective_timestamp
 from spotzee.domain.traits import TraitError, normalize_traits
@@ -44,16 +45,7 @@ _message = TypeAdapter[SegmentMessage](SegmentMessage)
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, gunzipped if needed, refused past ``limit`` bytes (either form)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit // 1024} KB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit // 1024} KB")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_bounded(request, limit)
     if request.headers.get("content-encoding", "").lower() in ("gzip", "x-gzip"):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:

@@ -73,16 +73,21 @@ def test_an_existing_world_readable_data_dir_is_narrowed(tmp_path: Path) -> None
         assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
 
 
-def test_an_unsubscribe_link_does_nothing_after_the_contact_is_erased(shared_stack: Stack) -> None:
-    stack = shared_stack
-    stack.ingest.post("/v1/identify", json={"userId": "gone", "traits": {"email": "gone@example.com"}})
+def _email_link(stack: Stack, contact_id: str) -> tuple[str, str]:
+    """The contact, created now, and the unsubscribe token an email to it carries (u2: bound to the
+    contact's creation instant), with the older u1 form bound to the id only."""
+    stack.ingest.post("/v1/identify", json={"userId": contact_id, "traits": {"email": f"{contact_id}@example.com"}})
     stack.settle()
-    # the link an email carried names the contact's creation instant
-    contact = stack.project.get("/api/v1/contacts/gone").json()
+    contact = stack.project.get(f"/api/v1/contacts/{contact_id}").json()
     created_ms = epoch_ms(datetime.fromisoformat(contact["created_at"]))
     secret = unsubscribe_secret(stack.services.settings)
-    token = make_token(secret, stack.keys.project_id, "gone", "email", contact_created_ms=created_ms)
-    legacy = make_token(secret, stack.keys.project_id, "gone", "email")  # u1: bound to the id only
+    token = make_token(secret, stack.keys.project_id, contact_id, "email", contact_created_ms=created_ms)
+    return token, make_token(secret, stack.keys.project_id, contact_id, "email")
+
+
+def test_an_unsubscribe_link_does_nothing_after_the_contact_is_erased(shared_stack: Stack) -> None:
+    stack = shared_stack
+    token, legacy = _email_link(stack, "gone")
     assert stack.project.delete("/api/v1/contacts/gone").status_code == 202
     stack.settle()
     assert stack.project.get("/api/v1/contacts/gone").status_code == 404
@@ -101,13 +106,20 @@ def test_an_unsubscribe_link_does_nothing_after_the_contact_is_erased(shared_sta
 
 def test_an_unsubscribe_link_still_works_for_a_living_contact(shared_stack: Stack) -> None:
     stack = shared_stack
-    stack.ingest.post("/v1/identify", json={"userId": "alive", "traits": {"email": "alive@example.com"}})
-    stack.settle()
-    contact = stack.project.get("/api/v1/contacts/alive").json()
-    created_ms = epoch_ms(datetime.fromisoformat(contact["created_at"]))
-    secret = unsubscribe_secret(stack.services.settings)
-    token = make_token(secret, stack.keys.project_id, "alive", "email", contact_created_ms=created_ms)
+    token, _ = _email_link(stack, "alive")
     assert stack.client().post(f"/u/{token}").status_code == 200
     stack.settle()
     traits = stack.project.get("/api/v1/contacts/alive").json()["traits"]
+    assert traits["subscriptions"]["email"] == "unsubscribed"
+
+
+def test_an_unsubscribe_link_follows_the_contact_into_a_merge(shared_stack: Stack) -> None:
+    stack = shared_stack
+    token, _ = _email_link(stack, "merged-away")
+    # the contact is merged into another (created at another instant): the link still unsubscribes it
+    assert stack.ingest.post("/v1/alias", json={"userId": "survivor", "previousId": "merged-away"}).status_code == 200
+    stack.settle()
+    assert stack.client().post(f"/u/{token}").status_code == 200
+    stack.settle()
+    traits = stack.project.get("/api/v1/contacts/survivor").json()["traits"]
     assert traits["subscriptions"]["email"] == "unsubscribed"
