@@ -129,7 +129,7 @@ def history_sql() -> str:
 
 
 def prepare(data_dir: Path, runtime: str, events: int, contacts: int, seed: int) -> dict[str, object]:
-    from spotzee.services import Services
+    from spotzee.services.container import Services
     from spotzee.settings import Settings
 
     settings = Settings(data_dir=data_dir, runtime=runtime, log_level="WARNING")

@@ -89,7 +89,7 @@ def _serve(settings: Settings, *, sink: bool) -> None:
     from spotzee.api.app import create_app
     from spotzee.errors import SpotzeeError
     from spotzee.logging import configure, settings_secrets
-    from spotzee.services import Services
+    from spotzee.services.container import Services
 
     configure(settings.log_level, json_lines=settings.log_json, secrets=settings_secrets(settings))
     try:
@@ -188,7 +188,7 @@ def sql(
 
 
 def _mount_kafka_commands() -> None:
-    from spotzee.runtime.kafka.cli import lag, topics_app
+    from spotzee.runtime.kafka.kafka_cli import lag, topics_app
 
     app.add_typer(topics_app, name="topics", help="Create or describe the Kafka topics (explicit partitions, configs).")
     app.command("lag", help="Consumer lag per partition of the processor and sink groups.")(lag)

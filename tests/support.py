@@ -22,8 +22,8 @@ import uvicorn
 
 from spotzee.api.app import create_app
 from spotzee.runtime.kafka import admin
-from spotzee.schemas.tenancy import BootstrapKeys
-from spotzee.services import Services
+from spotzee.schemas.tenancy_models import BootstrapKeys
+from spotzee.services.container import Services
 from spotzee.settings import Settings
 from spotzee.streams.interface import Clock
 

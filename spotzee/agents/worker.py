@@ -3,7 +3,7 @@
 - ``processor`` app (consumer group PROCESSOR_GROUP): the contact agent consumes ``events`` in
   batches and commits them through the Engine (changelog + local RocksDB per partition); a timer
   task fires due timers; partitions are restored on assignment and closed on revocation. The
-  delivery agent (``runtime/kafka/delivery.py``) delivers the ``sends`` partitions matching the
+  delivery agent (``runtime/kafka/kafka_delivery.py``) delivers the ``sends`` partitions matching the
   events partitions owned here, reading contacts from the Engine's stores.
 - ``sink`` app (consumer group SINK_GROUP): the analytics agent writes ``analytics`` batches to
   ClickHouse with per-partition offset-range dedupe tokens.
@@ -31,24 +31,24 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.errors import LogUnavailable
 from spotzee.files import private_dir
-from spotzee.runtime.kafka import admin, codec
+from spotzee.runtime.kafka import admin, faust_codec
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
-from spotzee.runtime.kafka.definitions import DefinitionsReplica
-from spotzee.runtime.kafka.delivery import build_delivery
-from spotzee.runtime.kafka.engine import Engine, InputRecord
+from spotzee.runtime.kafka.definitions_topic import DefinitionsReplica
+from spotzee.runtime.kafka.kafka_delivery import build_delivery
+from spotzee.runtime.kafka.partition_engine import Engine, InputRecord
 from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.streams.contacts import ContactProcessor
+from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.interface import Clock, clock_from
-from spotzee.streams.journeys import JourneyRegistry
-from spotzee.streams.segments import SegmentRegistry
+from spotzee.streams.journey_processor import JourneyRegistry
+from spotzee.streams.segment_processor import SegmentRegistry
 
 log = logging.getLogger(__name__)
 
 
 def _app(settings: Settings, app_id: str) -> faust.App:
-    codec.register()
+    faust_codec.register()
     datadir = settings.data_dir / "faust" / f"{settings.worker_id}-{app_id}"
     private_dir(datadir)
     return faust.App(
@@ -164,7 +164,10 @@ def build_sink_app(settings: Settings, clickhouse: ClickHouse) -> tuple[faust.Ap
     app = _app(settings, admin.group_id(settings, admin.SINK_GROUP))
     analytics_name = admin.topic_name(settings, topics.ANALYTICS)
     analytics = app.topic(
-        analytics_name, key_serializer="raw", value_serializer=codec.ANALYTICS_CODEC, partitions=settings.partitions
+        analytics_name,
+        key_serializer="raw",
+        value_serializer=faust_codec.ANALYTICS_CODEC,
+        partitions=settings.partitions,
     )
     sink = AnalyticsSink(clickhouse)
 

@@ -9,22 +9,22 @@ from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.api import (
-    contacts,
-    errors,
-    health,
-    ingest,
-    journeys,
-    lists,
-    providers,
-    segments,
-    sql,
-    templates,
-    tenancy,
-    unsubscribe,
+    contact_routes,
+    error_handlers,
+    health_routes,
+    ingest_routes,
+    journey_routes,
+    list_routes,
+    provider_routes,
+    segment_routes,
+    sql_routes,
+    template_routes,
+    tenancy_routes,
+    unsubscribe_routes,
 )
 from spotzee.api.metrics import Metrics
 from spotzee.schemas.events import MESSAGE_TYPES
-from spotzee.services import Services
+from spotzee.services.container import Services
 from spotzee.settings import Settings
 from spotzee.streams.interface import Clock
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
         lifespan=lifespan,
     )
     app.state.metrics = metrics
-    errors.install(app)
+    error_handlers.install(app)
 
     @app.middleware("http")
     async def count_ingest(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -63,17 +63,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
         return response
 
     for router in (
-        ingest.router,
-        contacts.router,
-        segments.router,
-        lists.router,
-        templates.router,
-        providers.router,
-        journeys.router,
-        unsubscribe.router,
-        tenancy.router,
-        sql.router,
-        health.router,
+        ingest_routes.router,
+        contact_routes.router,
+        segment_routes.router,
+        list_routes.router,
+        template_routes.router,
+        provider_routes.router,
+        journey_routes.router,
+        unsubscribe_routes.router,
+        tenancy_routes.router,
+        sql_routes.router,
+        health_routes.router,
     ):
         app.include_router(router)
     return app

@@ -10,8 +10,8 @@ from fastapi import Depends, Request
 
 from spotzee.api.metrics import Metrics
 from spotzee.errors import Unauthorized
-from spotzee.schemas.tenancy import ApiKey, KeyKind
-from spotzee.services import Services
+from spotzee.schemas.tenancy_models import ApiKey, KeyKind
+from spotzee.services.container import Services
 
 
 def get_services(request: Request) -> Services:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from spotzee.domain.events import effective_timestamp
+from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import merge_traits
-from spotzee.schemas.contacts import FIRST_CLASS_FIELDS, ContactState, EventStats, FieldChange, RecentEvent
+from spotzee.schemas.contact_models import FIRST_CLASS_FIELDS, ContactState, EventStats, FieldChange, RecentEvent
 from spotzee.schemas.events import (
     AliasMessage,
     GroupMessage,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from spotzee.schemas.tenancy import KeyKind
+from spotzee.schemas.tenancy_models import KeyKind
 
 PREFIXES: dict[KeyKind, str] = {KeyKind.write: "pk_", KeyKind.secret: "sk_", KeyKind.admin: "ak_"}
 DISPLAY_PREFIX_LENGTH = 10

@@ -32,8 +32,8 @@ from pydantic import ConfigDict, Field
 from spotzee.domain.template_bounds import BoundedEnvironment, BudgetContext, RenderTimeout, ValueLimitError
 from spotzee.errors import InvalidInput
 from spotzee.schemas.common import JSONObject, Model
-from spotzee.schemas.contacts import ContactState
-from spotzee.schemas.templates import (
+from spotzee.schemas.contact_models import ContactState
+from spotzee.schemas.template_models import (
     EmailContent,
     LiquidDialect,
     RenderedEmail,

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from spotzee.schemas.contacts import FIRST_CLASS_FIELDS
+from spotzee.schemas.contact_models import FIRST_CLASS_FIELDS
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 MAX_TRAIT_DEPTH = 16

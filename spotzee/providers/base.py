@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Protocol, TypeVar
 from pydantic import Field
 
 from spotzee.schemas.common import Model
-from spotzee.schemas.templates import EmailAddress, RenderedEmail, RenderedWebhook
+from spotzee.schemas.template_models import EmailAddress, RenderedEmail, RenderedWebhook
 
 
 class Sent(Model):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from spotzee.errors import InvalidInput
 from spotzee.providers.safety import DestinationRefused, OutboundPolicy
-from spotzee.schemas.providers import ProviderConfig
-from spotzee.schemas.templates import EmailContent, WebhookContent
+from spotzee.schemas.provider_models import ProviderConfig
+from spotzee.schemas.template_models import EmailContent, WebhookContent
 
 
 async def check_provider(config: ProviderConfig, policy: OutboundPolicy, *, prefix: str = "config") -> None:

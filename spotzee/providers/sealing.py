@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 from spotzee.errors import SpotzeeError
 from spotzee.logging import register_secret
-from spotzee.schemas.providers import CONFIG_MODELS, ProviderDefinition, StoredProvider
+from spotzee.schemas.provider_models import CONFIG_MODELS, ProviderDefinition, StoredProvider
 
 VERSION: Final = "v1"
 NONCE_BYTES: Final = 12

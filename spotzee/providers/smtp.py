@@ -46,7 +46,7 @@ from aiosmtplib.errors import (
 
 from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient
 from spotzee.providers.safety import DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
-from spotzee.schemas.providers import SmtpConfig
+from spotzee.schemas.provider_models import SmtpConfig
 
 POLICY: Final = SMTP.clone(max_line_length=998)
 ONE_CLICK: Final = "List-Unsubscribe=One-Click"

@@ -34,7 +34,7 @@ import httpx
 
 from spotzee.providers.base import Permanent, Sent, Transient, WebhookDelivery
 from spotzee.providers.safety import Destination, DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
-from spotzee.schemas.providers import WebhookConfig
+from spotzee.schemas.provider_models import WebhookConfig
 
 TIMESTAMP_HEADER: Final = "X-Spotzee-Timestamp"
 SIGNATURE_HEADER: Final = "X-Spotzee-Signature"

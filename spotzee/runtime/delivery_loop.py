@@ -1,7 +1,7 @@
 """The embedded runtime's delivery agent: the ``sends`` topic -> providers, at most once per send_id.
 
 A thread reads ``sends`` from its stored offset, up to 100 sends (or due retries) per pass (the
-decisions are shared with the Kafka runtime's agent: ``streams/delivery.py``):
+decisions are shared with the Kafka runtime's agent: ``streams/delivery_decisions.py``):
 
 1. a final state for a ``send_id`` (``deliveries`` family) means it was handled: skip (replay);
 2. the ``attempting`` markers of every send of the pass are written in **one** synced write
@@ -28,18 +28,25 @@ import threading
 from datetime import datetime
 from itertools import islice
 
-from spotzee.delivery import Deliverer, DeliveryResult
+from spotzee.providers.delivery_service import Deliverer, DeliveryResult
 from spotzee.runtime.embedded import EmbeddedRuntime
-from spotzee.runtime.rocks import DELIVERIES, META, U64
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
+from spotzee.services.template_workers import TemplateWorkers
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.streams.codec import dumps, loads
-from spotzee.streams.contacts import CONTACTS
-from spotzee.streams.delivery import OUTCOME_UNKNOWN, DeliveryState, RetryPolicy, attempting, next_action, outcome
+from spotzee.streams.contact_processor import CONTACTS
+from spotzee.streams.delivery_decisions import (
+    OUTCOME_UNKNOWN,
+    DeliveryState,
+    RetryPolicy,
+    attempting,
+    next_action,
+    outcome,
+)
 from spotzee.streams.interface import Clock
-from spotzee.template_workers import TemplateWorkers
+from spotzee.streams.record_codec import dumps, loads
+from spotzee.tables.rocksdb_store import DELIVERIES, META, U64
 
 log = logging.getLogger(__name__)
 

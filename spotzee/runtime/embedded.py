@@ -25,8 +25,13 @@ from rocksdict import WriteBatch
 
 from spotzee.errors import LogUnavailable, Overloaded, SpotzeeError
 from spotzee.runtime.base import Health, Position
-from spotzee.runtime.context import BatchContext
-from spotzee.runtime.rocks import (
+from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.settings import Settings
+from spotzee.streams import topics
+from spotzee.streams.interface import Clock, Processor
+from spotzee.streams.record_codec import dumps
+from spotzee.tables.overlay import BatchContext
+from spotzee.tables.rocksdb_store import (
     DEFINITIONS,
     LOG,
     LOG_KEY,
@@ -44,11 +49,6 @@ from spotzee.runtime.rocks import (
     encode_log_value,
     encode_timer_value,
 )
-from spotzee.schemas.analytics import DeadLetterRow
-from spotzee.settings import Settings
-from spotzee.streams import topics
-from spotzee.streams.codec import dumps
-from spotzee.streams.interface import Clock, Processor
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import threading
 import time
 
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.runtime.rocks import META, OUTBOX, U64, RocksDB
 from spotzee.schemas.analytics import AnalyticsRecord, analytics_record_adapter
+from spotzee.tables.rocksdb_store import META, OUTBOX, U64, RocksDB
 
 log = logging.getLogger(__name__)
 

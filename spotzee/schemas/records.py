@@ -11,10 +11,10 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.events import SegmentMessage
-from spotzee.schemas.journeys import JourneyDefinition
-from spotzee.schemas.segments import ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
+from spotzee.schemas.journey_models import JourneyDefinition
+from spotzee.schemas.segment_models import ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
 
 
 class IngestedMessage(Model):

@@ -19,14 +19,14 @@ from kafka import KafkaConsumer, TopicPartition
 
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
-from spotzee.runtime.kafka.store import PartitionStore
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.streams.codec import loads
-from spotzee.streams.contacts import CONTACTS, ContactProcessor
+from spotzee.streams.contact_processor import CONTACTS, ContactProcessor
 from spotzee.streams.interface import ManualClock
-from spotzee.tables.memory import MemoryContext
+from spotzee.streams.record_codec import loads
+from spotzee.tables.memory_store import MemoryContext
+from spotzee.tables.partition_store import PartitionStore
 from tests.conftest import require_kafka_tools
 from tests.kafka_broker import start_broker
 from tests.support import Stack, running_stack, start_worker, stop_worker, wait_until

@@ -21,8 +21,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from spotzee.providers.unsubscribe import make_token, unsubscribe_url
-from spotzee.services import unsubscribe_secret
+from spotzee.providers.unsubscribe_tokens import make_token, unsubscribe_url
+from spotzee.services.container import unsubscribe_secret
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import LOOPBACK_RELAY, Stack, free_port, running_stack, wait_until
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from spotzee.domain.journeys.routing import variant_for
-from spotzee.schemas.journeys import Variant
+from spotzee.schemas.journey_models import Variant
 from tests.integration.test_journeys import publish
 from tests.support import Stack, wait_until
 

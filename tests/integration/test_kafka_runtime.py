@@ -12,7 +12,7 @@ from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.schemas.analytics import DeadLetterRow
 from spotzee.streams import topics
-from spotzee.streams.contacts import DEDUPE
+from spotzee.streams.contact_processor import DEDUPE
 from tests.faults.test_kafka_faults import read_topic
 from tests.support import Stack, running_stack, wait_until
 

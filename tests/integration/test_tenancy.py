@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spotzee.errors import SpotzeeError
-from spotzee.services import Services
+from spotzee.services.container import Services
 from spotzee.settings import Settings
 from tests.support import Stack, running_stack, wait_until
 

@@ -37,8 +37,8 @@ from spotzee.runtime.kafka.admin import (
     topic_specs,
     total_lag,
 )
-from spotzee.runtime.kafka.cli import lag, topics_app
 from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, kafka_python_config
+from spotzee.runtime.kafka.kafka_cli import lag, topics_app
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from tests.kafka_broker import free_port

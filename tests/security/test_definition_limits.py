@@ -18,7 +18,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from spotzee.schemas.journeys import JourneyDefinition
+from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.limits import (
     MAX_BODY_DEPTH,
     MAX_JOURNEY_BYTES,
@@ -29,9 +29,9 @@ from spotzee.schemas.limits import (
     MAX_VALUE_DEPTH,
 )
 from spotzee.schemas.records import JourneyBarrier, events_record_adapter
-from spotzee.schemas.segments import SegmentBarrier, SegmentDefinition
-from spotzee.streams.codec import dumps
-from spotzee.streams.segments import read_barriered
+from spotzee.schemas.segment_models import SegmentBarrier, SegmentDefinition
+from spotzee.streams.record_codec import dumps
+from spotzee.streams.segment_processor import read_barriered
 from tests.support import Stack, running_stack, start_worker, stop_worker, wait_until
 
 LEAF: dict[str, Any] = {"type": "attribute", "path": "plan", "op": "eq", "value": "pro"}

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from spotzee.logging import RedactingFormatter, configure, redact, register_secret
-from spotzee.providers.unsubscribe import make_token
+from spotzee.providers.unsubscribe_tokens import make_token
 from tests.support import Stack, free_port, wait_until
 
 UNSUBSCRIBE_SECRET = "unsubscribe-secret-" + "9" * 32

@@ -28,8 +28,8 @@ from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import seal_definition
 from spotzee.providers.smtp import SmtpSender
 from spotzee.providers.webhook import WebhookSender
-from spotzee.schemas.providers import SmtpConfig, WebhookConfig
-from spotzee.schemas.templates import RenderedEmail, RenderedWebhook
+from spotzee.schemas.provider_models import SmtpConfig, WebhookConfig
+from spotzee.schemas.template_models import RenderedEmail, RenderedWebhook
 from spotzee.settings import Settings
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import Stack, free_port, running_stack, wait_until

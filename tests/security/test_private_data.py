@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from spotzee.providers.unsubscribe import make_token
+from spotzee.providers.unsubscribe_tokens import make_token
 from spotzee.schemas.common import epoch_ms
-from spotzee.services import unsubscribe_secret
+from spotzee.services.container import unsubscribe_secret
 from tests.support import Stack, free_port, running_stack, wait_until
 
 LOOSE_UMASK = "import os; os.umask(0o022); from spotzee.cli import main; main()"

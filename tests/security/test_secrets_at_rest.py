@@ -24,7 +24,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from kafka import KafkaConsumer
 from pydantic import SecretStr
 
-from spotzee.delivery import Deliverer, DeliverySettings, definition_lookups
+from spotzee.providers.delivery_service import Deliverer, DeliverySettings, definition_lookups
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import (
     SecretBox,
@@ -36,10 +36,10 @@ from spotzee.providers.sealing import (
 )
 from spotzee.providers.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 from spotzee.runtime.kafka import admin
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
-from spotzee.schemas.providers import ProviderDefinition, SmtpConfig, StoredProvider
-from spotzee.schemas.templates import TemplateDefinition
+from spotzee.schemas.provider_models import ProviderDefinition, SmtpConfig, StoredProvider
+from spotzee.schemas.template_models import TemplateDefinition
 from spotzee.streams import topics
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import LOOPBACK_RELAY, Stack, free_port, running_stack, wait_until

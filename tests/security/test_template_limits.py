@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from spotzee.domain.templates import DEFAULT_LIMITS, TemplateRenderError, render_string
-from spotzee.schemas.templates import MAX_MARKUP, MAX_SOURCE_BYTES
-from spotzee.streams.journeys import _render as journey_render
-from spotzee.template_workers import TemplateWorkers
+from spotzee.schemas.template_models import MAX_MARKUP, MAX_SOURCE_BYTES
+from spotzee.services.template_workers import TemplateWorkers
+from spotzee.streams.journey_processor import _render as journey_render
 from tests.support import Stack
 
 BOMB = "{{ (1..30000000) | join: ',' | size }}"

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from spotzee.schemas.tenancy import KeyKind, Organisation
-from spotzee.tenancy import SYSTEM_ACTOR
+from spotzee.schemas.tenancy_models import KeyKind, Organisation
+from spotzee.services.tenancy_service import SYSTEM_ACTOR
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import Stack, running_stack
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from spotzee.runtime.embedded import EmbeddedRuntime
-from spotzee.runtime.rocks import OUTBOX
 from spotzee.schemas.analytics import (
     AliasRow,
     AnalyticsRecord,
@@ -23,15 +22,16 @@ from spotzee.schemas.analytics import (
     EventRow,
     analytics_record_adapter,
 )
-from spotzee.schemas.contacts import AliasState, ContactState
+from spotzee.schemas.contact_models import AliasState, ContactState
 from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.records import ContactErase, EventsRecord, IngestedMessage, record_key
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.streams.codec import dumps, loads
-from spotzee.streams.contacts import ALIASES, CONTACTS, DEDUPE, ContactProcessor
+from spotzee.streams.contact_processor import ALIASES, CONTACTS, DEDUPE, ContactProcessor
 from spotzee.streams.interface import ManualClock
-from spotzee.tables.memory import MemoryContext
+from spotzee.streams.record_codec import dumps, loads
+from spotzee.tables.memory_store import MemoryContext
+from spotzee.tables.rocksdb_store import OUTBOX
 from tests.support import wait_until
 
 WINDOW = timedelta(hours=24)

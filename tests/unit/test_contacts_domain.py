@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from spotzee.domain.contacts import apply_message, apply_patch, diff_attributes, merge_profiles
-from spotzee.domain.events import effective_timestamp
-from spotzee.schemas.contacts import ContactState
+from spotzee.domain.event_time import effective_timestamp
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.events import SegmentMessage
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The runtime-neutral decisions of the delivery agents (streams/delivery.py)."""
+"""The runtime-neutral decisions of the delivery agents (streams/delivery_decisions.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from spotzee.delivery import DeliveryResult
+from spotzee.providers.delivery_service import DeliveryResult
 from spotzee.schemas.messages import SendCommand
 from spotzee.streams import topics
-from spotzee.streams.delivery import (
+from spotzee.streams.delivery_decisions import (
     OUTCOME_UNKNOWN,
     DeliveryState,
     RetryPolicy,

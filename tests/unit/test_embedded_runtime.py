@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from spotzee.runtime.embedded import EmbeddedRuntime
-from spotzee.runtime.rocks import OUTBOX
 from spotzee.schemas.analytics import DeadLetterRow, EventRow, analytics_record_adapter
 from spotzee.settings import Settings
 from spotzee.streams.interface import Context, ManualClock
+from spotzee.tables.rocksdb_store import OUTBOX
 from tests.support import wait_until
 
 
@@ -109,7 +109,7 @@ def test_offsets_state_and_timers_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_emitted_analytics_go_to_the_outbox_in_the_same_commit(tmp_path: Path) -> None:
-    from spotzee.streams.contacts import ContactProcessor  # the real processor
+    from spotzee.streams.contact_processor import ContactProcessor  # the real processor
 
     clock = ManualClock()
     rt = EmbeddedRuntime(
@@ -123,7 +123,7 @@ def test_emitted_analytics_go_to_the_outbox_in_the_same_commit(tmp_path: Path) -
 
         from spotzee.schemas.events import SegmentMessage
         from spotzee.schemas.records import IngestedMessage, record_key
-        from spotzee.streams.codec import dumps
+        from spotzee.streams.record_codec import dumps
 
         message = TypeAdapter[SegmentMessage](SegmentMessage).validate_python(
             {"type": "track", "userId": "u", "event": "e"}

@@ -45,7 +45,7 @@ from spotzee.domain.journeys import (
     variant_for,
 )
 from spotzee.domain.segments.operators import holds, read_path
-from spotzee.schemas.journeys import JourneyDefinition, ScheduledTrigger, SendStep, Variant
+from spotzee.schemas.journey_models import JourneyDefinition, ScheduledTrigger, SendStep, Variant
 from spotzee.schemas.rules import AttributeRule, EveryoneRule, RuleNode
 
 T0 = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)  # a Monday

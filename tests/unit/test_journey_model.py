@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from spotzee.schemas.journeys import (
+from spotzee.schemas.journey_models import (
     STEP_TYPES,
     ApiTrigger,
     DelayStep,

@@ -47,14 +47,14 @@ from pydantic import TypeAdapter
 from spotzee.domain.journeys import RunState
 from spotzee.schemas.analytics import JourneyStepRow, analytics_record_adapter
 from spotzee.schemas.events import SegmentMessage
-from spotzee.schemas.journeys import JourneyDefinition
+from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.records import EventsRecord, IngestedMessage, JourneyBarrier, record_key
 from spotzee.streams import topics
-from spotzee.streams.codec import dumps, loads
-from spotzee.streams.contacts import ContactProcessor
+from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.interface import ManualClock
-from spotzee.streams.journeys import JOURNEY_RUNS, SEP
-from spotzee.tables.memory import MemoryContext
+from spotzee.streams.journey_processor import JOURNEY_RUNS, SEP
+from spotzee.streams.record_codec import dumps, loads
+from spotzee.tables.memory_store import MemoryContext
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 PROJECT = "p"

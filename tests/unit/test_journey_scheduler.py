@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 
 from spotzee.domain.journeys import EntranceHistory
-from spotzee.scheduler import Scheduler, ScheduleState, state_key
-from spotzee.schemas.journeys import JourneyDefinition
+from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.records import JourneyEntry, record_key
-from spotzee.schemas.segments import ListMembership
-from spotzee.streams.codec import dumps, loads
-from spotzee.streams.contacts import ContactProcessor
+from spotzee.schemas.segment_models import ListMembership
+from spotzee.services.scheduler import Scheduler, ScheduleState, state_key
+from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.interface import ManualClock
-from spotzee.streams.journeys import JOURNEY_ENTRIES, JOURNEY_RUNS, JourneyRegistry
-from spotzee.streams.segments import SegmentRegistry
-from spotzee.tables.memory import MemoryContext
+from spotzee.streams.journey_processor import JOURNEY_ENTRIES, JOURNEY_RUNS, JourneyRegistry
+from spotzee.streams.record_codec import dumps, loads
+from spotzee.streams.segment_processor import SegmentRegistry
+from spotzee.tables.memory_store import MemoryContext
 
 PROJECT = "prj_1"
 JOURNEY = "jrn_daily"

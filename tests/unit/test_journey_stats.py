@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from spotzee.errors import InvalidInput
-from spotzee.journey_stats import assemble, parse_within, significance
-from spotzee.schemas.journeys import JourneyDefinition
+from spotzee.schemas.journey_models import JourneyDefinition
+from spotzee.services.journey_stats import assemble, parse_within, significance
 
 
 def test_a_two_by_two_table_matches_the_hand_computed_statistic() -> None:

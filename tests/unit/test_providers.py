@@ -36,7 +36,7 @@ from spotzee.providers.safety import (
     check_destination,
 )
 from spotzee.providers.smtp import SmtpSender, build_message, message_id
-from spotzee.providers.unsubscribe import (
+from spotzee.providers.unsubscribe_tokens import (
     InvalidUnsubscribeToken,
     make_token,
     read_token,
@@ -51,7 +51,7 @@ from spotzee.providers.webhook import (
     sign,
     verify_signature,
 )
-from spotzee.schemas.providers import (
+from spotzee.schemas.provider_models import (
     ProviderCreate,
     ProviderDefinition,
     ProviderPublic,
@@ -59,7 +59,7 @@ from spotzee.schemas.providers import (
     SmtpConfig,
     WebhookConfig,
 )
-from spotzee.schemas.templates import HttpMethod, RenderedEmail, RenderedWebhook
+from spotzee.schemas.template_models import HttpMethod, RenderedEmail, RenderedWebhook
 
 SECRET = "whsec_0123456789abcdef"
 UNSUB_SECRET = SecretStr("unsubscribe-secret-for-tests-0001")

@@ -24,8 +24,8 @@ from spotzee.domain.segments import (
     random_bucket,
     retain,
 )
-from spotzee.domain.segments.state import LatestSlot, ValuesSlot
-from spotzee.schemas.contacts import ContactState
+from spotzee.domain.segments.trackers import LatestSlot, ValuesSlot
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import RuleNode, SegmentRuleAdapter
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from spotzee.domain.segments import EventFact, MembershipContext, evaluate
 from spotzee.domain.segments import membership as m
-from spotzee.schemas.contacts import FieldChange
+from spotzee.schemas.contact_models import FieldChange
 from spotzee.schemas.rules import SegmentRuleAdapter
-from spotzee.schemas.segments import HistoryFact, SegmentDefinition, SegmentStatus
+from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
 from tests.unit.test_segment_engine import T0, apply_traits, attribute_step, contact, event_step, rules
 
 advance = st.tuples(

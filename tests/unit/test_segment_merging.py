@@ -22,7 +22,7 @@ from spotzee.domain.segments import (
     retain,
 )
 from spotzee.domain.segments.merging import merge_states
-from spotzee.domain.segments.state import (
+from spotzee.domain.segments.trackers import (
     CountSlot,
     LatestSlot,
     SlotModel,

@@ -12,7 +12,6 @@ import pytest
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import MIGRATIONS, migrate
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.runtime.rocks import META, OUTBOX, U64, RocksDB
 from spotzee.runtime.sink_loop import SINK_INFLIGHT, SinkLoop, _is_mutation_raw
 from spotzee.schemas.analytics import (
     AliasRow,
@@ -23,7 +22,8 @@ from spotzee.schemas.analytics import (
     EraseHistory,
     EventRow,
 )
-from spotzee.streams.codec import dumps
+from spotzee.streams.record_codec import dumps
+from spotzee.tables.rocksdb_store import META, OUTBOX, U64, RocksDB
 from tests.support import wait_until
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)

@@ -23,8 +23,8 @@ from spotzee.domain.templates import (
     template_variables,
 )
 from spotzee.errors import InvalidInput
-from spotzee.schemas.contacts import ContactState
-from spotzee.schemas.templates import (
+from spotzee.schemas.contact_models import ContactState
+from spotzee.schemas.template_models import (
     EmailContent,
     RenderedEmail,
     RenderedWebhook,
@@ -329,7 +329,7 @@ def test_preview_renders_for_a_contact() -> None:
 def test_liquid_template_fields_for_other_schemas() -> None:
     from pydantic import TypeAdapter
 
-    from spotzee.schemas.templates import LiquidTemplate
+    from spotzee.schemas.template_models import LiquidTemplate
 
     adapter = TypeAdapter[str](LiquidTemplate)
     assert adapter.validate_python("{{ contact.plan | upcase }}") == "{{ contact.plan | upcase }}"

@@ -10,7 +10,7 @@
   occurrences: ``schedule_key``, ``repeated_occurrence``, ``record_occurrence`` (``entrance``);
 - schedules: ``next_fire(trigger, after, tz)`` (``schedule``).
 
-Definitions are ``spotzee.schemas.journeys``; rule and filter semantics are the segments'.
+Definitions are ``spotzee.schemas.journey_models``; rule and filter semantics are the segments'.
 No I/O and no clock here: time comes in as ``now``.
 """
 
@@ -45,8 +45,8 @@ from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.inputs import Enter, EventData, EventSeen, Exit, JourneyInput, SegmentExited, Wake
 from spotzee.domain.journeys.machine import step_kind, transition
 from spotzee.domain.journeys.routing import variant_for
+from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.schedule import next_fire
-from spotzee.domain.journeys.state import Outcome, RunState, RunVariables
 
 __all__ = [
     "BalancerTaken",

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 from spotzee.domain.journeys.effects import Effect, StepKind, StepRecorded, position_id
 from spotzee.domain.journeys.env import JourneyEnv
-from spotzee.domain.journeys.state import RunState
+from spotzee.domain.journeys.runs import RunState
 from spotzee.domain.journeys.timing import resolve_zone
-from spotzee.schemas.journeys import JourneyDefinition
+from spotzee.schemas.journey_models import JourneyDefinition
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from spotzee.domain.journeys.inputs import EventData
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
-from spotzee.schemas.journeys import Channel
+from spotzee.schemas.journey_models import Channel
 
 
 def position_id(run_id: str, step_id: str, visit: int) -> str:

@@ -18,7 +18,7 @@ from pydantic import Field
 from spotzee.domain.journeys.timing import utc
 from spotzee.domain.segments.operators import filters_pass
 from spotzee.schemas.common import Model, UTCDateTime
-from spotzee.schemas.journeys import (
+from spotzee.schemas.journey_models import (
     EventTrigger,
     ExitNode,
     ExitOnEvent,

@@ -27,11 +27,11 @@ from spotzee.domain.journeys.context import End, Go, Park, Result, Walk
 from spotzee.domain.journeys.entrance import exit_event_matches
 from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.inputs import Enter, EventSeen, Exit, JourneyInput, SegmentExited, Wake
-from spotzee.domain.journeys.state import Outcome, RunState, RunVariables
+from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.steps import arrive, resume
 from spotzee.domain.journeys.timing import utc
 from spotzee.domain.segments.operators import filters_pass
-from spotzee.schemas.journeys import (
+from spotzee.schemas.journey_models import (
     ExitOnSegmentExited,
     JourneyDefinition,
     JourneyStatus,

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from spotzee.domain.journeys.effects import balancer_key
 from spotzee.domain.journeys.timing import period_start
-from spotzee.schemas.journeys import LimitedBalancerStep, RoundRobinBalancerStep, Variant
+from spotzee.schemas.journey_models import LimitedBalancerStep, RoundRobinBalancerStep, Variant
 
 
 def variant_for(journey_id: str, step_id: str, contact_id: str, variants: list[Variant]) -> Variant:

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from croniter import CroniterBadDateError, croniter
 
 from spotzee.domain.journeys.timing import local_to_utc, resolve_zone, utc
-from spotzee.schemas.journeys import ScheduledTrigger, parse_rrule
+from spotzee.schemas.journey_models import ScheduledTrigger, parse_rrule
 
 MAX_STEPS: Final = 100_000  # occurrences examined per call; a schedule past that is treated as ended
 

@@ -24,7 +24,7 @@ from spotzee.domain.journeys.inputs import EventData
 from spotzee.domain.journeys.routing import Full, limited, round_robin, variant_for
 from spotzee.domain.journeys.timing import instant_of, next_time_of_day
 from spotzee.domain.segments.operators import read_path, shifted
-from spotzee.schemas.journeys import (
+from spotzee.schemas.journey_models import (
     DelayStep,
     EventStep,
     ExitStep,

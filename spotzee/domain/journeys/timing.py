@@ -10,7 +10,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from spotzee.domain.segments.operators import as_instant
-from spotzee.schemas.journeys import WEEKDAYS
+from spotzee.schemas.journey_models import WEEKDAYS
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")

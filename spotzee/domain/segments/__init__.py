@@ -28,7 +28,7 @@ from spotzee.domain.segments.facts import NO_MEMBERSHIPS, EventFact, MembershipC
 from spotzee.domain.segments.graph import find_cycle, segment_references
 from spotzee.domain.segments.leaves import random_bucket, subscription_state
 from spotzee.domain.segments.oracle import evaluate
-from spotzee.domain.segments.state import SegmentState, Tracker
+from spotzee.domain.segments.trackers import SegmentState, Tracker
 
 __all__ = [
     "NO_MEMBERSHIPS",

@@ -37,7 +37,7 @@ from spotzee.domain.segments.operators import (
     occurrence_breakpoints,
     shifted,
 )
-from spotzee.domain.segments.state import (
+from spotzee.domain.segments.trackers import (
     CountSlot,
     LatestSlot,
     SegmentState,
@@ -48,7 +48,7 @@ from spotzee.domain.segments.state import (
     ValuesSlot,
     is_empty,
 )
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import (
     AggregateFn,
     AllRule,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from spotzee.domain.segments.facts import MembershipContext
 from spotzee.domain.segments.operators import attribute_holds, read_path
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import (
     AttributeRule,
     EveryoneRule,

@@ -34,10 +34,10 @@ from spotzee.domain.segments.engine import (
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.graph import segment_references
 from spotzee.domain.segments.merging import merge_states
-from spotzee.domain.segments.state import SegmentState
+from spotzee.domain.segments.trackers import SegmentState
 from spotzee.schemas.common import Model, UTCDateTime
-from spotzee.schemas.contacts import ContactState, FieldChange
-from spotzee.schemas.segments import HistoryFact, SegmentDefinition, SegmentStatus
+from spotzee.schemas.contact_models import ContactState, FieldChange
+from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
 
 # Contact fields whose changes the contact reducer does not report as FieldChange (they move with
 # every message): a segment reading one is re-evaluated on every record of the contact.

@@ -34,7 +34,7 @@ from fractions import Fraction
 from heapq import merge
 from typing import TypeVar
 
-from spotzee.domain.segments.state import (
+from spotzee.domain.segments.trackers import (
     CountSlot,
     Entry,
     LatestSlot,

@@ -25,7 +25,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import (
     CONTACT_FIELDS,
     AttributeRule,

@@ -19,7 +19,7 @@ from spotzee.domain.segments.operators import (
     occurred,
     read_path,
 )
-from spotzee.schemas.contacts import ContactState
+from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import AllRule, AnyRule, EventRule, NoneRule, RuleNode
 
 

@@ -1,0 +1,190 @@
+"""Delivering one queued send: consent, template, provider, render, one provider call.
+
+Runtime-neutral: the caller gives the contact as it is *now* (consent is checked at send time:
+an unsubscribe stops a send already queued) and the project's definitions, and records the
+result. ``Deliverer.deliver`` makes at most one provider call.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from pydantic import SecretStr, ValidationError
+
+from spotzee.domain.segments import subscription_state
+from spotzee.domain.templates import (
+    TemplateRenderError,
+    event_variables,
+    render_email,
+    render_webhook,
+    template_variables,
+)
+from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.safety import OutboundPolicy
+from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
+from spotzee.providers.smtp import SmtpSender
+from spotzee.providers.unsubscribe_tokens import make_token, unsubscribe_url
+from spotzee.providers.webhook import WebhookSender
+from spotzee.schemas.common import epoch_ms
+from spotzee.schemas.contact_models import ContactState
+from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.provider_models import ProviderDefinition, SmtpConfig, StoredProvider, WebhookConfig
+from spotzee.schemas.template_models import EmailContent, TemplateDefinition, WebhookContent
+from spotzee.services.template_workers import TemplateWorkers
+
+log = logging.getLogger(__name__)
+
+Status = Literal["sent", "retry", "failed", "suppressed"]
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    status: Status
+    detail: dict[str, object]
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    public_base_url: str
+    unsubscribe_secret: SecretStr
+    outbound: OutboundPolicy  # where every provider may connect (no default: a sender can't skip it)
+    tls_context: ssl.SSLContext | None = None
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: DeliverySettings,
+        template: Callable[[str, str], TemplateDefinition | None],
+        provider_for: Callable[[str, str], ProviderDefinition | None],
+    ) -> None:
+        self.settings = settings
+        self.template = template
+        self.provider_for = provider_for
+        # Set by the delivery agent that owns them: renders then run in worker processes with a
+        # hard deadline (a slow template fails its own send, never stalls the others).
+        self.workers: TemplateWorkers | None = None
+
+    async def _render(self, function: Callable[..., R], *args: object) -> R:
+        if self.workers is None:
+            return function(*args)
+        rendered: R = await self.workers.call(function, *args)
+        return rendered
+
+    async def deliver(self, command: SendCommand, contact: ContactState | None) -> DeliveryResult:
+        if contact is None:
+            return DeliveryResult("failed", {"reason": "the contact no longer exists"})
+        if subscription_state(contact, command.channel) == "unsubscribed":
+            return DeliveryResult("suppressed", {"reason": f"unsubscribed from {command.channel}"})
+        template = self.template(command.project_id, command.template_id)
+        if template is None:
+            return DeliveryResult("failed", {"reason": f"template {command.template_id} not found"})
+        try:
+            provider = self.provider_for(command.project_id, command.channel)
+        except SecretsUnreadable as exc:
+            # This process's SPOTZEE_SECRETS_KEY is not the one the provider was sealed with: an
+            # operator's mistake to fix, not the send's; retried (with backoff) and logged each time.
+            log.error("send %s: provider secrets unreadable: %s", command.send_id, exc.message)
+            return DeliveryResult("retry", {"reason": f"provider secrets unreadable: {exc.message}"})
+        if provider is None:
+            return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
+        try:
+            if isinstance(template.content, EmailContent) and isinstance(provider.config, SmtpConfig):
+                return await self._email(command, contact, template.content, provider.config)
+            if isinstance(template.content, WebhookContent) and isinstance(provider.config, WebhookConfig):
+                return await self._webhook(command, contact, template.content, provider.config)
+        except TemplateRenderError as exc:
+            return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
+        return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a {template.channel} template"})
+
+    async def _email(
+        self, command: SendCommand, contact: ContactState, content: EmailContent, config: SmtpConfig
+    ) -> DeliveryResult:
+        if not contact.email:
+            return DeliveryResult("failed", {"reason": "the contact has no email address"})
+        token = make_token(
+            self.settings.unsubscribe_secret,
+            command.project_id,
+            contact.id,
+            "email",
+            contact_created_ms=epoch_ms(contact.created_at),
+        )
+        link = unsubscribe_url(self.settings.public_base_url, token)
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+            unsubscribe_url=link,
+        )
+        rendered = await self._render(render_email, content, variables)
+        try:
+            delivery = EmailDelivery(send_id=command.send_id, to=contact.email, email=rendered, unsubscribe_url=link)
+        except ValidationError as exc:
+            return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
+        sender = SmtpSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
+        try:
+            return _result(await sender.send(delivery))
+        finally:
+            await sender.aclose()
+
+    async def _webhook(
+        self, command: SendCommand, contact: ContactState, content: WebhookContent, config: WebhookConfig
+    ) -> DeliveryResult:
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+        )
+        rendered = await self._render(render_webhook, content, variables)
+        sender = WebhookSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
+        try:
+            return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))
+        finally:
+            await sender.aclose()
+
+
+Scan = Callable[[str], Iterable[tuple[str, bytes]]]
+
+
+def definition_lookups(
+    scan: Scan, box: SecretBox
+) -> tuple[Callable[[str, str], TemplateDefinition | None], Callable[[str, str], ProviderDefinition | None]]:
+    """Template and provider lookups over a definitions store (``<kind>/<id>`` -> JSON), for a
+    process without the catalogue services (a Kafka worker): the same rules as ``Catalogue``
+    (the caller's project only, deleted providers absent, the first provider of a channel by
+    creation). Provider secrets are opened with ``box`` (``SecretsUnreadable`` with another key)."""
+
+    def template(project_id: str, template_id: str) -> TemplateDefinition | None:
+        key = f"template/{template_id}"
+        raw = next((value for k, value in scan(key) if k == key), None)
+        item = TemplateDefinition.model_validate_json(raw) if raw is not None else None
+        return item if item is not None and item.project_id == project_id else None
+
+    def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
+        found = [
+            item
+            for item in (StoredProvider.model_validate_json(raw) for _, raw in scan("provider/"))
+            if item.project_id == project_id and not item.deleted and item.channel == channel
+        ]
+        first = min(found, key=lambda d: (d.created_at, d.id), default=None)
+        return open_definition(first, box) if first is not None else None
+
+    return template, provider_for
+
+
+def _as_dict(value: object) -> dict[str, object] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _result(outcome: Sent | Transient | Permanent) -> DeliveryResult:
+    if isinstance(outcome, Sent):
+        return DeliveryResult("sent", outcome.model_dump(mode="json", exclude={"status"}))
+    if isinstance(outcome, Transient):
+        return DeliveryResult("retry", outcome.model_dump(mode="json", exclude={"status"}), outcome.retry_after)
+    return DeliveryResult("failed", outcome.model_dump(mode="json", exclude={"status"}))

@@ -1,0 +1,348 @@
+"""The Kafka runtime's processing engine: a processor's batches committed through the changelog.
+
+Per batch of one partition: (1) send the batch's outputs and wait for the acks, (2) send one
+changelog record per changed key and a marker with the next input offset, wait for the acks,
+(3) write the local RocksDB. State is applied exactly once (inputs at or after the stored offset
+only; a restore replays complete batches only); outputs are at-least-once (a crash in (1)-(2)
+sends some again), and every consumer of them is idempotent (messageId dedupe, merge guards,
+ReplacingMergeTree ids). See changelog.py for the replay rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.streams import topics
+from spotzee.streams.interface import Clock, Processor
+from spotzee.streams.record_codec import dumps
+from spotzee.tables.changelog import MARKER, Replay, changelog_key, marker_value
+from spotzee.tables.overlay import BatchContext
+from spotzee.tables.partition_store import DUE, TIMERS, PartitionStore
+from spotzee.tables.rocksdb_store import TABLE_PREFIX, decode_timer_value, encode_timer_value
+
+log = logging.getLogger(__name__)
+
+Changes = dict[bytes, bytes | None]
+Emit = tuple[str, str, bytes]
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    offset: int
+    key: str
+    value: bytes
+
+
+def due_key(at: datetime, timer_id: str) -> str:
+    """Lexicographic order = due order (fixed-width hex milliseconds)."""
+    return f"{int(at.timestamp() * 1000):016x}|{timer_id}"
+
+
+class Engine:
+    def __init__(
+        self,
+        processor: Processor,
+        clock: Clock,
+        root: Path,
+        producer_factory: Callable[[], AIOKafkaProducer],
+        topic_name: Callable[[str], str],
+        changelog_topic: str,
+        consumer_factory: Callable[[], AIOKafkaConsumer],
+    ) -> None:
+        self.processor = processor
+        self.clock = clock
+        self.root = root
+        self.producer_factory = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        self.topic_name = topic_name
+        self.changelog_topic = changelog_topic
+        self.consumer_factory = consumer_factory
+        self.stores: dict[int, PartitionStore] = {}
+        self.definitions: Any = None  # the worker's DefinitionsReplica, for processors that need definitions
+        self.processed_total = 0
+        self.dead_lettered_total = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the producer (inside the running loop: aiokafka objects bind to it)."""
+        async with self._starting:
+            if self._producer is None:
+                producer = self.producer_factory()
+                await producer.start()
+                self._producer = producer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("engine not started")
+        return self._producer
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    # -- assignment ----------------------------------------------------------------------------
+
+    async def assign(self, partition: int) -> PartitionStore:
+        await self.start()
+        store = self.stores.get(partition)
+        if store is None:
+            store = PartitionStore(self.root, partition, self.processor.tables)
+            self.stores[partition] = store
+            async with store.lock:
+                await self._restore(store)
+                store.ready.set()
+        await store.ready.wait()
+        return store
+
+    async def revoke(self, partition: int) -> None:
+        store = self.stores.pop(partition, None)
+        if store is not None:
+            async with store.lock:  # an in-flight batch finishes before another worker takes over
+                store.close()
+
+    async def close(self) -> None:
+        for partition in list(self.stores):
+            await self.revoke(partition)
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _restore(self, store: PartitionStore) -> None:
+        """Catch up from the changelog; neutralise an incomplete tail left by a crash."""
+        tp = TopicPartition(self.changelog_topic, store.partition)
+        consumer = self.consumer_factory()
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            start = store.changelog_offset
+            replay = Replay()
+            if start < end:
+                consumer.seek(tp, start)
+                while (await consumer.position(tp)) < end:
+                    batches = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+                    for message in batches.get(tp, []):
+                        replay.add(message.offset, message.key or b"", message.value)
+                    self._apply_replay(store, replay)
+            self._apply_replay(store, replay)
+            if replay.tail:
+                log.warning(
+                    "partition %d: compensating %d changelog records of an unfinished batch",
+                    store.partition,
+                    len(replay.tail),
+                )
+                changes = {key: store.get_raw(key) for key in replay.tail}
+                marker_offset = await self._send_changelog(self.producer, store.partition, changes, store.input_offset)
+                store.apply({}, input_offset=None, changelog_offset=marker_offset + 1)
+            log.info(
+                "partition %d restored: changelog %d..%d, next input offset %d",
+                store.partition,
+                start,
+                end,
+                store.input_offset,
+            )
+        finally:
+            await consumer.stop()
+
+    @staticmethod
+    def _apply_replay(store: PartitionStore, replay: Replay) -> None:
+        applied = replay.take_applied()
+        if replay.marker_offset is not None and (applied or replay.marker_offset + 1 > store.changelog_offset):
+            store.apply(applied, input_offset=replay.input_offset, changelog_offset=replay.marker_offset + 1)
+
+    # -- processing ------------------------------------------------------------------------------
+
+    async def process(self, partition: int, records: Sequence[InputRecord]) -> None:
+        store = await self.assign(partition)
+        async with store.lock:
+            if store.db.closed:
+                return  # revoked meanwhile: the new owner processes these records
+            fresh = [r for r in records if r.offset >= store.input_offset]
+            if not fresh:
+                return
+            ctx = self._context(store)
+            dead = 0
+            for record in fresh:
+                try:
+                    self.processor.process(ctx, record.key, record.value)
+                    ctx.commit_record()
+                except Exception as exc:
+                    ctx.rollback_record()
+                    dead += 1
+                    self._dead_letter(ctx, partition, record, exc)
+                    ctx.commit_record()
+            await self._commit(store, ctx, next_input_offset=fresh[-1].offset + 1)
+            self.processed_total += len(fresh)
+            self.dead_lettered_total += dead
+
+    async def fire_timers(self) -> int:
+        """Deliver due timers of every ready partition (each partition one committed batch)."""
+        fired = 0
+        now_key = due_key(self.clock.now(), "\x7f")
+        for store in list(self.stores.values()):
+            if not store.ready.is_set():
+                continue
+            async with store.lock:
+                if store.db.closed:
+                    continue
+                due = _scan_until(store, DUE, now_key, limit=5000)
+                if not due:
+                    continue
+                changes: Changes = {}
+                emits: list[Emit] = []
+                for key, value in due:
+                    timer_id = key.split("|", 1)[1]
+                    changes[changelog_key(DUE, key)] = None
+                    changes[changelog_key(TIMERS, timer_id)] = None
+                    emits.append(decode_timer_value(value))
+                await self._flush(store, emits, changes, next_input_offset=None)
+                fired += len(due)
+        return fired
+
+    async def write(self, store: PartitionStore, emits: Sequence[Emit], changes: Changes) -> bool:
+        """Commit state of a partition this worker owns from outside input processing (the delivery
+        agent): the emits acked, then the changelog, then the local store -- like a batch, under
+        the partition's lock. False, writing nothing, when ``store`` is no longer the partition's
+        here (revoked, even if the partition came back since: a new store)."""
+        async with store.lock:
+            if store.db.closed or self.stores.get(store.partition) is not store:
+                return False
+            await self._flush(store, emits, changes, next_input_offset=None)
+        return True
+
+    def _context(self, store: PartitionStore) -> BatchContext:
+        return BatchContext(
+            store.db, self.processor.tables, self.clock, timer_exists=lambda t: store.get(TIMERS, t) is not None
+        )
+
+    def _dead_letter(self, ctx: BatchContext, partition: int, record: InputRecord, exc: Exception) -> None:
+        log.warning("record %d/%d (key %s) dead-lettered: %s", partition, record.offset, record.key, exc)
+        row = DeadLetterRow(
+            project_id=record.key.split(":", 1)[0],
+            dead_letter_id=f"{topics.EVENTS}/{partition}/{record.offset}",
+            topic=topics.EVENTS,
+            partition=partition,
+            offset=record.offset,
+            key=record.key,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            payload=record.value.decode(errors="replace"),
+            at=self.clock.now(),
+        )
+        ctx.emit(topics.ANALYTICS, record.key, dumps(row))
+        ctx.emit(topics.DEAD_LETTER, record.key, dumps(row))  # the record with its error, for replay
+
+    async def _commit(self, store: PartitionStore, ctx: BatchContext, next_input_offset: int) -> None:
+        changes: Changes = {}
+        for name in self.processor.tables:
+            for key, value in ctx.tables[name].batch.items():
+                changes[changelog_key(name, key)] = value
+        timers: dict[str, str | None] = {}
+        for op in ctx.batch.timers:
+            old = timers[op.timer_id] if op.timer_id in timers else _decoded(store.get(TIMERS, op.timer_id))
+            if old is not None:
+                changes[changelog_key(DUE, old)] = None
+            if op.at is None:
+                changes[changelog_key(TIMERS, op.timer_id)] = None
+                timers[op.timer_id] = None
+                continue
+            new = due_key(op.at, op.timer_id)
+            changes[changelog_key(DUE, new)] = encode_timer_value(op.topic, op.key, op.value)
+            changes[changelog_key(TIMERS, op.timer_id)] = new.encode()
+            timers[op.timer_id] = new
+        await self._flush(store, ctx.batch.emits, changes, next_input_offset)
+
+    async def _flush(
+        self, store: PartitionStore, emits: Sequence[Emit], changes: Changes, next_input_offset: int | None
+    ) -> None:
+        """Commit a batch; while the broker is away, retry the whole commit with a fresh producer.
+
+        Re-sending is safe: outputs are at-least-once, and changelog records only count once
+        their marker is written (the last step before the local write)."""
+        delay = 0.5
+        while True:
+            producer: AIOKafkaProducer | None = None
+            try:
+                await self.start()
+                # Partitions commit concurrently: each batch holds on to the producer it started
+                # with, so another partition replacing the shared one can't pull it away mid-batch.
+                producer = self.producer
+                await self._flush_once(producer, store, emits, changes, next_input_offset)
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning("partition %d: commit failed (%s); retrying in %.1fs", store.partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                await self._replace_producer(producer)
+
+    async def _replace_producer(self, failed: AIOKafkaProducer | None) -> None:
+        """Drop the producer that failed, unless another batch replaced it already."""
+        if self._producer is None or self._producer is not failed:
+            return
+        self._producer = None
+        with contextlib.suppress(Exception):
+            await failed.stop()
+
+    async def _flush_once(
+        self,
+        producer: AIOKafkaProducer,
+        store: PartitionStore,
+        emits: Sequence[Emit],
+        changes: Changes,
+        next_input_offset: int | None,
+    ) -> None:
+        await _all(
+            [await producer.send(self.topic_name(topic), value=value, key=key.encode()) for topic, key, value in emits]
+        )
+        input_offset = next_input_offset if next_input_offset is not None else store.input_offset
+        marker_offset = await self._send_changelog(producer, store.partition, changes, input_offset)
+        store.apply(changes, input_offset=next_input_offset, changelog_offset=marker_offset + 1)
+
+    async def _send_changelog(
+        self, producer: AIOKafkaProducer, partition: int, changes: Changes, input_offset: int
+    ) -> int:
+        futures = [
+            await producer.send(self.changelog_topic, value=value, key=key, partition=partition)
+            for key, value in changes.items()
+        ]
+        marker = await producer.send(
+            self.changelog_topic, value=marker_value(input_offset), key=MARKER, partition=partition
+        )
+        await _all(futures)
+        return int((await marker).offset)
+
+
+async def _all(futures: Sequence[Awaitable[object]]) -> None:
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def _decoded(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _scan_until(store: PartitionStore, table: str, last: str, limit: int) -> list[tuple[str, bytes]]:
+    """Entries of ``table`` in key order up to ``last`` (inclusive)."""
+    out: list[tuple[str, bytes]] = []
+    it = store.db.cf(TABLE_PREFIX + table).iter()
+    it.seek_to_first()
+    while it.valid() and len(out) < limit:
+        key = bytes(it.key()).decode()
+        if key > last:
+            break
+        out.append((key, bytes(it.value())))
+        it.next()
+    return out

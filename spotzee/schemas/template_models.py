@@ -1,0 +1,403 @@
+"""Message templates: the JSON the API accepts (``TemplateCreate``), what is stored, what rendering yields.
+
+``POST /api/v1/templates`` takes ``{"name", "channel", "content": {...}}``; ``channel`` decides which
+content model applies:
+
+- ``email`` -- ``subject``, ``html`` and/or ``text``, ``from`` (``addr`` or ``Name <addr>``), ``reply_to``;
+- ``webhook`` -- ``method``, ``url``, ``headers``, ``body``.
+
+Text fields are Liquid templates (subject, html, text; url, header values, body) with the variables
+``contact`` (first-class fields and traits side by side: ``contact.first_name``), ``event`` and
+``journey``. They are parsed when the template is created: a syntax error, an unknown filter or a
+disallowed tag is rejected with the field's path (``content.html``) and the line in the reason.
+
+Size is checked before anything is parsed (parse time grows with the source): a template field
+holds at most ``MAX_SOURCE_BYTES`` UTF-8 bytes, and a template's fields together at most
+``MAX_MARKUP`` tags and outputs (``{{``/``{%``);
+Liquid blocks nest at most 30 deep. Over a limit: 400 with the field's path. The API parses in a
+worker process (``defer_liquid_parsing``, ``spotzee.services.template_workers``); stored definitions
+(``TemplateDefinition``) are not parsed again when they are read, so one accepted always loads.
+
+The Liquid dialect is standard Liquid with two changes: ``include`` and ``render`` are not
+available (templates never read a file system or other templates), and a ``json`` filter writes a
+value as JSON (for webhook bodies: ``{"name": {{ contact.first_name | json }}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextvars import ContextVar
+from datetime import date, datetime
+from email.headerregistry import Address
+from email.utils import getaddresses
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
+
+from email_validator import EmailNotValidError, validate_email
+from liquid import Environment, Undefined
+from liquid.exceptions import LiquidError
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
+
+TemplateChannel = Literal["email", "webhook"]
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+MAX_SUBJECT: Final = 2_000
+MAX_SOURCE_BYTES: Final = 256 * 1024  # UTF-8 bytes of template source per field (html/text/body)
+MAX_MARKUP: Final = 5_000  # Liquid tags and outputs per template (all fields): parse time grows with them
+MAX_URL: Final = 4_096
+MAX_HEADER_VALUE: Final = 8_192
+MAX_HEADERS: Final = 50
+
+# -- the Liquid dialect -------------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Undefined):
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def json_filter(value: object) -> str:
+    """``{{ value | json }}``: the value as JSON; undefined is ``null``, datetimes are ISO 8601."""
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+class LiquidDialect(Environment):
+    """Standard Liquid without ``include``/``render``, plus ``json``.
+
+    Render limits are class attributes in python-liquid; ``spotzee.domain.templates`` subclasses
+    this per set of limits. Parsing does not depend on them, so this plain instance checks syntax.
+    """
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        # Both load other templates through a loader; there are none, and a template must not be
+        # able to probe for them.
+        for name in ("include", "render"):
+            self.tags.pop(name, None)
+        self.add_filter("json", json_filter)
+
+
+SYNTAX: Final = LiquidDialect()
+
+
+def liquid_problem(source: str, env: Environment = SYNTAX) -> tuple[str, int | None] | None:
+    """What is wrong with ``source`` as a template (reason, 1-based line if known), or None."""
+    try:
+        template = env.from_string(source)
+    except LiquidError as exc:
+        context = exc.context()
+        return str(exc.message), (context[0] if context else None)
+    # Unknown filters only fail at render time in python-liquid; catch them at create time.
+    for name, spans in template.analyze(include_partials=False).filters.items():
+        if name not in env.filters:
+            return f"unknown filter '{name}'", spans[0].line_col(source)[0] if spans else None
+    return None
+
+
+def source_problem(source: str) -> str | None:
+    """What makes ``source`` too large to parse, or None; cheap (no parsing)."""
+    if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        return f"template source larger than {MAX_SOURCE_BYTES} bytes"
+    markup = source.count("{{") + source.count("{%")
+    if markup > MAX_MARKUP:
+        return f"more than {MAX_MARKUP} Liquid tags and outputs ({markup})"
+    return None
+
+
+_DEFER_PARSING: ContextVar[bool] = ContextVar("spotzee_defer_liquid_parsing", default=False)
+_STORED: Final = "stored"  # validation context of definitions read back: checked when accepted
+
+
+def defer_liquid_parsing() -> None:
+    """For the rest of the current task (one API request), template fields are checked for size
+    only; the caller parses them off the event loop (``spotzee.domain.templates.check_content``)."""
+    _DEFER_PARSING.set(True)
+
+
+def _liquid(value: str, info: ValidationInfo) -> str:
+    if isinstance(info.context, dict) and info.context.get("liquid") == _STORED:
+        return value
+    too_large = source_problem(value)
+    if too_large is not None:
+        raise PydanticCustomError("liquid_size", "{reason}", {"reason": too_large})
+    if _DEFER_PARSING.get():
+        return value
+    problem = liquid_problem(value)
+    if problem is not None:
+        reason, line = problem
+        where = f"line {line}: " if line is not None else ""
+        raise PydanticCustomError(
+            "liquid_syntax",
+            "invalid Liquid template: {where}{reason}",
+            {"where": where, "reason": reason, "line": line},
+        )
+    return value
+
+
+_ContentT = TypeVar("_ContentT", bound=Model)
+
+
+def _markup_within_limit(content: _ContentT) -> _ContentT:
+    """All template fields of one content together (headers too): at most ``MAX_MARKUP`` tags.
+    After the fields' own checks, so a field over its own limit is reported at its path."""
+    sources = [getattr(content, name, None) for name in ("subject", "html", "text", "url", "body")]
+    sources += list(getattr(content, "headers", {}).values())
+    markup = sum(s.count("{{") + s.count("{%") for s in sources if isinstance(s, str))
+    if markup > MAX_MARKUP:
+        raise ValueError(f"more than {MAX_MARKUP} Liquid tags and outputs in the template ({markup})")
+    return content
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise ValueError("must be a single line")
+    return value
+
+
+# -- fields -------------------------------------------------------------------------------------
+
+
+def _address(value: str) -> str:
+    """One mailbox, ``addr`` or ``Name <addr>``, normalised (the address part per email-validator)."""
+    _single_line(value)
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise ValueError("must be one email address, optionally as 'Name <address>'")
+    name, addr = pairs[0]
+    try:
+        normalized = validate_email(addr, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+    if not name:
+        return normalized
+    local, _, domain = normalized.rpartition("@")
+    return str(Address(display_name=name, username=local, domain=domain))
+
+
+EmailAddress = Annotated[str, Field(max_length=512), AfterValidator(_address)]
+"""``team@example.com`` or ``Example Team <team@example.com>``."""
+
+_SCHEME = re.compile(r"^https?://[^\s/?#]", re.IGNORECASE)
+
+
+def _url_template(value: str) -> str:
+    # The scheme must be written out: a merge tag must not turn the request into another protocol.
+    # The host may come from a merge tag; delivery checks the destination after rendering.
+    if not _SCHEME.match(value):
+        raise ValueError("must start with http:// or https:// followed by a host")
+    return value
+
+
+# RFC 9110 token characters.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Set by the HTTP client or by the webhook sender (signature, idempotency); a template must not.
+RESERVED_HEADERS: Final = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "idempotency-key"}
+)
+RESERVED_HEADER_PREFIX: Final = "x-spotzee-"
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.match(value):
+        raise ValueError("not a valid HTTP header name")
+    lowered = value.lower()
+    if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIX):
+        raise ValueError(f"header {value!r} is set by Spotzee and cannot be templated")
+    return value
+
+
+LiquidTemplate = Annotated[str, AfterValidator(_liquid)]
+"""Any string field that is a Liquid template (journey update/event values too): checked on input."""
+Subject = Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT), AfterValidator(_liquid)]
+Body = Annotated[str, Field(min_length=1), AfterValidator(_liquid)]
+UrlTemplate = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_URL),
+    AfterValidator(_single_line),
+    AfterValidator(_url_template),
+    AfterValidator(_liquid),
+]
+HeaderName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_header_name)]
+HeaderValue = Annotated[str, Field(max_length=MAX_HEADER_VALUE), AfterValidator(_single_line), AfterValidator(_liquid)]
+
+# -- content ------------------------------------------------------------------------------------
+
+
+class EmailContent(Model):
+    """An email: ``subject`` plus ``html`` and/or ``text`` (both: multipart/alternative)."""
+
+    # ``from`` is a Python keyword: the attribute is ``from_``, the JSON key ``from``.
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    subject: Subject
+    html: Body | None = None
+    text: Body | None = None
+    from_: EmailAddress = Field(alias="from")
+    reply_to: EmailAddress | None = None
+
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
+
+    @model_validator(mode="after")
+    def _has_a_body(self) -> EmailContent:
+        if self.html is None and self.text is None:
+            raise ValueError("an email needs html, text or both")
+        return self
+
+
+class WebhookContent(Model):
+    """An HTTP request: ``url`` and header values and ``body`` are templates; ``method`` is fixed."""
+
+    method: HttpMethod = "POST"
+    url: UrlTemplate
+    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = Field(default_factory=dict)
+    body: Body | None = None
+
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
+
+    @model_validator(mode="after")
+    def _body_fits_method(self) -> WebhookContent:
+        if self.method == "GET" and self.body is not None:
+            raise ValueError("a GET request has no body")
+        return self
+
+
+Content = EmailContent | WebhookContent
+CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent]]] = {
+    "email": EmailContent,
+    "webhook": WebhookContent,
+}
+
+
+def _content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """Validate ``content`` with the model of the sibling ``channel``.
+
+    The tag lives beside the content, not inside it, so this replaces a discriminated union: a
+    ValidationError raised here is re-rooted at ``content`` (``content.subject``: field required).
+    With no valid ``channel`` only the channel error is reported.
+    """
+    model = CONTENT_MODELS.get(info.data.get("channel", ""))
+    if model is None:
+        return value
+    if isinstance(value, Model):
+        # A model instance of the other channel is checked as its JSON, so the error names fields.
+        value = value if isinstance(value, model) else value.model_dump(by_alias=True)
+    return model.model_validate(value)
+
+
+def _stored_content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """Stored content is read back as it was accepted: no parsing, no size check again."""
+    model = CONTENT_MODELS.get(info.data.get("channel", ""))
+    if model is None or isinstance(value, model):
+        return value
+    if isinstance(value, Model):
+        value = value.model_dump(by_alias=True)
+    return model.model_validate(value, context={"liquid": _STORED})
+
+
+ChannelContent = Annotated[Content, WrapValidator(_content_for_channel)]
+StoredContent = Annotated[Content, WrapValidator(_stored_content_for_channel)]
+TemplateName = Annotated[str, Field(min_length=1, max_length=200)]
+
+# -- API and storage ----------------------------------------------------------------------------
+
+
+class TemplateCreate(Model):
+    """``POST /api/v1/templates``: the server assigns the id."""
+
+    name: TemplateName
+    channel: TemplateChannel
+    content: ChannelContent
+
+
+TemplateUpdate = TemplateCreate  # PUT replaces name, channel and content
+
+
+class TemplateDefinition(Model):
+    """A stored template (definitions key ``template/<id>``); ``version`` grows on every edit."""
+
+    type: Literal["template"] = "template"
+    id: str
+    project_id: str
+    name: str
+    channel: TemplateChannel
+    content: StoredContent
+    version: int
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+
+
+class TemplatePublic(Model):
+    id: str
+    project_id: str
+    name: str
+    channel: TemplateChannel
+    content: ChannelContent
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_definition(cls, definition: TemplateDefinition) -> TemplatePublic:
+        return cls(
+            id=definition.id,
+            project_id=definition.project_id,
+            name=definition.name,
+            channel=definition.channel,
+            content=definition.content,
+            version=definition.version,
+            created_at=definition.created_at,
+            updated_at=definition.updated_at,
+        )
+
+
+class TemplatePreviewRequest(Model):
+    """``POST /api/v1/templates/{id}/preview``: render for one contact, with sample event/journey data."""
+
+    contact_id: Identifier
+    event: JSONObject | None = None
+    journey: JSONObject | None = None
+
+
+# -- rendering results --------------------------------------------------------------------------
+
+
+class RenderedEmail(Model):
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    from_: str = Field(alias="from")
+    reply_to: str | None = None
+
+
+class RenderedWebhook(Model):
+    method: HttpMethod
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+
+
+class TemplatePreview(Model):
+    """The answer to a preview: what would be sent (nothing is sent)."""
+
+    channel: TemplateChannel
+    rendered: RenderedEmail | RenderedWebhook

@@ -1,0 +1,209 @@
+"""Journeys as the API sees them: drafts, versions and the draft → live → paused → archived life.
+
+Editing a live (or paused) journey stores a new version and keeps its status: runs in flight
+continue on the version they entered with (their state names it). Publishing checks what the
+journey refers to: templates (and that their channel matches the send step), segments, lists
+and linked journeys must exist in the project.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from pydantic import ValidationError
+
+from spotzee.domain.segments import segment_references
+from spotzee.errors import Conflict, InvalidInput, LogUnavailable, validation_details
+from spotzee.schemas.journey_models import (
+    ApiTrigger,
+    ExitOnSegmentExited,
+    GateStep,
+    JourneyCreate,
+    JourneyDefinition,
+    JourneyEnterRequest,
+    JourneyStatus,
+    LinkStep,
+    ScheduledTrigger,
+    SegmentTrigger,
+    SendStep,
+)
+from spotzee.schemas.limits import QuarantinedDefinition
+from spotzee.schemas.records import JourneyBarrier, JourneyEntry
+from spotzee.schemas.template_models import TemplateDefinition
+from spotzee.schemas.tenancy_models import ApiKey
+from spotzee.services.catalogue import Catalogue, new_id
+from spotzee.services.segment_service import Segments, list_references
+from spotzee.streams.interface import Clock
+from spotzee.streams.journey_processor import JourneyRegistry
+from spotzee.streams.record_codec import dumps
+
+KIND = "journey"
+# Which lifecycle moves are allowed from which status.
+MOVES: dict[str, tuple[JourneyStatus, frozenset[JourneyStatus]]] = {
+    "publish": (JourneyStatus.live, frozenset({JourneyStatus.draft, JourneyStatus.paused})),
+    "pause": (JourneyStatus.paused, frozenset({JourneyStatus.live})),
+    "archive": (JourneyStatus.archived, frozenset({JourneyStatus.draft, JourneyStatus.live, JourneyStatus.paused})),
+}
+
+log = logging.getLogger(__name__)
+
+
+class Journeys:
+    def __init__(self, catalogue: Catalogue, clock: Clock, segments: Segments, registry: JourneyRegistry) -> None:
+        self.runtime = catalogue.runtime
+        self.catalogue = catalogue
+        self.clock = clock
+        self.segments = segments
+        self.registry = registry  # the embedded processor's: a write is live there at once
+
+    def get(self, project_id: str, journey_id: str) -> JourneyDefinition:
+        return self.catalogue.get(KIND, JourneyDefinition, project_id, journey_id, what="journey")
+
+    def all(self, project_id: str) -> list[JourneyDefinition]:
+        return self.catalogue.all(KIND, JourneyDefinition, project_id)
+
+    def load(self, project_id: str) -> tuple[list[JourneyDefinition], list[QuarantinedDefinition]]:
+        """The project's journeys and its quarantined (unreadable) ones."""
+        return self.catalogue.load(KIND, JourneyDefinition, project_id)
+
+    async def create(self, actor: ApiKey, body: JourneyCreate) -> JourneyDefinition:
+        now = self.clock.now()
+        item = _definition(
+            {
+                **body.model_dump(mode="json"),
+                "id": new_id("jrn"),
+                "project_id": actor.project_id or "",
+                "version": 1,
+                "status": JourneyStatus.draft,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        await self._put(actor, "journey.create", item, None)
+        return item
+
+    async def update(self, actor: ApiKey, journey_id: str, body: JourneyCreate) -> JourneyDefinition:
+        current = self.get(actor.project_id or "", journey_id)
+        if current.status == JourneyStatus.archived:
+            raise Conflict(f"journey {journey_id} is archived: it can't be edited")
+        item = _definition(
+            {
+                **body.model_dump(mode="json"),
+                "id": current.id,
+                "project_id": current.project_id,
+                "version": current.version + 1,
+                "status": current.status,
+                "created_at": current.created_at,
+                "updated_at": self.clock.now(),
+            }
+        )
+        if item.status != JourneyStatus.draft:
+            self._check_references(item)  # a live journey's new version is live at once
+        await self._put(actor, "journey.update", item, current)
+        return item
+
+    async def move(self, actor: ApiKey, journey_id: str, action: str) -> JourneyDefinition:
+        current = self.get(actor.project_id or "", journey_id)
+        target, allowed = MOVES[action]
+        if current.status not in allowed:
+            raise Conflict(f"journey {journey_id} is {current.status.value}: it can't {action}")
+        if target == JourneyStatus.live:
+            self._check_references(current)
+        item = current.model_copy(update={"status": target, "updated_at": self.clock.now()})
+        await self._put(actor, f"journey.{action}", item, current)
+        return item
+
+    async def enter(self, actor: ApiKey, journey_id: str, body: JourneyEnterRequest) -> int:
+        """``POST /journeys/{id}/enter``: one ``JourneyEntry`` per contact (a missing contact is
+        created). The idempotency key makes the run ids: the same call twice enters once."""
+        journey = self.get(actor.project_id or "", journey_id)
+        if not isinstance(journey.trigger, ApiTrigger):
+            raise Conflict(
+                f"journey {journey_id} is entered by its {journey.trigger.type} trigger, not through the API"
+            )
+        if journey.status != JourneyStatus.live:
+            raise Conflict(f"journey {journey_id} is {journey.status.value}: publish it first")
+        key = body.idempotency_key or uuid.uuid4().hex
+        now = self.clock.now()
+        records = [
+            (
+                f"{journey.project_id}:{contact_id}",
+                dumps(
+                    JourneyEntry(
+                        project_id=journey.project_id,
+                        id=contact_id,
+                        journey_id=journey.id,
+                        entry_id=f"api:{key}",
+                        payload=body.payload,
+                        at=now,
+                    )
+                ),
+            )
+            for contact_id in body.ids
+        ]
+        await self.runtime.append(records)
+        return len(records)
+
+    def _check_references(self, journey: JourneyDefinition) -> None:
+        project_id = journey.project_id
+        problems: list[tuple[str, str]] = []
+        templates = {t.id: t for t in self.catalogue.all("template", TemplateDefinition, project_id)}
+        segments = {d.id for d in self.segments.live(project_id)}
+        lists = {item.id for item in self.segments.lists(project_id)}
+        journeys = {j.id for j in self.all(project_id)}
+        trigger = journey.trigger
+        if isinstance(trigger, SegmentTrigger) and trigger.segment_id not in segments:
+            problems.append(("trigger.segment_id", f"segment {trigger.segment_id} does not exist"))
+        if isinstance(trigger, ScheduledTrigger):
+            audience = trigger.audience
+            if audience.segment_id is not None and audience.segment_id not in segments:
+                problems.append(("trigger.audience.segment_id", f"segment {audience.segment_id} does not exist"))
+            if audience.list_id is not None and audience.list_id not in lists:
+                problems.append(("trigger.audience.list_id", f"list {audience.list_id} does not exist"))
+        for i, condition in enumerate(journey.exit_when):
+            if isinstance(condition, ExitOnSegmentExited) and condition.segment_id not in segments:
+                problems.append((f"exit_when.{i}.segment_id", f"segment {condition.segment_id} does not exist"))
+        for step_id, step in journey.steps.items():
+            path = f"steps.{step_id}"
+            if isinstance(step, SendStep):
+                template = templates.get(step.template_id)
+                if template is None:
+                    problems.append((f"{path}.template_id", f"template {step.template_id} does not exist"))
+                elif template.channel != step.channel:
+                    problems.append(
+                        (f"{path}.template_id", f"template {step.template_id} is a {template.channel} template")
+                    )
+            elif isinstance(step, GateStep):
+                for ref in sorted(segment_references(step.rule) - segments):
+                    problems.append((f"{path}.rule", f"segment {ref} does not exist"))
+                for ref in sorted(list_references(step.rule) - lists):
+                    problems.append((f"{path}.rule", f"list {ref} does not exist"))
+            elif isinstance(step, LinkStep) and step.journey_id not in journeys:
+                problems.append((f"{path}.journey_id", f"journey {step.journey_id} does not exist"))
+        if problems:
+            raise InvalidInput(
+                "; ".join(f"{p}: {r}" for p, r in problems),
+                details=[{"path": p, "reason": r} for p, r in problems],
+            )
+
+    async def _put(self, actor: ApiKey, action: str, item: JourneyDefinition, before: JourneyDefinition | None) -> None:
+        summary = {"version": item.version, "status": item.status.value, "name": item.name}
+        previous = {"version": before.version, "status": before.status.value} if before else None
+        await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
+        if item.status != JourneyStatus.draft:  # what is appended from now on sees this version
+            barrier = JourneyBarrier(project_id=item.project_id, definition=item)
+            try:
+                await self.runtime.broadcast(f"{item.project_id}:journey:{item.id}", dumps(barrier))
+            except LogUnavailable as exc:  # the write stands: workers get it from the definitions store
+                log.warning("journey %s stored, but its barrier was not appended: %s", item.id, exc)
+        self.registry.apply(item)  # after the barrier: this process's scheduler enters nobody before it
+
+
+def _definition(data: dict[str, object]) -> JourneyDefinition:
+    """The stored form; checks that need the id (a link to itself needs a delay) fail as 400."""
+    try:
+        return JourneyDefinition.model_validate(data)
+    except ValidationError as exc:
+        details = validation_details(exc)
+        raise InvalidInput("; ".join(f"{d['path']}: {d['reason']}" for d in details), details=details) from exc

@@ -1,0 +1,458 @@
+"""The contact processor: a thin adapter that loads state, calls the domain, stores and emits.
+
+Input: the ``events`` topic (key ``project:contact``). Tables:
+- ``contacts``: ContactState per contact key;
+- ``aliases``: AliasState at ids merged into another contact (later records are forwarded);
+- ``dedupe``: ``<contact key>\\x00<messageId>`` -> first-seen time, swept by a per-contact timer.
+- segment tables (``streams.segments``): per-contact segment state, current segment and list members.
+Outputs: ``analytics`` rows and history mutations; ``events`` records to other contacts
+(merge requests, forwarded messages, cascaded erasures); ``segment-changes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from spotzee.domain import contacts as domain
+from spotzee.domain.event_time import effective_timestamp
+from spotzee.domain.traits import TraitError, normalize_traits
+from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
+from spotzee.schemas.common import epoch_ms
+from spotzee.schemas.contact_models import AliasState, ContactState, FieldChange
+from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name
+from spotzee.schemas.records import (
+    ContactErase,
+    ContactPatch,
+    DedupeSweep,
+    EventsRecord,
+    IngestedMessage,
+    JourneyBarrier,
+    JourneyEntry,
+    JourneyWake,
+    MergeIn,
+    MergeRequest,
+    events_record_adapter,
+    record_key,
+)
+from spotzee.schemas.segment_models import HistoryFact, ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
+from spotzee.streams import topics
+from spotzee.streams.interface import Context
+from spotzee.streams.journey_processor import TABLES as JOURNEY_TABLES
+from spotzee.streams.journey_processor import JourneyRegistry, JourneyRunner, SegmentTransition
+from spotzee.streams.record_codec import dumps, loads
+from spotzee.streams.segment_processor import TABLES as SEGMENT_TABLES
+from spotzee.streams.segment_processor import SegmentMemberships, SegmentRegistry
+
+log = logging.getLogger(__name__)
+
+CONTACTS = "contacts"
+ALIASES = "aliases"
+DEDUPE = "dedupe"
+SEP = "\x00"
+
+
+def contact_key(project_id: str, contact_id: str) -> str:
+    return f"{project_id}:{contact_id}"
+
+
+class ContactProcessor:
+    topic = topics.EVENTS
+    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE, *SEGMENT_TABLES, *JOURNEY_TABLES)
+
+    def __init__(
+        self,
+        *,
+        dedupe_window: timedelta,
+        recent_limit: int,
+        segments: SegmentRegistry | None = None,
+        journeys: JourneyRegistry | None = None,
+    ) -> None:
+        self.dedupe_window = dedupe_window
+        self.recent_limit = recent_limit
+        self.registry = segments or SegmentRegistry()
+        self.segments = SegmentMemberships(self.registry)
+        self.journey_registry = journeys or JourneyRegistry()
+        self.journeys = JourneyRunner(self.journey_registry, self._journey_update)
+        self.segments.listeners.append(self._segment_transitions)
+
+    def process(self, ctx: Context, key: str, value: bytes) -> None:
+        record: EventsRecord = events_record_adapter.validate_json(value)
+        if isinstance(record, SegmentBarrier):
+            self.segments.barrier(ctx, record.definition)
+            return
+        if isinstance(record, JourneyBarrier):
+            self.journey_registry.apply(record.definition)
+            return
+        self.segments.sync(ctx, record.project_id)
+        if isinstance(record, IngestedMessage):
+            self._ingest(ctx, record)
+        elif isinstance(record, MergeRequest):
+            self._merge_request(ctx, record)
+        elif isinstance(record, MergeIn):
+            self._merge_in(ctx, record)
+        elif isinstance(record, ContactPatch):
+            self._patch(ctx, record)
+        elif isinstance(record, ContactErase):
+            self._erase(ctx, record)
+        elif isinstance(record, DedupeSweep):
+            self._sweep(ctx, record)
+        elif isinstance(record, SegmentRefresh):
+            # An id merged away has no state: its refresh is dropped (the backfill lists the target).
+            self.segments.refresh(ctx, self._state(ctx, record_key(record)), record)
+        elif isinstance(record, SegmentWake):
+            self.segments.wake(ctx, self._state(ctx, record_key(record)), record)
+        elif isinstance(record, ListMembership):
+            self._list_membership(ctx, record)
+        elif isinstance(record, JourneyEntry):
+            self._journey_entry(ctx, record)
+        elif isinstance(record, JourneyWake):
+            self.journeys.on_wake(ctx, self._state(ctx, record_key(record)), record)
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _ingest(self, ctx: Context, record: IngestedMessage) -> None:
+        key = record_key(record)
+        now = ctx.clock.now()
+        if self._is_duplicate(ctx, key, record.message_id, now):
+            return
+        self._remember(ctx, record.project_id, record.contact_id, record.message_id, now)
+        if self._forward_if_merged(ctx, key, record, "forwarded_to"):
+            return
+        contacts = ctx.table(CONTACTS)
+        state = self._state(ctx, key)
+        outcome = domain.apply_message(
+            state,
+            record.message,
+            project_id=record.project_id,
+            contact_id=record.contact_id,
+            message_id=record.message_id,
+            received_at=record.received_at,
+            recent_limit=self.recent_limit,
+        )
+        contacts.set(key, dumps(outcome.state))
+        for source in outcome.merge_sources:
+            request = MergeRequest(
+                project_id=record.project_id, source_id=source, target_id=record.contact_id, requested_at=now
+            )
+            ctx.emit(topics.EVENTS, record_key(request), dumps(request))
+        ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
+        source = "identify" if isinstance(record.message, IdentifyMessage) else record.message.type
+        self._emit_changes(ctx, record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+        message = record.message
+        fact = (
+            HistoryFact(
+                message_id=record.message_id,
+                name=message.event,
+                timestamp=effective_timestamp(message, record.received_at),
+                properties=message.properties,
+            )
+            if isinstance(message, TrackMessage)
+            else None
+        )
+        self.segments.after_message(
+            ctx,
+            outcome.state,
+            is_new=state is None,
+            fact=fact,
+            changes=outcome.changes,
+            cause=f"event:{record.message_id}",
+        )
+        if fact is not None:
+            self.journeys.on_event(ctx, self._state(ctx, key) or outcome.state, fact)
+
+    def _merge_request(self, ctx: Context, record: MergeRequest) -> None:
+        key = record_key(record)
+        if record.source_id == record.target_id:
+            return
+        alias = self._alias(ctx, key)
+        if alias is not None:
+            # An id belongs to the first contact it was merged into; later claims are ignored.
+            if alias.merged_into != record.target_id:
+                log.info(
+                    "merge of %s into %s ignored: already merged into %s", key, record.target_id, alias.merged_into
+                )
+            return
+        state = self._state(ctx, key)
+        if state is not None:
+            self.journeys.on_leave(ctx, state, f"merged:{record.target_id}")
+        ctx.table(CONTACTS).delete(key)
+        source_segments = self.segments.leave(ctx, record.project_id, record.source_id, f"merged:{record.target_id}")
+        merged = AliasState(
+            project_id=record.project_id, id=record.source_id, merged_into=record.target_id, merged_at=ctx.clock.now()
+        )
+        ctx.table(ALIASES).set(key, dumps(merged))
+        hand_over = MergeIn(
+            project_id=record.project_id,
+            source_id=record.source_id,
+            target_id=record.target_id,
+            source_state=state,
+            merged_at=merged.merged_at,
+            source_segments=source_segments.decode() if source_segments is not None else None,
+        )
+        ctx.emit(topics.EVENTS, record_key(hand_over), dumps(hand_over))
+
+    def _merge_in(self, ctx: Context, record: MergeIn) -> None:
+        key = record_key(record)
+        if self._forward_if_merged(ctx, key, record, "target_id"):
+            return
+        target = self._state(ctx, key)
+        if target is not None and record.source_id in target.anonymous_ids:
+            return  # already merged: a replayed hand-over must not count twice
+        now = ctx.clock.now()
+        outcome = domain.merge_profiles(
+            target,
+            record.source_state,
+            source_id=record.source_id,
+            target_id=record.target_id,
+            project_id=record.project_id,
+            now=now,
+            recent_limit=self.recent_limit,
+        )
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        pid = record.project_id
+        # History is re-attributed by mapping, not by rewriting rows: every id now merged into the
+        # target (the source and whatever was merged into it before) maps to it in contact_aliases.
+        moved = [record.source_id, *(record.source_state.anonymous_ids if record.source_state else [])]
+        for alias_id in moved:
+            row = AliasRow(project_id=pid, alias_id=alias_id, contact_id=record.target_id, merged_at=record.merged_at)
+            ctx.emit(topics.ANALYTICS, key, dumps(row))
+        self._emit_changes(ctx, pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
+        source_segments = record.source_segments.encode() if record.source_segments is not None else None
+        self.segments.after_merge(ctx, outcome.state, source_segments, record.source_id, outcome.changes)
+
+    def _patch(self, ctx: Context, record: ContactPatch) -> None:
+        key = record_key(record)
+        # Merged since the link was made: the contact lives on under the target, created at another
+        # time, so only "it exists" still applies there.
+        if self._forward_if_merged(ctx, key, record.model_copy(update={"only_created_ms": None}), "id"):
+            return
+        state = self._state(ctx, key)
+        if record.only_existing and (
+            state is None
+            or (record.only_created_ms is not None and epoch_ms(state.created_at) != record.only_created_ms)
+        ):
+            return  # an unsubscribe link of an erased contact: it names nobody any more
+        now = ctx.clock.now()
+        outcome = domain.apply_patch(state, record.traits, project_id=record.project_id, contact_id=record.id, now=now)
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
+        self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
+
+    def _journey_entry(self, ctx: Context, record: JourneyEntry) -> None:
+        key = record_key(record)
+        if self._forward_if_merged(ctx, key, record, "id"):
+            return
+        state = self._state(ctx, key)
+        now = ctx.clock.now()
+        if state is None and not record.create_contact:
+            return  # a delayed link for a contact erased meanwhile
+        if state is None:  # entering a journey by id creates the contact, like a list import
+            outcome = domain.apply_patch(None, {}, project_id=record.project_id, contact_id=record.id, now=now)
+            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            self.segments.after_change(ctx, outcome.state, outcome.changes, f"journey_entry:{record.entry_id}")
+            state = self._state(ctx, key) or outcome.state
+        self.journeys.on_entry(ctx, state, record)
+
+    def _journey_update(self, ctx: Context, contact: ContactState, traits: dict[str, Any], cause: str) -> ContactState:
+        """A journey's ``update`` step: the same semantics, validation and history as an API patch
+        (paths as in segment rules: ``plan`` or ``traits.plan``). An invalid value is skipped."""
+        key = contact_key(contact.project_id, contact.id)
+        now = ctx.clock.now()
+        cleaned: dict[str, Any] = {}
+        for path, value in traits.items():
+            name = path.removeprefix("traits.")
+            try:
+                cleaned.update(normalize_traits({name: value}, prefix="traits"))
+            except TraitError as exc:
+                log.warning("journey update of %s skipped for %s: %s", name, key, exc)
+        traits = cleaned
+        outcome = domain.apply_patch(
+            self._state(ctx, key), traits, project_id=contact.project_id, contact_id=contact.id, now=now
+        )
+        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        self._emit_changes(ctx, contact.project_id, contact.id, outcome.changes, now, "journey", cause)
+        self.segments.after_change(ctx, outcome.state, outcome.changes, cause)
+        return outcome.state
+
+    def _segment_transitions(
+        self, ctx: Context, project_id: str, contact_id: str, transitions: list[tuple[str, bool, str]]
+    ) -> None:
+        state = self._state(ctx, contact_key(project_id, contact_id))
+        if state is None:
+            return  # erased or merged away: its runs were ended already
+        self.journeys.on_segments(ctx, state, [SegmentTransition(*t) for t in transitions])
+
+    def _list_membership(self, ctx: Context, record: ListMembership) -> None:
+        key = record_key(record)
+        if self._forward_if_merged(ctx, key, record, "id"):
+            return
+        state = self._state(ctx, key)
+        if state is None and not record.member:
+            return  # removing a contact that doesn't exist: nothing to do
+        now = ctx.clock.now()
+        if state is None or record.traits:
+            outcome = domain.apply_patch(
+                state, record.traits, project_id=record.project_id, contact_id=record.id, now=now
+            )
+            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "import", record.request_id)
+            self.segments.after_change(ctx, outcome.state, outcome.changes, f"import:{record.request_id}")
+            contact = outcome.state
+        else:
+            contact = state
+        self.segments.list_membership(ctx, contact, record.list_id, record.member, is_new=state is None)
+
+    def _erase(self, ctx: Context, record: ContactErase) -> None:
+        key = record_key(record)
+        alias = self._alias(ctx, key)
+        if record.only_if_merged_into is not None and (
+            alias is None or alias.merged_into not in record.only_if_merged_into
+        ):
+            return  # this id belongs to someone else (or was never merged): not ours to erase
+        state = self._state(ctx, key)
+        if state is not None:
+            self.journeys.on_leave(ctx, state, "erased")
+        ctx.table(CONTACTS).delete(key)  # first: its segment exits must not trigger journeys
+        self.segments.leave(ctx, record.project_id, record.id, "erased")
+        ctx.table(ALIASES).delete(key)
+        dedupe = ctx.table(DEDUPE)
+        for entry, _ in list(dedupe.scan_prefix(key + SEP)):
+            dedupe.delete(entry)
+        ctx.cancel(self._sweep_timer(key))
+        if record.only_if_merged_into is not None:
+            return  # the root erase deletes the history of every id of the contact
+        # anonymous_ids holds every id merged into this contact, also through chains (A -> U2 -> U1).
+        ids = [record.id, *(state.anonymous_ids if state else [])]
+        for other in ids[1:]:
+            cascade = ContactErase(
+                project_id=record.project_id,
+                id=other,
+                requested_at=record.requested_at,
+                request_id=record.request_id,
+                only_if_merged_into=ids,
+            )
+            ctx.emit(topics.EVENTS, record_key(cascade), dumps(cascade))
+        ctx.emit(topics.ANALYTICS, key, dumps(EraseHistory(project_id=record.project_id, contact_ids=ids)))
+
+    def _sweep(self, ctx: Context, record: DedupeSweep) -> None:
+        key = record_key(record)
+        now = ctx.clock.now()
+        dedupe = ctx.table(DEDUPE)
+        oldest: datetime | None = None
+        for entry, seen_raw in list(dedupe.scan_prefix(key + SEP)):
+            seen = datetime.fromisoformat(seen_raw.decode())
+            if seen <= now - self.dedupe_window:
+                dedupe.delete(entry)
+            else:
+                oldest = seen if oldest is None else min(oldest, seen)
+        if oldest is not None:
+            ctx.schedule(self._sweep_timer(key), oldest + self.dedupe_window, topics.EVENTS, key, dumps(record))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _state(self, ctx: Context, key: str) -> ContactState | None:
+        raw = ctx.table(CONTACTS).get(key)
+        return loads(ContactState, raw) if raw is not None else None
+
+    def _forward_if_merged(
+        self,
+        ctx: Context,
+        key: str,
+        record: IngestedMessage | MergeIn | ContactPatch | ListMembership | JourneyEntry,
+        field: str,
+    ) -> bool:
+        """An id merged into another contact forwards its records there (``field`` names the target)."""
+        alias = self._alias(ctx, key)
+        if alias is None:
+            return False
+        forwarded = record.model_copy(update={field: alias.merged_into})
+        ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
+        return True
+
+    def _alias(self, ctx: Context, key: str) -> AliasState | None:
+        raw = ctx.table(ALIASES).get(key)
+        return loads(AliasState, raw) if raw is not None else None
+
+    def _is_duplicate(self, ctx: Context, key: str, message_id: str, now: datetime) -> bool:
+        seen = ctx.table(DEDUPE).get(key + SEP + message_id)
+        return seen is not None and datetime.fromisoformat(seen.decode()) > now - self.dedupe_window
+
+    def _remember(self, ctx: Context, project_id: str, contact_id: str, message_id: str, now: datetime) -> None:
+        key = contact_key(project_id, contact_id)
+        ctx.table(DEDUPE).set(key + SEP + message_id, now.isoformat().encode())
+        sweep = DedupeSweep(project_id=project_id, id=contact_id)
+        ctx.schedule(
+            self._sweep_timer(key), now + self.dedupe_window, topics.EVENTS, key, dumps(sweep), keep_existing=True
+        )
+
+    @staticmethod
+    def _sweep_timer(key: str) -> str:
+        return f"dedupe-sweep:{key}"
+
+    @staticmethod
+    def _event_row(record: IngestedMessage) -> EventRow:
+        message = record.message
+        return EventRow(
+            project_id=record.project_id,
+            message_id=record.message_id,
+            event_type=message.type,
+            event=event_name(message),
+            contact_id=record.contact_id,
+            user_id=message.user_id or "",
+            anonymous_id=message.anonymous_id or "",
+            timestamp=effective_timestamp(message, record.received_at),
+            original_timestamp=message.timestamp or message.original_timestamp,
+            sent_at=message.sent_at,
+            received_at=record.received_at,
+            properties=_json(getattr(message, "properties", {})),
+            traits=_json(getattr(message, "traits", {})),
+            context=_json(message.context),
+            raw=record.raw,
+        )
+
+    @staticmethod
+    def _emit_changes(
+        ctx: Context,
+        project_id: str,
+        contact_id: str,
+        changes: list[FieldChange],
+        at: datetime,
+        source: str,
+        cause: str,
+    ) -> None:
+        key = contact_key(project_id, contact_id)
+        for change in changes:
+            row = ContactChangeRow(
+                project_id=project_id,
+                contact_id=contact_id,
+                change_id=_uuid5_url(f"{key}|{cause}|{change.path}"),
+                changed_at=at,
+                source=source,
+                path=change.path,
+                old_value=_json(change.old),
+                new_value=_json(change.new),
+            )
+            ctx.emit(topics.ANALYTICS, key, dumps(row))
+
+
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def _uuid5_url(name: str) -> str:
+    """``str(uuid.uuid5(uuid.NAMESPACE_URL, name))``, without building a UUID object (one per changed
+    attribute of every message: the UUID class costs several times the hash)."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
