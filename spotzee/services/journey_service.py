@@ -1,9 +1,12 @@
 """Journeys as the API sees them: drafts, versions and the draft → live → paused → archived life.
 
-Editing a live (or paused) journey stores a new version and keeps its status: runs in flight
-continue on the version they entered with (their state names it). Publishing checks what the
-journey refers to: templates (and that their channel matches the send step), segments, lists
-and linked journeys must exist in the project.
+Editing a live (or paused) journey stores a new version and keeps its status; the processor runs
+every run on the current version, so a run in flight moves onto the new one with its next input
+(it stays at its step if the new version has that step with the same type, else it exits with
+``journey_changed``: ``domain/journeys/machine.py``, docs/journeys.md "Editing a live journey").
+Publishing, and editing a live or paused journey, check what the journey refers to: templates
+(and that their channel matches the send step), segments, lists and linked journeys must exist
+in the project.
 """
 
 from __future__ import annotations
