@@ -14,10 +14,8 @@ from __future__ import annotations
 import logging
 import uuid
 
-from pydantic import ValidationError
-
 from spotzee.domain.segments import segment_references
-from spotzee.errors import Conflict, InvalidInput, LogUnavailable, validation_details
+from spotzee.errors import Conflict, InvalidInput, LogUnavailable
 from spotzee.schemas.journey_models import (
     ApiTrigger,
     ExitOnSegmentExited,
@@ -31,17 +29,16 @@ from spotzee.schemas.journey_models import (
     SegmentTrigger,
     SendStep,
 )
-from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.records import JourneyBarrier, JourneyEntry
-from spotzee.schemas.template_models import TemplateDefinition
 from spotzee.schemas.tenancy_models import ApiKey
-from spotzee.services.catalogue import Catalogue, new_id
+from spotzee.services.catalogue import Catalogue, Definitions, Kind
 from spotzee.services.segment_service import Segments, list_references
+from spotzee.services.template_service import TEMPLATE
 from spotzee.streams.interface import Clock
 from spotzee.streams.journey_processor import JourneyRegistry
 from spotzee.streams.record_codec import dumps
 
-KIND = "journey"
+JOURNEY = Kind("journey", JourneyDefinition, "jrn")
 # Which lifecycle moves are allowed from which status.
 MOVES: dict[str, tuple[JourneyStatus, frozenset[JourneyStatus]]] = {
     "publish": (JourneyStatus.live, frozenset({JourneyStatus.draft, JourneyStatus.paused})),
@@ -52,45 +49,25 @@ MOVES: dict[str, tuple[JourneyStatus, frozenset[JourneyStatus]]] = {
 log = logging.getLogger(__name__)
 
 
-class Journeys:
+class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
+    """Checks that need the id (a link to itself needs a delay) fail as 400 when a version is made."""
+
     def __init__(self, catalogue: Catalogue, clock: Clock, segments: Segments, registry: JourneyRegistry) -> None:
+        super().__init__(catalogue, clock, JOURNEY, JourneyDefinition)
         self.runtime = catalogue.runtime
-        self.catalogue = catalogue
-        self.clock = clock
         self.segments = segments
         self.registry = registry  # the embedded processor's: a write is live there at once
 
-    def get(self, project_id: str, journey_id: str) -> JourneyDefinition:
-        return self.catalogue.get(KIND, JourneyDefinition, project_id, journey_id, what="journey")
-
-    def all(self, project_id: str) -> list[JourneyDefinition]:
-        return self.catalogue.all(KIND, JourneyDefinition, project_id)
-
-    def load(self, project_id: str) -> tuple[list[JourneyDefinition], list[QuarantinedDefinition]]:
-        """The project's journeys and its quarantined (unreadable) ones."""
-        return self.catalogue.load(KIND, JourneyDefinition, project_id)
-
     async def create(self, actor: ApiKey, body: JourneyCreate) -> JourneyDefinition:
-        now = self.clock.now()
-        item = _definition(
-            {
-                **body.model_dump(mode="json"),
-                "id": new_id("jrn"),
-                "project_id": actor.project_id or "",
-                "version": 1,
-                "status": JourneyStatus.draft,
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
-        await self._put(actor, "journey.create", item, None)
+        item = self.first_version(actor, {**body.model_dump(mode="json"), "status": JourneyStatus.draft})
+        await self.write(actor, "create", item, None)
         return item
 
     async def update(self, actor: ApiKey, journey_id: str, body: JourneyCreate) -> JourneyDefinition:
         current = self.get(actor.project_id or "", journey_id)
         if current.status == JourneyStatus.archived:
             raise Conflict(f"journey {journey_id} is archived: it can't be edited")
-        item = _definition(
+        item = self.validated(
             {
                 **body.model_dump(mode="json"),
                 "id": current.id,
@@ -103,7 +80,7 @@ class Journeys:
         )
         if item.status != JourneyStatus.draft:
             self._check_references(item)  # a live journey's new version is live at once
-        await self._put(actor, "journey.update", item, current)
+        await self.write(actor, "update", item, current)
         return item
 
     async def move(self, actor: ApiKey, journey_id: str, action: str) -> JourneyDefinition:
@@ -114,7 +91,7 @@ class Journeys:
         if target == JourneyStatus.live:
             self._check_references(current)
         item = current.model_copy(update={"status": target, "updated_at": self.clock.now()})
-        await self._put(actor, f"journey.{action}", item, current)
+        await self.write(actor, action, item, current)
         return item
 
     async def enter(self, actor: ApiKey, journey_id: str, body: JourneyEnterRequest) -> int:
@@ -151,7 +128,7 @@ class Journeys:
     def _check_references(self, journey: JourneyDefinition) -> None:
         project_id = journey.project_id
         problems: list[tuple[str, str]] = []
-        templates = {t.id: t for t in self.catalogue.all("template", TemplateDefinition, project_id)}
+        templates = {t.id: t for t in self.catalogue.all(TEMPLATE, project_id)}
         segments = {d.id for d in self.segments.live(project_id)}
         lists = {item.id for item in self.segments.lists(project_id)}
         journeys = {j.id for j in self.all(project_id)}
@@ -190,10 +167,8 @@ class Journeys:
                 details=[{"path": p, "reason": r} for p, r in problems],
             )
 
-    async def _put(self, actor: ApiKey, action: str, item: JourneyDefinition, before: JourneyDefinition | None) -> None:
-        summary = {"version": item.version, "status": item.status.value, "name": item.name}
-        previous = {"version": before.version, "status": before.status.value} if before else None
-        await self.catalogue.put(actor, action, KIND, item, dumps(item), before=previous, after=summary)
+    async def write(self, actor: ApiKey, verb: str, item: JourneyDefinition, before: JourneyDefinition | None) -> None:
+        await super().write(actor, verb, item, before)
         if item.status != JourneyStatus.draft:  # what is appended from now on sees this version
             barrier = JourneyBarrier(project_id=item.project_id, definition=item)
             try:
@@ -202,11 +177,8 @@ class Journeys:
                 log.warning("journey %s stored, but its barrier was not appended: %s", item.id, exc)
         self.registry.apply(item)  # after the barrier: this process's scheduler enters nobody before it
 
+    def audit(self, item: JourneyDefinition) -> object:
+        return {"version": item.version, "status": item.status.value, "name": item.name}
 
-def _definition(data: dict[str, object]) -> JourneyDefinition:
-    """The stored form; checks that need the id (a link to itself needs a delay) fail as 400."""
-    try:
-        return JourneyDefinition.model_validate(data)
-    except ValidationError as exc:
-        details = validation_details(exc)
-        raise InvalidInput("; ".join(f"{d['path']}: {d['reason']}" for d in details), details=details) from exc
+    def audit_before(self, item: JourneyDefinition) -> object:
+        return {"version": item.version, "status": item.status.value}

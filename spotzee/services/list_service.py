@@ -94,16 +94,7 @@ class Lists:
         await self._write(actor, "list.delete", item.model_copy(update={"deleted": True}), item)
 
     async def _write(self, actor: ApiKey, action: str, item: ListDefinition, before: ListDefinition | None) -> None:
-        row = self.tenancy.audit_row(
-            actor.id,
-            action,
-            f"list/{item.id}",
-            item.project_id,
-            actor.organisation_id,
-            before.model_dump(mode="json") if before else None,
-            item.model_dump(mode="json"),
-        )
-        await run_in_threadpool(self.runtime.put_definitions, [(f"list/{item.id}", dumps(item))], [dumps(row)])
+        await run_in_threadpool(self.tenancy.commit_definition, actor, action, item, before)
 
     # -- membership -------------------------------------------------------------------------------
 

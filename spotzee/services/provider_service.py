@@ -14,6 +14,7 @@ from spotzee.providers.destinations import check_provider
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, has_clear_secrets, open_definition, seal_definition
 from spotzee.schemas.provider_models import (
+    ProviderConfig,
     ProviderCreate,
     ProviderDefinition,
     ProviderPublic,
@@ -21,78 +22,54 @@ from spotzee.schemas.provider_models import (
     StoredProvider,
 )
 from spotzee.schemas.tenancy_models import ApiKey
-from spotzee.services.catalogue import Catalogue, new_id
+from spotzee.services.catalogue import Catalogue, Definitions, Kind
 from spotzee.streams.interface import Clock
 
 log = logging.getLogger(__name__)
 
-KIND = "provider"
+PROVIDER = Kind("provider", StoredProvider, "prv")
 
 
-class Providers:
+class Providers(Definitions[StoredProvider, ProviderDefinition]):
+    """Reads open a provider's secrets (``get``) or show only whether each is set (``public``)."""
+
     def __init__(self, catalogue: Catalogue, clock: Clock, policy: OutboundPolicy, box: SecretBox) -> None:
-        self.catalogue = catalogue
-        self.clock = clock
+        super().__init__(catalogue, clock, PROVIDER, ProviderDefinition)
         self.policy = policy
         self.box = box
         self._clear_warned: set[str] = set()
 
-    def get(self, project_id: str, provider_id: str) -> ProviderDefinition:
-        return self._open(self.catalogue.get(KIND, StoredProvider, project_id, provider_id, what="provider"))
-
     def public(self, project_id: str, provider_id: str) -> ProviderPublic:
         """The API's view: secrets are not opened (only whether each is set)."""
-        return ProviderPublic.from_stored(
-            self.catalogue.get(KIND, StoredProvider, project_id, provider_id, what="provider")
-        )
+        return ProviderPublic.from_stored(self.catalogue.get(PROVIDER, project_id, provider_id))
 
     def public_all(self, project_id: str) -> list[ProviderPublic]:
-        return [ProviderPublic.from_stored(stored) for stored in self.catalogue.all(KIND, StoredProvider, project_id)]
+        return [ProviderPublic.from_stored(stored) for stored in self.catalogue.all(PROVIDER, project_id)]
 
     def first_for(self, project_id: str, channel: str) -> ProviderDefinition | None:
         """The provider a send on ``channel`` goes through (the first by creation), opened."""
-        stored = self.catalogue.all(KIND, StoredProvider, project_id)
-        return next((self._open(item) for item in stored if item.channel == channel), None)
+        stored = self.catalogue.all(PROVIDER, project_id)
+        return next((self.opened(item) for item in stored if item.channel == channel), None)
 
     async def create(self, actor: ApiKey, body: ProviderCreate) -> ProviderDefinition:
         await check_provider(body.config, self.policy)
-        now = self.clock.now()
-        item = ProviderDefinition(
-            id=new_id("prv"),
-            project_id=actor.project_id or "",
-            name=body.name,
-            channel=body.channel,
-            provider_type=body.type,
-            config=body.config,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        await self._put(actor, "provider.create", item, None)
+        item = self.first_version(actor, _fields(body, body.config))
+        await self.write(actor, "create", item, None)
         return item
 
     async def update(self, actor: ApiKey, provider_id: str, body: ProviderUpdate) -> ProviderDefinition:
         await check_provider(body.config, self.policy)
         current = self.get(actor.project_id or "", provider_id)
-        item = current.model_copy(
-            update={
-                "name": body.name,
-                "channel": body.channel,
-                "provider_type": body.type,
-                "config": body.with_secrets_from(current.config),
-                "version": current.version + 1,
-                "updated_at": self.clock.now(),
-            }
-        )
-        await self._put(actor, "provider.update", item, current)
+        item = self.next_version(current, _fields(body, body.with_secrets_from(current.config)))
+        await self.write(actor, "update", item, current)
         return item
 
     async def delete(self, actor: ApiKey, provider_id: str) -> None:
         current = self.get(actor.project_id or "", provider_id)
         item = current.model_copy(update={"deleted": True, "version": current.version + 1})
-        await self._put(actor, "provider.delete", item, current)
+        await self.write(actor, "delete", item, current)
 
-    def _open(self, stored: StoredProvider) -> ProviderDefinition:
+    def opened(self, stored: StoredProvider) -> ProviderDefinition:
         if has_clear_secrets(stored) and stored.id not in self._clear_warned:
             self._clear_warned.add(stored.id)
             log.warning(
@@ -100,16 +77,13 @@ class Providers:
             )
         return open_definition(stored, self.box)
 
-    async def _put(
-        self, actor: ApiKey, action: str, item: ProviderDefinition, before: ProviderDefinition | None
-    ) -> None:
-        # Audit rows carry the public view: a secret never reaches the history.
-        await self.catalogue.put(
-            actor,
-            action,
-            KIND,
-            item,
-            orjson.dumps(seal_definition(item, self.box).model_dump(mode="json")),
-            before=ProviderPublic.from_definition(before).model_dump(mode="json") if before else None,
-            after=ProviderPublic.from_definition(item).model_dump(mode="json"),
-        )
+    def encode(self, item: ProviderDefinition) -> bytes:
+        return orjson.dumps(seal_definition(item, self.box).model_dump(mode="json"))
+
+    def audit(self, item: ProviderDefinition) -> object:
+        # The public view: a secret never reaches the history.
+        return ProviderPublic.from_definition(item).model_dump(mode="json")
+
+
+def _fields(body: ProviderCreate, config: ProviderConfig) -> dict[str, object]:
+    return {"name": body.name, "channel": body.channel, "provider_type": body.type, "config": config}

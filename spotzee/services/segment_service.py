@@ -255,18 +255,7 @@ class Segments:
     async def _write(
         self, actor: ApiKey, action: str, definition: SegmentDefinition, before: SegmentDefinition | None
     ) -> None:
-        row = self.tenancy.audit_row(
-            actor.id,
-            action,
-            f"segment/{definition.id}",
-            definition.project_id,
-            actor.organisation_id,
-            before.model_dump(mode="json") if before else None,
-            definition.model_dump(mode="json"),
-        )
-        await run_in_threadpool(
-            self.runtime.put_definitions, [(f"segment/{definition.id}", dumps(definition))], [dumps(row)]
-        )
+        await run_in_threadpool(self.tenancy.commit_definition, actor, action, definition, before)
         self.registry.apply(definition)
 
     # -- building ---------------------------------------------------------------------------------

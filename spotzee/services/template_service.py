@@ -18,31 +18,23 @@ from spotzee.schemas.template_models import (
     TemplatePreviewRequest,
 )
 from spotzee.schemas.tenancy_models import ApiKey
-from spotzee.services.catalogue import Catalogue, new_id
+from spotzee.services.catalogue import Catalogue, Definitions, Kind
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.streams.interface import Clock
-from spotzee.streams.record_codec import dumps
 
-KIND = "template"
+TEMPLATE = Kind("template", TemplateDefinition, "tpl")
 
 
-class Templates:
+class Templates(Definitions[TemplateDefinition, TemplateDefinition]):
     def __init__(
         self, catalogue: Catalogue, clock: Clock, outbound: OutboundPolicy, workers: TemplateWorkers | None = None
     ) -> None:
-        self.catalogue = catalogue
-        self.clock = clock
+        super().__init__(catalogue, clock, TEMPLATE, TemplateDefinition)
         self.outbound = outbound  # a webhook template's written-out host is vetted when written
         self.workers = workers or TemplateWorkers(size=2, deadline=2.0)
 
     def close(self) -> None:
         self.workers.close()
-
-    def get(self, project_id: str, template_id: str) -> TemplateDefinition:
-        return self.catalogue.get(KIND, TemplateDefinition, project_id, template_id, what="template")
-
-    def all(self, project_id: str) -> list[TemplateDefinition]:
-        return self.catalogue.all(KIND, TemplateDefinition, project_id)
 
     async def check(self, body: TemplateCreate) -> None:
         """Parse every template field in a worker: 400 naming each field that fails."""
@@ -51,36 +43,16 @@ class Templates:
     async def create(self, actor: ApiKey, body: TemplateCreate) -> TemplateDefinition:
         await self.check(body)
         await check_template(body.content, self.outbound)
-        now = self.clock.now()
-        item = TemplateDefinition(
-            id=new_id("tpl"),
-            project_id=actor.project_id or "",
-            name=body.name,
-            channel=body.channel,
-            content=body.content,
-            version=1,
-            created_at=now,
-            updated_at=now,
-        )
-        await self.catalogue.put(actor, "template.create", KIND, item, dumps(item), after=_audit(item))
+        item = self.first_version(actor, _fields(body))
+        await self.write(actor, "create", item, None)
         return item
 
     async def update(self, actor: ApiKey, template_id: str, body: TemplateCreate) -> TemplateDefinition:
         current = self.get(actor.project_id or "", template_id)
         await self.check(body)
         await check_template(body.content, self.outbound)
-        item = current.model_copy(
-            update={
-                "name": body.name,
-                "channel": body.channel,
-                "content": body.content,
-                "version": current.version + 1,
-                "updated_at": self.clock.now(),
-            }
-        )
-        await self.catalogue.put(
-            actor, "template.update", KIND, item, dumps(item), before=_audit(current), after=_audit(item)
-        )
+        item = self.next_version(current, _fields(body))
+        await self.write(actor, "update", item, current)
         return item
 
     async def preview(
@@ -91,6 +63,9 @@ class Templates:
             rendering.preview, template, contact, request, unsubscribe_url="https://unsubscribe.example/preview"
         )
 
+    def audit(self, item: TemplateDefinition) -> object:
+        return {"name": item.name, "channel": item.channel, "version": item.version}
 
-def _audit(item: TemplateDefinition) -> dict[str, object]:
-    return {"name": item.name, "channel": item.channel, "version": item.version}
+
+def _fields(body: TemplateCreate) -> dict[str, object]:
+    return {"name": body.name, "channel": body.channel, "content": body.content}

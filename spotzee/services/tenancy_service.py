@@ -12,16 +12,18 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from spotzee.domain import keys as key_rules
 from spotzee.errors import Conflict, Forbidden, NotFound, Unauthorized
 from spotzee.files import private_dir
 from spotzee.runtime.base import Runtime
 from spotzee.schemas.analytics import AuditRow
+from spotzee.schemas.segment_models import ListDefinition, SegmentDefinition
 from spotzee.schemas.tenancy_models import (
     AdminKeyCreate,
     ApiKey,
@@ -48,6 +50,24 @@ TENANCY_KINDS = ("organisation/", "project/", "api_key/")
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audited action: who (key and organisation) did what to which target of which project,
+    and what the audit row keeps of it before and after (JSON-ready, never a secret)."""
+
+    actor_id: str
+    organisation_id: str
+    action: str
+    target: str
+    project_id: str
+    before: Any = None
+    after: Any = None
+
+    @classmethod
+    def by(cls, actor: ApiKey, action: str, target: str, project_id: str, *, before: Any, after: Any) -> Change:
+        return cls(actor.id, actor.organisation_id, action, target, project_id, before, after)
 
 
 class Tenancy:
@@ -115,7 +135,9 @@ class Tenancy:
             write_raw, write = self._make_key(KeyKind.write, org.id, project.id, "default write key")
             secret_raw, secret = self._make_key(KeyKind.secret, org.id, project.id, "default secret key")
             items: list[Definition] = [org, project, admin, write, secret]
-            self._commit(items, SYSTEM_ACTOR, "bootstrap", org.id, project.id, org.id, None, {"project": project.id})
+            self._commit(
+                items, Change(SYSTEM_ACTOR, org.id, "bootstrap", org.id, project.id, None, {"project": project.id})
+            )
             keys = BootstrapKeys(
                 organisation_id=org.id,
                 project_id=project.id,
@@ -146,13 +168,7 @@ class Tenancy:
             secret_raw, secret = self._make_key(KeyKind.secret, actor.organisation_id, project.id, "default secret key")
             self._commit(
                 [project, write, secret],
-                actor.id,
-                "project.create",
-                project.id,
-                project.id,
-                actor.organisation_id,
-                None,
-                _public(project),
+                Change.by(actor, "project.create", project.id, project.id, before=None, after=_public(project)),
             )
         return ProjectIssued(
             **ProjectPublic.model_validate(project.model_dump(exclude={"type"})).model_dump(),
@@ -190,13 +206,13 @@ class Tenancy:
         with self._lock:
             self.project(actor.organisation_id, project_id)
             raw, key = self._make_key(body.kind, actor.organisation_id, project_id, body.name)
-            self._commit([key], actor.id, "key.create", key.id, project_id, actor.organisation_id, None, _public(key))
+            self._commit([key], Change.by(actor, "key.create", key.id, project_id, before=None, after=_public(key)))
         return KeyIssued(**KeyPublic.from_key(key).model_dump(), key=raw)
 
     def create_admin_key(self, actor: ApiKey, body: AdminKeyCreate) -> KeyIssued:
         with self._lock:
             raw, key = self._make_key(KeyKind.admin, actor.organisation_id, None, body.name)
-            self._commit([key], actor.id, "key.create", key.id, "", actor.organisation_id, None, _public(key))
+            self._commit([key], Change.by(actor, "key.create", key.id, "", before=None, after=_public(key)))
         return KeyIssued(**KeyPublic.from_key(key).model_dump(), key=raw)
 
     def list_admin_keys(self, organisation_id: str) -> list[KeyPublic]:
@@ -214,13 +230,14 @@ class Tenancy:
             revoked = old.model_copy(update={"revoked_at": self.clock.now()})
             self._commit(
                 [revoked, new],
-                actor.id,
-                "key.rotate",
-                old.id,
-                old.project_id or "",
-                actor.organisation_id,
-                _public(old),
-                {"revoked": _public(revoked), "issued": _public(new)},
+                Change.by(
+                    actor,
+                    "key.rotate",
+                    old.id,
+                    old.project_id or "",
+                    before=_public(old),
+                    after={"revoked": _public(revoked), "issued": _public(new)},
+                ),
             )
         return KeyIssued(**KeyPublic.from_key(new).model_dump(), key=raw)
 
@@ -237,13 +254,9 @@ class Tenancy:
             revoked = old.model_copy(update={"revoked_at": self.clock.now()})
             self._commit(
                 [revoked],
-                actor.id,
-                "key.revoke",
-                old.id,
-                old.project_id or "",
-                actor.organisation_id,
-                _public(old),
-                _public(revoked),
+                Change.by(
+                    actor, "key.revoke", old.id, old.project_id or "", before=_public(old), after=_public(revoked)
+                ),
             )
         return KeyPublic.from_key(revoked)
 
@@ -258,8 +271,21 @@ class Tenancy:
     # -- audit of data actions (contacts) ---------------------------------------------------
 
     def audit(self, actor: ApiKey, action: str, target: str, project_id: str, before: Any, after: Any) -> None:
-        row = self.audit_row(actor.id, action, target, project_id, actor.organisation_id, before, after)
-        self.runtime.put_definitions([], [dumps(row)])
+        self.commit([], Change.by(actor, action, target, project_id, before=before, after=after))
+
+    def commit_definition(
+        self, actor: ApiKey, action: str, item: SegmentDefinition | ListDefinition, before: BaseModel | None
+    ) -> None:
+        """Store a project's segment or list at ``<type>/<id>``, its audit row keeping the whole
+        definition before and after."""
+        key = f"{item.type}/{item.id}"
+        before_view = before.model_dump(mode="json") if before else None
+        change = Change.by(actor, action, key, item.project_id, before=before_view, after=item.model_dump(mode="json"))
+        self.commit([(key, dumps(item))], change)
+
+    def commit(self, writes: list[tuple[str, bytes | None]], change: Change) -> None:
+        """Store ``writes`` (key, value) and the audit row of ``change`` in one atomic write."""
+        self.runtime.put_definitions(writes, [dumps(self.audit_row(change))])
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -277,35 +303,22 @@ class Tenancy:
         )
         return raw, key
 
-    def _commit(
-        self,
-        items: list[Definition],
-        actor_id: str,
-        action: str,
-        target: str,
-        project_id: str,
-        organisation_id: str,
-        before: Any,
-        after: Any,
-    ) -> None:
-        row = self.audit_row(actor_id, action, target, project_id, organisation_id, before, after)
-        self.runtime.put_definitions([(f"{item.type}/{item.id}", dumps(item)) for item in items], [dumps(row)])
+    def _commit(self, items: list[Definition], change: Change) -> None:
+        self.commit([(f"{item.type}/{item.id}", dumps(item)) for item in items], change)
         for item in items:
             self._remember(item)
 
-    def audit_row(
-        self, actor_id: str, action: str, target: str, project_id: str, organisation_id: str, before: Any, after: Any
-    ) -> AuditRow:
+    def audit_row(self, change: Change) -> AuditRow:
         return AuditRow(
             audit_id=str(uuid.uuid4()),
-            organisation_id=organisation_id,
-            project_id=project_id,
-            actor_key_id=actor_id,
-            action=action,
-            target=target,
+            organisation_id=change.organisation_id,
+            project_id=change.project_id,
+            actor_key_id=change.actor_id,
+            action=change.action,
+            target=change.target,
             at=self.clock.now(),
-            before=json.dumps(before, default=str),
-            after=json.dumps(after, default=str),
+            before=json.dumps(change.before, default=str),
+            after=json.dumps(change.after, default=str),
         )
 
 
