@@ -45,6 +45,7 @@ TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 # Credentials meant for the first origin are not sent to another one a redirect points at.
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
 SNIPPET_BYTES: Final = 512
+USER_AGENT: Final = "Spotzee-Webhooks/1"  # unless the template sets its own
 
 # -- signing ------------------------------------------------------------------------------------
 
@@ -116,9 +117,7 @@ class WebhookSender:
         policy: OutboundPolicy,
         max_redirects: int = MAX_REDIRECTS,
         clock: Callable[[], float] = time.time,
-        user_agent: str = "Spotzee-Webhooks/1",
         tls_context: ssl.SSLContext | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if config.signing_secret is None:
             raise ValueError("a webhook provider needs a signing secret")
@@ -127,12 +126,10 @@ class WebhookSender:
         self._policy = policy
         self._max_redirects = max_redirects
         self._clock = clock
-        self._user_agent = user_agent
         # No keep-alive: connections are made to a pinned IP address, and httpx pools them by
         # URL origin (that IP), which would let a request for one host reuse another host's TLS
         # session. No environment proxies (see the module docstring).
         self._client = httpx.AsyncClient(
-            transport=transport,
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(config.timeout),
@@ -145,33 +142,11 @@ class WebhookSender:
 
     async def send(self, delivery: WebhookDelivery) -> Sent | Transient | Permanent:
         request = delivery.request
-        method = request.method
-        url = request.url
         body = request.body.encode("utf-8") if request.body is not None else b""
-        headers = dict(request.headers)
-        if body and not any(name.lower() == "content-type" for name in headers):
-            headers["Content-Type"] = "application/json"
-        if not any(name.lower() == "user-agent" for name in headers):
-            headers["User-Agent"] = self._user_agent
-        headers[IDEMPOTENCY_HEADER] = delivery.send_id
-        origin = _origin(url)
+        headers = _headers(request.headers, body, delivery.send_id)
         try:
             async with asyncio.timeout(self._timeout):
-                for _hop in range(self._max_redirects + 1):
-                    destination = await self._policy.check_url(url)
-                    result = await self._exchange(destination, method, headers, body)
-                    if not isinstance(result, _Redirect):
-                        return result
-                    if not result.location:
-                        return Permanent(reason=f"HTTP {result.status} redirect without a Location")
-                    url = str(httpx.URL(url).join(result.location))
-                    if result.status == 303 or (result.status in (301, 302) and method != "GET"):
-                        # What clients do (and httpx would): the next request is a GET without a body.
-                        method, body = "GET", b""
-                        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-                    if _origin(url) != origin:
-                        headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
-                return Permanent(reason=f"more than {self._max_redirects} redirects")
+                return await self._follow(request.method, request.url, headers, body)
         except DestinationRefused as exc:
             return Permanent(reason=f"destination refused: {exc.message}")
         except DestinationUnresolved as exc:
@@ -186,6 +161,27 @@ class WebhookSender:
             return Transient(reason=f"ConnectError: {exc}")
         except httpx.TransportError as exc:
             return Transient(reason=f"{type(exc).__name__}: {exc}")
+
+    async def _follow(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> Sent | Transient | Permanent:
+        """The request, and each redirect after it (every hop's destination checked)."""
+        origin = _origin(url)
+        for _hop in range(self._max_redirects + 1):
+            destination = await self._policy.check_url(url)
+            result = await self._exchange(destination, method, headers, body)
+            if not isinstance(result, _Redirect):
+                return result
+            if not result.location:
+                return Permanent(reason=f"HTTP {result.status} redirect without a Location")
+            url = str(httpx.URL(url).join(result.location))
+            if result.status == 303 or (result.status in (301, 302) and method != "GET"):
+                # What clients do (and httpx would): the next request is a GET without a body.
+                method, body = "GET", b""
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            if _origin(url) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        return Permanent(reason=f"more than {self._max_redirects} redirects")
 
     async def _exchange(
         self, destination: Destination, method: str, headers: dict[str, str], body: bytes
@@ -214,6 +210,18 @@ class WebhookSender:
                 return _Redirect(response.status_code, response.headers.get("location"))
             return classify(response.status_code, response.headers, snippet, now=self._clock())
         raise error or httpx.ConnectError(f"no address to connect to for {destination.host}")
+
+
+def _headers(given: Mapping[str, str], body: bytes, send_id: str) -> dict[str, str]:
+    """The template's headers, with a JSON content type and our user agent unless it sets them,
+    and the idempotency key."""
+    headers = dict(given)
+    if body and not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
+    if not any(name.lower() == "user-agent" for name in headers):
+        headers["User-Agent"] = USER_AGENT
+    headers[IDEMPOTENCY_HEADER] = send_id
+    return headers
 
 
 def _certificate_rejected(exc: BaseException) -> bool:

@@ -76,27 +76,6 @@ MAX_COUNT: Final = 10_000  # a rolling count keeps up to value + 1 timestamps pe
 CONTACT_FIELDS: Final = ("email", "phone", "timezone", "locale", "user_id", "first_seen", "last_seen", "created_at")
 CHANNELS: Final = ("email", "sms", "whatsapp", "push", "in_app", "webhook")
 
-AttributeOp = Literal[
-    "eq",
-    "neq",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "between",
-    "contains",
-    "not_contains",
-    "starts_with",
-    "ends_with",
-    "in",
-    "not_in",
-    "exists",
-    "not_exists",
-    "before",
-    "after",
-    "within_last",
-    "more_than",
-]
 PropertyOp = Literal[
     "eq",
     "neq",
@@ -116,6 +95,7 @@ PropertyOp = Literal[
     "before",
     "after",
 ]
+AttributeOp = Literal[PropertyOp, "within_last", "more_than"]  # the relative ops are for attributes only
 CompareOp = Literal["eq", "neq", "gt", "gte", "lt", "lte"]
 OccurrenceOp = Literal["within_last", "more_than", "before", "after"]
 AggregateFn = Literal["sum", "min", "max", "avg"]
@@ -216,27 +196,44 @@ def _value_fits_op(value: Any, info: ValidationInfo) -> Any:
     if value is None:
         raise ValueError(f"{op} needs a value")
     if op in RELATIVE_OPS:
-        if not _is_number(value) or value <= 0:
-            raise ValueError(f"{op} needs a positive number of units")
-        unit = info.data.get("unit")
-        if unit is not None and duration(value, unit) > MAX_DURATION:
-            raise ValueError("longer than 100 years")
-        return value
+        return _relative_value(op, value, info.data.get("unit"))
     if op in DATE_OPS:
         return _parse_datetime(value)
     if op in LIST_OPS:
-        if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
-            raise ValueError(f"{op} needs a non-empty list of strings, numbers or booleans")
-        return value
+        return _list_value(op, value)
     if op == "between":
-        if not (isinstance(value, list) and len(value) == 2):
-            raise ValueError("between needs a list of two values [low, high]")
-        low, high = value
-        if not ((_is_number(low) and _is_number(high)) or (isinstance(low, str) and isinstance(high, str))):
-            raise ValueError("between needs two numbers or two strings")
-        if low > high:
-            raise ValueError("between needs low <= high")
-        return value
+        return _between_value(value)
+    return _single_value(op, value)
+
+
+def _relative_value(op: str, value: Any, unit: TimeUnit | None) -> Any:
+    """``within_last`` / ``more_than``: a positive number of units, at most 100 years."""
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{op} needs a positive number of units")
+    if unit is not None and duration(value, unit) > MAX_DURATION:
+        raise ValueError("longer than 100 years")
+    return value
+
+
+def _list_value(op: str, value: Any) -> Any:
+    if not isinstance(value, list) or not value or not all(_is_scalar(v) for v in value):
+        raise ValueError(f"{op} needs a non-empty list of strings, numbers or booleans")
+    return value
+
+
+def _between_value(value: Any) -> Any:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError("between needs a list of two values [low, high]")
+    low, high = value
+    if not ((_is_number(low) and _is_number(high)) or (isinstance(low, str) and isinstance(high, str))):
+        raise ValueError("between needs two numbers or two strings")
+    if low > high:
+        raise ValueError("between needs low <= high")
+    return value
+
+
+def _single_value(op: str, value: Any) -> Any:
+    """The comparisons and text ops: one scalar (``eq`` / ``neq`` also take a list of them)."""
     if op in ("eq", "neq") and isinstance(value, list):
         if not all(_is_scalar(v) for v in value):
             raise ValueError("a list value may hold only strings, numbers and booleans")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from spotzee.domain.segments import segment_references
 from spotzee.errors import Conflict, InvalidInput, LogUnavailable
@@ -28,8 +30,11 @@ from spotzee.schemas.journey_models import (
     ScheduledTrigger,
     SegmentTrigger,
     SendStep,
+    StepNode,
+    TriggerNode,
 )
 from spotzee.schemas.records import JourneyBarrier, JourneyEntry
+from spotzee.schemas.template_models import TemplateDefinition
 from spotzee.schemas.tenancy_models import ApiKey
 from spotzee.services.catalogue import Catalogue, Definitions, Kind
 from spotzee.services.segment_service import Segments, list_references
@@ -127,40 +132,13 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
 
     def _check_references(self, journey: JourneyDefinition) -> None:
         project_id = journey.project_id
-        problems: list[tuple[str, str]] = []
-        templates = {t.id: t for t in self.catalogue.all(TEMPLATE, project_id)}
-        segments = {d.id for d in self.segments.live(project_id)}
-        lists = {item.id for item in self.segments.lists(project_id)}
-        journeys = {j.id for j in self.all(project_id)}
-        trigger = journey.trigger
-        if isinstance(trigger, SegmentTrigger) and trigger.segment_id not in segments:
-            problems.append(("trigger.segment_id", f"segment {trigger.segment_id} does not exist"))
-        if isinstance(trigger, ScheduledTrigger):
-            audience = trigger.audience
-            if audience.segment_id is not None and audience.segment_id not in segments:
-                problems.append(("trigger.audience.segment_id", f"segment {audience.segment_id} does not exist"))
-            if audience.list_id is not None and audience.list_id not in lists:
-                problems.append(("trigger.audience.list_id", f"list {audience.list_id} does not exist"))
-        for i, condition in enumerate(journey.exit_when):
-            if isinstance(condition, ExitOnSegmentExited) and condition.segment_id not in segments:
-                problems.append((f"exit_when.{i}.segment_id", f"segment {condition.segment_id} does not exist"))
-        for step_id, step in journey.steps.items():
-            path = f"steps.{step_id}"
-            if isinstance(step, SendStep):
-                template = templates.get(step.template_id)
-                if template is None:
-                    problems.append((f"{path}.template_id", f"template {step.template_id} does not exist"))
-                elif template.channel != step.channel:
-                    problems.append(
-                        (f"{path}.template_id", f"template {step.template_id} is a {template.channel} template")
-                    )
-            elif isinstance(step, GateStep):
-                for ref in sorted(segment_references(step.rule) - segments):
-                    problems.append((f"{path}.rule", f"segment {ref} does not exist"))
-                for ref in sorted(list_references(step.rule) - lists):
-                    problems.append((f"{path}.rule", f"list {ref} does not exist"))
-            elif isinstance(step, LinkStep) and step.journey_id not in journeys:
-                problems.append((f"{path}.journey_id", f"journey {step.journey_id} does not exist"))
+        known = _Known(
+            templates={t.id: t for t in self.catalogue.all(TEMPLATE, project_id)},
+            segments={d.id for d in self.segments.live(project_id)},
+            lists={item.id for item in self.segments.lists(project_id)},
+            journeys={j.id for j in self.all(project_id)},
+        )
+        problems = list(known.problems(journey))
         if problems:
             raise InvalidInput(
                 "; ".join(f"{p}: {r}" for p, r in problems),
@@ -182,3 +160,48 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
 
     def audit_before(self, item: JourneyDefinition) -> object:
         return {"version": item.version, "status": item.status.value}
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What a journey's project holds: the ids its references must name."""
+
+    templates: dict[str, TemplateDefinition]
+    segments: set[str]
+    lists: set[str]
+    journeys: set[str]
+
+    def problems(self, journey: JourneyDefinition) -> Iterator[tuple[str, str]]:
+        """(path, reason) of every reference to something the project does not hold, in
+        definition order: trigger, exit conditions, steps."""
+        yield from self._trigger(journey.trigger)
+        for i, condition in enumerate(journey.exit_when):
+            if isinstance(condition, ExitOnSegmentExited) and condition.segment_id not in self.segments:
+                yield f"exit_when.{i}.segment_id", f"segment {condition.segment_id} does not exist"
+        for step_id, step in journey.steps.items():
+            yield from self._step(f"steps.{step_id}", step)
+
+    def _trigger(self, trigger: TriggerNode) -> Iterator[tuple[str, str]]:
+        if isinstance(trigger, SegmentTrigger) and trigger.segment_id not in self.segments:
+            yield "trigger.segment_id", f"segment {trigger.segment_id} does not exist"
+        if isinstance(trigger, ScheduledTrigger):
+            audience = trigger.audience
+            if audience.segment_id is not None and audience.segment_id not in self.segments:
+                yield "trigger.audience.segment_id", f"segment {audience.segment_id} does not exist"
+            if audience.list_id is not None and audience.list_id not in self.lists:
+                yield "trigger.audience.list_id", f"list {audience.list_id} does not exist"
+
+    def _step(self, path: str, step: StepNode) -> Iterator[tuple[str, str]]:
+        if isinstance(step, SendStep):
+            template = self.templates.get(step.template_id)
+            if template is None:
+                yield f"{path}.template_id", f"template {step.template_id} does not exist"
+            elif template.channel != step.channel:
+                yield f"{path}.template_id", f"template {step.template_id} is a {template.channel} template"
+        elif isinstance(step, GateStep):
+            for ref in sorted(segment_references(step.rule) - self.segments):
+                yield f"{path}.rule", f"segment {ref} does not exist"
+            for ref in sorted(list_references(step.rule) - self.lists):
+                yield f"{path}.rule", f"list {ref} does not exist"
+        elif isinstance(step, LinkStep) and step.journey_id not in self.journeys:
+            yield f"{path}.journey_id", f"journey {step.journey_id} does not exist"
