@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import merge_traits
@@ -43,17 +43,31 @@ def new_contact(project_id: str, contact_id: str, now: datetime, *, user_id: str
     return ContactState(project_id=project_id, id=contact_id, user_id=user_id, created_at=now, updated_at=now)
 
 
-def apply_message(
-    state: ContactState | None,
-    message: SegmentMessage,
-    *,
-    project_id: str,
-    contact_id: str,
-    message_id: str,
-    received_at: datetime,
-    recent_limit: int,
-) -> Outcome:
+class Arrival(TypedDict):
+    """A message as it reached a contact: the contact (project and id), the message's id and
+    receipt time, and how many recent events the contact keeps."""
+
+    project_id: str
+    contact_id: str
+    message_id: str
+    received_at: datetime
+    recent_limit: int
+
+
+class Merge(TypedDict):
+    """A merge of ``source_id`` into ``target_id`` of a project at ``now``, and how many recent
+    events the contact keeps."""
+
+    source_id: str
+    target_id: str
+    project_id: str
+    now: datetime
+    recent_limit: int
+
+
+def apply_message(state: ContactState | None, message: SegmentMessage, **arrival: Unpack[Arrival]) -> Outcome:
     """Apply one Segment-spec message to the contact ``contact_id`` (pure)."""
+    project_id, contact_id, received_at = arrival["project_id"], arrival["contact_id"], arrival["received_at"]
     before = state
     current = (
         _working_copy(state)
@@ -86,15 +100,15 @@ def apply_message(
     if isinstance(message, BEHAVIOURAL):
         name = event_name(message)
         _count(current, name, happened)
-        if recent_limit > 0:
+        if arrival["recent_limit"] > 0:
             recent = RecentEvent(
-                message_id=message_id,
+                message_id=arrival["message_id"],
                 type=message.type,
                 event=name,
                 timestamp=happened,
                 properties=copy.deepcopy(message.properties),
             )
-            current.recent_events = _recent([*current.recent_events, recent], recent_limit)
+            current.recent_events = _recent([*current.recent_events, recent], arrival["recent_limit"])
 
     current.updated_at = max(current.updated_at, received_at)
     current.version += 1
@@ -113,17 +127,10 @@ def apply_patch(
     return Outcome(current, diff_attributes(before, current))
 
 
-def merge_profiles(
-    target: ContactState | None,
-    source: ContactState | None,
-    *,
-    source_id: str,
-    target_id: str,
-    project_id: str,
-    now: datetime,
-    recent_limit: int,
-) -> Outcome:
+def merge_profiles(target: ContactState | None, source: ContactState | None, **merge: Unpack[Merge]) -> Outcome:
     """Merge the profile of ``source_id`` into ``target_id`` (the known contact wins)."""
+    source_id, target_id, now = merge["source_id"], merge["target_id"], merge["now"]
+    project_id = merge["project_id"]
     before = target
     merged = _working_copy(target) if target is not None else new_contact(project_id, target_id, now, user_id=target_id)
     aliases = [source_id, *(source.anonymous_ids if source else [])]
@@ -150,7 +157,7 @@ def merge_profiles(
                     last_at=max(mine.last_at, stats.last_at),
                 )
             )
-        merged.recent_events = _recent([*merged.recent_events, *source.recent_events], recent_limit)
+        merged.recent_events = _recent([*merged.recent_events, *source.recent_events], merge["recent_limit"])
         merged.created_at = min(merged.created_at, source.created_at)
     merged.updated_at = max(merged.updated_at, now)
     merged.version += 1

@@ -100,36 +100,47 @@ def measure(value: object, budget: int) -> int:
     total = 0
     stack: list[object] = [value]
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item) + 1
-        elif isinstance(item, bool) or item is None:
-            total += 5
-        elif isinstance(item, int):
-            total += item.bit_length() // 3 + 2  # decimal digits, over-estimated
-        elif isinstance(item, range):
-            try:
-                count = len(item)
-            except OverflowError:
-                return budget + 1
-            widest = max(abs(item.start), abs(item.stop))
-            total += count * (widest.bit_length() // 3 + 2)
-        elif isinstance(item, Mapping):
-            if len(item) > budget:
-                return budget + 1
-            total += 2 + len(item)
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, Sequence | Set):
-            if len(item) > budget:
-                return budget + 1
-            total += 2 + len(item)
-            stack.extend(item)
-        else:  # floats, dates, Undefined, drops: short when written out
-            total += 32
+        size = _own_size(stack.pop(), budget, stack)
+        if size is None:
+            return budget + 1
+        total += size
         if total > budget:
             return total
     return total
+
+
+def _own_size(item: object, budget: int, stack: list[object]) -> int | None:
+    """What ``item`` takes written out, its elements aside (pushed on ``stack``); None when it
+    holds more than ``budget`` elements."""
+    if isinstance(item, str):
+        return len(item) + 1
+    if isinstance(item, bool) or item is None:
+        return 5
+    if isinstance(item, int):
+        return item.bit_length() // 3 + 2  # decimal digits, over-estimated
+    if isinstance(item, range):
+        return _range_size(item)
+    if isinstance(item, Mapping):
+        if len(item) > budget:
+            return None
+        stack.extend(item.keys())
+        stack.extend(item.values())
+        return 2 + len(item)
+    if isinstance(item, Sequence | Set):
+        if len(item) > budget:
+            return None
+        stack.extend(item)
+        return 2 + len(item)
+    return 32  # floats, dates, Undefined, drops: short when written out
+
+
+def _range_size(item: range) -> int | None:
+    try:
+        count = len(item)
+    except OverflowError:
+        return None
+    widest = max(abs(item.start), abs(item.stop))
+    return count * (widest.bit_length() // 3 + 2)
 
 
 def _text(value: object) -> str | None:

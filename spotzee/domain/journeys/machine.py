@@ -61,21 +61,24 @@ def transition(
     walk = Walk(journey, state.model_copy(deep=True), now, env)
     if not _migrate(walk):
         return _finish(walk)
+    reason = _on_input(walk, input)
+    return _ignored(state, reason) if reason is not None else _finish(walk)
+
+
+def _on_input(walk: Walk, input: Exit | SegmentExited | EventSeen | Wake) -> str | None:
+    """Carry out ``input`` on a run (``Enter`` aside); the reason to ignore it otherwise."""
     if isinstance(input, Exit):
         _exit(walk, input.reason)
-    elif isinstance(input, SegmentExited):
-        if not any(isinstance(c, ExitOnSegmentExited) and c.segment_id == input.segment_id for c in journey.exit_when):
-            return _ignored(state, "no exit_when on this segment")
+        return None
+    if isinstance(input, SegmentExited):
+        exits = walk.journey.exit_when
+        if not any(isinstance(c, ExitOnSegmentExited) and c.segment_id == input.segment_id for c in exits):
+            return "no exit_when on this segment"
         _exit(walk, f"segment_exited:{input.segment_id}")
-    elif isinstance(input, EventSeen):
-        reason = _on_event(walk, input)
-        if reason is not None:
-            return _ignored(state, reason)
-    else:
-        reason = _on_wake(walk, input)
-        if reason is not None:
-            return _ignored(state, reason)
-    return _finish(walk)
+        return None
+    if isinstance(input, EventSeen):
+        return _on_event(walk, input)
+    return _on_wake(walk, input)
 
 
 def _enter(journey: JourneyDefinition, state: RunState | None, enter: Enter, now: datetime, env: JourneyEnv) -> Outcome:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict, Unpack
 
 from pydantic import Field
 
@@ -252,27 +253,34 @@ def on_event(
     return _evaluate(project, cs, contact, now, affected)
 
 
+class RefreshChunk(TypedDict):
+    """One chunk of a segment version's backfill for a contact (a ``SegmentRefresh``)."""
+
+    segment_id: str
+    version: int
+    tracker_keys: Iterable[str]
+    facts: list[HistoryFact]
+    last: bool
+
+
 def on_refresh(
     project: ProjectSegments,
     cs: ContactSegments,
     contact: ContactState,
     *,
-    segment_id: str,
-    version: int,
-    tracker_keys: Iterable[str],
-    facts: list[HistoryFact],
-    last: bool,
     now: datetime,
+    **chunk: Unpack[RefreshChunk],
 ) -> Outcome:
     """A backfill chunk. On the last chunk, build the segment's incomplete trackers from the
     history plus the buffered live facts (deduplicated by messageId), then evaluate it."""
+    segment_id, version = chunk["segment_id"], chunk["version"]
     cs = _synced(project, cs)
     if segment_id not in project.segments:
         return _evaluate(project, cs, contact, now, set())  # deleted meanwhile: clear what's left
     seeding = dict(cs.seeding)
     previous = seeding.get(segment_id)
-    gathered = [*(previous.facts if previous is not None and previous.version == version else []), *facts]
-    if not last:
+    gathered = [*(previous.facts if previous is not None and previous.version == version else []), *chunk["facts"]]
+    if not chunk["last"]:
         seeding[segment_id] = Seeding(version=version, facts=gathered)
         return Outcome(cs.model_copy(update={"seeding": seeding}))
     seeding.pop(segment_id, None)
@@ -282,7 +290,7 @@ def on_refresh(
     ordered = sorted(history.values(), key=lambda f: (f.timestamp, f.message_id))
     complete = set(cs.complete)
     slots = dict(cs.state.slots)
-    for key in tracker_keys:
+    for key in chunk["tracker_keys"]:
         tracker = project.bundle.trackers.get(key)
         if tracker is None or key in complete:
             continue

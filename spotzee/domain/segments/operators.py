@@ -159,6 +159,9 @@ def _is_in(actual: Any, options: list[Any]) -> bool:
     return any(equal(actual, option) for option in options)
 
 
+_VALUE_OPS = frozenset({"eq", "gt", "gte", "lt", "lte", "between", "contains", "starts_with", "ends_with", "in"})
+
+
 def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> bool:
     """Whether ``actual`` (None when missing) satisfies ``op value`` at ``now``."""
     if op == "exists":
@@ -169,6 +172,13 @@ def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> 
         return not holds(_NEGATED[op], actual, value, unit, now)
     if actual is None:
         return False
+    if op in _VALUE_OPS:
+        return _value_holds(op, actual, value)
+    return _time_holds(op, actual, value, unit, now)
+
+
+def _value_holds(op: str, actual: Any, value: Any) -> bool:
+    """The comparisons, ``between`` and the text and list ops, on a present ``actual``."""
     if op in ("eq", "gt", "gte", "lt", "lte"):
         return compare(op, actual, value)
     if op == "between":
@@ -181,8 +191,12 @@ def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> 
         return isinstance(actual, str) and actual.startswith(value)
     if op == "ends_with":
         return isinstance(actual, str) and actual.endswith(value)
-    if op == "in":
-        return _is_in(actual, value)
+    return _is_in(actual, value)
+
+
+def _time_holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> bool:
+    """The date ops: absolute (``before`` / ``after``) and relative to ``now``; false when
+    ``actual`` is not an instant."""
     instant = as_instant(actual)
     if instant is None:
         return False

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict, Unpack
 
 from pydantic import Field
 
@@ -126,6 +126,16 @@ def _entry_time(entry: Entry) -> datetime:
     return entry[0]
 
 
+class Shape(TypedDict, total=False):
+    """What a tracker kind needs beyond its event: a rolling ``window`` or absolute ``bounds``,
+    how many timestamps to ``keep`` (latest), the ``property`` an aggregate folds."""
+
+    window: timedelta | None
+    bounds: tuple[datetime, datetime] | None
+    keep: int
+    property: str | None
+
+
 @dataclass(frozen=True, eq=False)
 class Tracker:
     """The state-bearing part of one event condition."""
@@ -140,17 +150,13 @@ class Tracker:
     property: str | None = None  # aggregates
 
     @classmethod
-    def make(
-        cls,
-        kind: TrackerKind,
-        event: str,
-        where: tuple[PropertyFilter, ...],
-        *,
-        window: timedelta | None = None,
-        bounds: tuple[datetime, datetime] | None = None,
-        keep: int = 0,
-        property: str | None = None,
-    ) -> Tracker:
+    def make(cls, kind: TrackerKind, event: str, where: tuple[PropertyFilter, ...], **shape: Unpack[Shape]) -> Tracker:
+        """The tracker of ``kind`` over ``event`` filtered by ``where``; its key is a digest of all
+        of it, so equal trackers of different segments share one slot."""
+        window = shape.get("window")
+        bounds = shape.get("bounds")
+        keep = shape.get("keep", 0)
+        prop = shape.get("property")
         spec = {
             "kind": kind,
             "event": event,
@@ -158,10 +164,10 @@ class Tracker:
             "window_us": None if window is None else window // timedelta(microseconds=1),
             "bounds": None if bounds is None else [b.isoformat() for b in bounds],
             "keep": keep,
-            "property": property,
+            "property": prop,
         }
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        return cls(f"{kind}:{digest[:24]}", kind, event, where, window, bounds, keep, property)
+        return cls(f"{kind}:{digest[:24]}", kind, event, where, window, bounds, keep, prop)
 
     def accepts(self, fact: EventFact) -> bool:
         if fact.name != self.event or not filters_pass(self.where, fact.properties):
