@@ -7,11 +7,13 @@ to that contact.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
-from spotzee.api.bodies import BoundedJSONRoute
-from spotzee.api.deps import SecretKeyDep, ServicesDep
+from spotzee.api.admin_router import admin_router
+from spotzee.api.deps import ProjectId, SecretKeyDep, ServicesDep
+from spotzee.api.error_handlers import error_responses
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, NotFound
 from spotzee.schemas.contact_models import AliasState, ContactPublic, ContactState, ContactUpdate
@@ -21,8 +23,14 @@ from spotzee.services.container import Services
 from spotzee.streams.contact_processor import ALIASES, CONTACTS, contact_key
 from spotzee.streams.record_codec import dumps, loads
 
-router = APIRouter(prefix="/api/v1/contacts", tags=["contacts"], route_class=BoundedJSONRoute)
+router = admin_router("/api/v1/contacts", "contacts")
 WAIT_SECONDS = 10.0
+_PROCESSING: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ContactPublic,
+        "description": f"Stored, not processed within {WAIT_SECONDS:g} s: the contact as read then (maybe the old)",
+    }
+}
 
 
 def resolve(services: Services, project_id: str, contact_id: str) -> ContactState | None:
@@ -46,10 +54,10 @@ def _existing(services: Services, project_id: str, contact_id: str) -> ContactSt
     return state
 
 
-@router.get("/{contact_id:path}/segments", response_model=ContactSegmentsPublic)
-async def contact_segments(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> ContactSegmentsPublic:
+@router.get("/{contact_id:path}/segments", response_model=ContactSegmentsPublic, responses=error_responses(404))
+async def contact_segments(contact_id: str, project_id: ProjectId, services: ServicesDep) -> ContactSegmentsPublic:
     """The segments the contact is in now (an id ending in ``/segments`` can't be read here)."""
-    contact = _existing(services, key.project_id or "", contact_id)
+    contact = _existing(services, project_id, contact_id)
     items = [
         ContactSegmentPublic(id=d.id, name=d.name, since=m.since, version=m.version)
         for d, m in services.segments.of_contact(contact)
@@ -57,16 +65,24 @@ async def contact_segments(contact_id: str, key: SecretKeyDep, services: Service
     return ContactSegmentsPublic(items=items)
 
 
-@router.get("/{contact_id:path}", response_model=ContactPublic)
-async def get_contact(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> ContactPublic:
-    return ContactPublic.from_state(_existing(services, key.project_id or "", contact_id))
+@router.get("/{contact_id:path}", response_model=ContactPublic, responses=error_responses(404))
+async def get_contact(contact_id: str, project_id: ProjectId, services: ServicesDep) -> ContactPublic:
+    return ContactPublic.from_state(_existing(services, project_id, contact_id))
 
 
-@router.patch("/{contact_id:path}", response_model=ContactPublic)
+@router.patch(
+    "/{contact_id:path}",
+    response_model=ContactPublic,
+    responses={**_PROCESSING, **error_responses(400, 404, 413, 429, 503)},
+)
 async def patch_contact(
-    contact_id: str, body: ContactUpdate, key: SecretKeyDep, services: ServicesDep, response: Response
+    contact_id: str,
+    body: ContactUpdate,
+    key: SecretKeyDep,
+    project_id: ProjectId,
+    services: ServicesDep,
+    response: Response,
 ) -> ContactPublic:
-    project_id = key.project_id or ""
     before = _existing(services, project_id, contact_id)
     try:
         traits = normalize_traits(body.as_traits(), prefix="traits")
@@ -98,11 +114,12 @@ async def patch_contact(
     return ContactPublic.from_state(after)
 
 
-@router.delete("/{contact_id:path}", status_code=202)
-async def erase_contact(contact_id: str, key: SecretKeyDep, services: ServicesDep) -> dict[str, object]:
+@router.delete("/{contact_id:path}", status_code=202, responses=error_responses(404, 429, 503))
+async def erase_contact(
+    contact_id: str, key: SecretKeyDep, project_id: ProjectId, services: ServicesDep
+) -> dict[str, object]:
     """GDPR erase: state, dedupe entries, merged ids and ClickHouse rows. A later event for the
     same id starts a new, empty contact (erase is not a suppression)."""
-    project_id = key.project_id or ""
     state = resolve(services, project_id, contact_id)
     target = state.id if state is not None else contact_id
     if state is None and services.runtime.read(ALIASES, contact_key(project_id, contact_id)) is None:

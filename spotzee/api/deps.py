@@ -1,15 +1,13 @@
-"""Annotated dependencies: services, and the key kinds each route accepts."""
+"""Annotated dependencies: services, the key kinds each route accepts, the key's project, paging."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
+from spotzee.api.key_schemes import BearerToken
 from spotzee.api.metrics import Metrics
-from spotzee.errors import Unauthorized
 from spotzee.schemas.tenancy_models import ApiKey, KeyKind
 from spotzee.services.container import Services
 
@@ -28,39 +26,35 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("send the key as 'Authorization: Bearer <key>'")
-    return token.strip()
+def _secret_or_admin(services: ServicesDep, token: BearerToken) -> ApiKey:
+    return services.tenancy.authenticate(token, allowed=(KeyKind.secret, KeyKind.admin))
 
 
-def basic_username(request: Request) -> str | None:
-    """Segment's write key: the HTTP Basic username (password empty)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, ValueError):  # ValueError: non-ASCII; UnicodeDecodeError is one too
-        raise Unauthorized("malformed Basic authorization header") from None
-    return decoded.partition(":")[0]
+def _secret(services: ServicesDep, token: BearerToken) -> ApiKey:
+    return services.tenancy.authenticate(token, allowed=(KeyKind.secret,))
 
 
-def _secret_or_admin(request: Request, services: ServicesDep) -> ApiKey:
-    return services.tenancy.authenticate(bearer_token(request), allowed=(KeyKind.secret, KeyKind.admin))
-
-
-def _secret(request: Request, services: ServicesDep) -> ApiKey:
-    return services.tenancy.authenticate(bearer_token(request), allowed=(KeyKind.secret,))
-
-
-def _admin(request: Request, services: ServicesDep) -> ApiKey:
-    return services.tenancy.authenticate(bearer_token(request), allowed=(KeyKind.admin,))
+def _admin(services: ServicesDep, token: BearerToken) -> ApiKey:
+    return services.tenancy.authenticate(token, allowed=(KeyKind.admin,))
 
 
 SecretKeyDep = Annotated[ApiKey, Depends(_secret)]
 AdminKeyDep = Annotated[ApiKey, Depends(_admin)]
 SecretOrAdminKeyDep = Annotated[ApiKey, Depends(_secret_or_admin)]
+
+
+def project_of(key: ApiKey) -> str:
+    """The project of a project key (write or secret); an organisation's admin key has none: ``""``."""
+    return key.project_id or ""
+
+
+def _project_id(key: SecretKeyDep) -> str:
+    return project_of(key)
+
+
+ProjectId = Annotated[str, Depends(_project_id)]
+"""The project of the authenticated secret key. A route that also needs the key (the actor of an
+audit row) takes ``SecretKeyDep`` too: FastAPI authenticates once per request."""
+
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+PageLimit = Annotated[int, Query(ge=1, le=1000)]

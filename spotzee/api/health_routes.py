@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.api.deps import MetricsDep, ServicesDep
+from spotzee.api.error_handlers import envelope_responses, error_responses
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    responses={
+        503: {"description": "Not ready (`status`: `degraded`): the same body, `ready` false"},
+        **error_responses("default"),
+    },
+)
 async def health(services: ServicesDep) -> JSONResponse:
+    """Liveness and readiness: the log, the state store and ClickHouse (with the analytics sink)."""
     runtime = services.runtime.health()
     clickhouse = await run_in_threadpool(services.clickhouse.ping)
     sink = services.sink
@@ -35,6 +43,7 @@ async def health(services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=envelope_responses("default"))
 async def metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text exposition: ingestion counters and latency, processing and sink lag."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

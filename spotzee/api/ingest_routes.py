@@ -19,7 +19,9 @@ from fastapi import APIRouter, Request
 from pydantic import TypeAdapter, ValidationError
 
 from spotzee.api.bodies import read_bounded
-from spotzee.api.deps import MetricsDep, ServicesDep, basic_username
+from spotzee.api.deps import MetricsDep, ServicesDep, project_of
+from spotzee.api.error_handlers import error_responses
+from spotzee.api.key_schemes import BasicUsername
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, PayloadTooLarge, SpotzeeError, Unauthorized
@@ -35,7 +37,7 @@ from spotzee.schemas.records import IngestedMessage, record_key
 from spotzee.schemas.tenancy_models import ApiKey, KeyKind
 from spotzee.streams.record_codec import dumps
 
-router = APIRouter(tags=["ingestion"])
+router = APIRouter(tags=["ingestion"], responses=error_responses(400, 401, 403, 413, 429, 503, "default"))
 
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -175,8 +177,8 @@ def build_record(item: Any, *, path: str, project_id: str, received_at: datetime
     )
 
 
-def _write_key(request: Request, body: dict[str, Any]) -> str:
-    key = basic_username(request)
+def _write_key(basic: str | None, body: dict[str, Any]) -> str:
+    key = basic
     if not key:
         candidate = body.get("writeKey")
         if candidate is None and isinstance(body.get("batch"), list) and body["batch"]:
@@ -188,30 +190,28 @@ def _write_key(request: Request, body: dict[str, Any]) -> str:
     return key
 
 
-def _body_key(request: Request, services: ServicesDep, body: dict[str, Any], key: ApiKey | None) -> ApiKey:
-    """The write key from the body when none came in the header, checked before the body's events:
-    a caller without a valid key learns nothing about its payload (401 before any 400)."""
-    if key is not None:
-        return key
-    return services.tenancy.authenticate(_write_key(request, body), allowed=(KeyKind.write,))
+async def _authenticated_body(
+    request: Request, services: ServicesDep, basic: str | None, limit: int
+) -> tuple[dict[str, Any], ApiKey]:
+    """The body (at most ``limit`` bytes) and the write key that may send it.
 
-
-def _header_key(request: Request, services: ServicesDep) -> ApiKey | None:
-    """A key sent in the Basic header is checked before the body is read: a bad key is a 401
-    whatever the body, and an unauthenticated caller can't make the server parse 500 KB."""
-    raw = basic_username(request)
-    return services.tenancy.authenticate(raw, allowed=(KeyKind.write,)) if raw else None
+    A key sent in the Basic header is checked before the body is read: a bad key is a 401 whatever
+    the body, and an unauthenticated caller can't make the server parse 500 KB. Without one, the
+    body's ``writeKey`` is checked before the body's events: a caller without a valid key learns
+    nothing about its payload (401 before any 400)."""
+    write = (KeyKind.write,)
+    header_key = services.tenancy.authenticate(basic, allowed=write) if basic else None
+    body = parse_object(await read_body(request, limit))
+    key = (
+        header_key if header_key is not None else services.tenancy.authenticate(_write_key(basic, body), allowed=write)
+    )
+    return body, key
 
 
 async def _accept(
-    request: Request,
-    services: ServicesDep,
-    metrics: MetricsDep,
-    body: dict[str, Any],
-    items: list[tuple[str, Any]],
-    key: ApiKey,
+    services: ServicesDep, metrics: MetricsDep, items: list[tuple[str, Any]], key: ApiKey
 ) -> dict[str, bool]:
-    project_id = key.project_id or ""
+    project_id = project_of(key)
     received_at = services.clock.now()
     records = [build_record(item, path=path, project_id=project_id, received_at=received_at) for path, item in items]
     try:
@@ -223,19 +223,36 @@ async def _accept(
     return {"success": True}
 
 
+def _request_body(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    """The body as ``/openapi.json`` shows it. The routes read it themselves (key first, then size,
+    gzip and JSON), so FastAPI can't derive it; docs/api.md has every field."""
+    schema = {"type": "object", "additionalProperties": True, "description": description}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}}
+
+
+_EXAMPLES: Final[dict[str, dict[str, Any]]] = {
+    "track": {"userId": "u1", "event": "Order Completed", "properties": {"total": 42.5}},
+    "identify": {"userId": "u1", "traits": {"email": "ada@example.com"}},
+    "page": {"userId": "u1", "name": "Pricing"},
+    "screen": {"userId": "u1", "name": "Home"},
+    "group": {"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}},
+    "alias": {"previousId": "anon-1", "userId": "u1"},
+}
+
+
 def _single(kind: str) -> Any:
-    async def endpoint(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
+    async def endpoint(
+        request: Request, services: ServicesDep, metrics: MetricsDep, basic: BasicUsername
+    ) -> dict[str, bool]:
         started = time.perf_counter()
-        header_key = _header_key(request, services)
-        body = parse_object(await read_body(request, MAX_EVENT_BYTES))
-        key = _body_key(request, services, body, header_key)
+        body, key = await _authenticated_body(request, services, basic, MAX_EVENT_BYTES)
         declared = body.get("type")
         if declared is not None and declared != kind:
             raise InvalidInput(
                 f"type: '{declared}' sent to /v1/{kind}", details=[{"path": "type", "reason": f"must be '{kind}' here"}]
             )
         body["type"] = kind
-        result = await _accept(request, services, metrics, body, [("", body)], key)
+        result = await _accept(services, metrics, [("", body)], key)
         metrics.ingest_latency.labels(endpoint=kind).observe(time.perf_counter() - started)
         return result
 
@@ -250,15 +267,24 @@ for _kind in MESSAGE_TYPES:
         methods=["POST"],
         summary=f"Segment-spec {_kind} call",
         response_model=dict[str, bool],
+        openapi_extra=_request_body(f"One Segment-spec {_kind} message, at most 32 KB.", _EXAMPLES[_kind]),
     )
 
 
-@router.post("/v1/batch", summary="Segment-spec batch of up to 2,500 events / 500 KB")
-async def ingest_batch(request: Request, services: ServicesDep, metrics: MetricsDep) -> dict[str, bool]:
+@router.post(
+    "/v1/batch",
+    summary="Segment-spec batch of up to 2,500 events / 500 KB",
+    openapi_extra=_request_body(
+        "`batch`: up to 2,500 messages, each with its `type` and at most 32 KB; `context`, `integrations` and "
+        "`sentAt` at the top apply to every message. At most 500 KB.",
+        {"batch": [{"type": "track", **_EXAMPLES["track"]}, {"type": "identify", **_EXAMPLES["identify"]}]},
+    ),
+)
+async def ingest_batch(
+    request: Request, services: ServicesDep, metrics: MetricsDep, basic: BasicUsername
+) -> dict[str, bool]:
     started = time.perf_counter()
-    header_key = _header_key(request, services)
-    body = parse_object(await read_body(request, MAX_BATCH_BYTES))
-    key = _body_key(request, services, body, header_key)
+    body, key = await _authenticated_body(request, services, basic, MAX_BATCH_BYTES)
     batch = body.get("batch")
     if not isinstance(batch, list):
         raise InvalidInput(
@@ -283,6 +309,6 @@ async def ingest_batch(request: Request, services: ServicesDep, metrics: Metrics
             if "sentAt" not in item and "sentAt" in body:
                 item["sentAt"] = body["sentAt"]
         items.append((f"batch[{index}]", item))
-    result = await _accept(request, services, metrics, body, items, key)
+    result = await _accept(services, metrics, items, key)
     metrics.ingest_latency.labels(endpoint="batch").observe(time.perf_counter() - started)
     return result

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from starlette.concurrency import run_in_threadpool
 
-from spotzee.api.bodies import BoundedJSONRoute
-from spotzee.api.deps import SecretKeyDep, ServicesDep
+from spotzee.api.admin_router import admin_router
+from spotzee.api.deps import ProjectId, SecretKeyDep, ServicesDep
+from spotzee.api.error_handlers import error_responses
 from spotzee.schemas.journey_models import (
     JourneyCreate,
     JourneyEntered,
@@ -19,30 +20,30 @@ from spotzee.schemas.journey_models import (
 from spotzee.schemas.journey_stats_models import JourneyStatsPublic
 from spotzee.services.journey_stats import journey_stats
 
-router = APIRouter(prefix="/api/v1/journeys", tags=["journeys"], route_class=BoundedJSONRoute)
+router = admin_router("/api/v1/journeys", "journeys")
 
 
-@router.post("", response_model=JourneyPublic, status_code=201)
+@router.post("", response_model=JourneyPublic, status_code=201, responses=error_responses(400, 413, 503))
 async def create_journey(body: JourneyCreate, key: SecretKeyDep, services: ServicesDep) -> JourneyPublic:
     return JourneyPublic.from_definition(await services.journeys.create(key, body))
 
 
 @router.get("", response_model=JourneyList)
-async def list_journeys(key: SecretKeyDep, services: ServicesDep) -> JourneyList:
+async def list_journeys(project_id: ProjectId, services: ServicesDep) -> JourneyList:
     """The project's journeys, and those whose stored definition can't be read (``quarantined``)."""
-    items, quarantined = services.journeys.load(key.project_id or "")
+    items, quarantined = services.journeys.load(project_id)
     return JourneyList(items=[JourneyPublic.from_definition(j) for j in items], quarantined=quarantined)
 
 
-@router.get("/{journey_id}", response_model=JourneyPublic)
-async def get_journey(journey_id: str, key: SecretKeyDep, services: ServicesDep) -> JourneyPublic:
-    return JourneyPublic.from_definition(services.journeys.get(key.project_id or "", journey_id))
+@router.get("/{journey_id}", response_model=JourneyPublic, responses=error_responses(404, 409))
+async def get_journey(journey_id: str, project_id: ProjectId, services: ServicesDep) -> JourneyPublic:
+    return JourneyPublic.from_definition(services.journeys.get(project_id, journey_id))
 
 
-@router.get("/{journey_id}/stats", response_model=JourneyStatsPublic)
+@router.get("/{journey_id}/stats", response_model=JourneyStatsPublic, responses=error_responses(400, 404, 409, 503))
 async def get_journey_stats(
     journey_id: str,
-    key: SecretKeyDep,
+    project_id: ProjectId,
     services: ServicesDep,
     goal: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
     within: Annotated[str | None, Query(max_length=32)] = None,
@@ -50,18 +51,23 @@ async def get_journey_stats(
 ) -> JourneyStatsPublic:
     """Per step entered / completed / waiting; per experiment variant, conversions to ``goal``
     (within ``within`` of the assignment, e.g. ``7d``) with a chi-squared p-value."""
-    journey = services.journeys.get(key.project_id or "", journey_id)
+    journey = services.journeys.get(project_id, journey_id)
     return await run_in_threadpool(journey_stats, services.clickhouse, journey, goal=goal, within=within, alpha=alpha)
 
 
-@router.put("/{journey_id}", response_model=JourneyPublic)
+@router.put("/{journey_id}", response_model=JourneyPublic, responses=error_responses(400, 404, 409, 413, 503))
 async def update_journey(
     journey_id: str, body: JourneyCreate, key: SecretKeyDep, services: ServicesDep
 ) -> JourneyPublic:
     return JourneyPublic.from_definition(await services.journeys.update(key, journey_id, body))
 
 
-@router.post("/{journey_id}/enter", response_model=JourneyEntered, status_code=202)
+@router.post(
+    "/{journey_id}/enter",
+    response_model=JourneyEntered,
+    status_code=202,
+    responses=error_responses(400, 404, 409, 413, 429, 503),
+)
 async def enter_journey(
     journey_id: str, body: JourneyEnterRequest, key: SecretKeyDep, services: ServicesDep
 ) -> JourneyEntered:
@@ -69,7 +75,7 @@ async def enter_journey(
     return JourneyEntered(accepted=await services.journeys.enter(key, journey_id, body))
 
 
-@router.post("/{journey_id}/{action}", response_model=JourneyPublic)
+@router.post("/{journey_id}/{action}", response_model=JourneyPublic, responses=error_responses(400, 404, 409, 503))
 async def move_journey(
     journey_id: str, action: Literal["publish", "pause", "archive"], key: SecretKeyDep, services: ServicesDep
 ) -> JourneyPublic:

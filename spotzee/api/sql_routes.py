@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.sink import json_cell
-from spotzee.api.bodies import BoundedJSONRoute
+from spotzee.api.admin_router import admin_router
 from spotzee.api.deps import AdminKeyDep, ServicesDep
+from spotzee.api.error_handlers import error_responses
 from spotzee.errors import Forbidden
 from spotzee.schemas.analytics import SqlQuery, SqlResult
 
-router = APIRouter(prefix="/api/v1", tags=["analytics"], route_class=BoundedJSONRoute)
+router = admin_router("/api/v1", "analytics")
 
 
-@router.post("/sql", response_model=SqlResult)
+@router.post("/sql", response_model=SqlResult, responses=error_responses(400, 413, 429, 503))
 async def run_sql(body: SqlQuery, key: AdminKeyDep, services: ServicesDep) -> SqlResult:
     """One SELECT over the analytics tables, checked on ClickHouse's parse of it (functions and tables
     allow-listed) and run in a ``readonly=1`` session with time, memory, row, result-size and

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 
-from spotzee.api.bodies import BoundedJSONRoute
+from spotzee.api.admin_router import admin_router
 from spotzee.api.contact_routes import resolve
-from spotzee.api.deps import SecretKeyDep, ServicesDep
+from spotzee.api.deps import ProjectId, SecretKeyDep, ServicesDep
+from spotzee.api.error_handlers import error_responses
 from spotzee.errors import NotFound
 from spotzee.schemas.template_models import (
     TemplateCreate,
@@ -24,41 +25,38 @@ async def _parse_off_the_loop() -> None:
     defer_liquid_parsing()
 
 
-router = APIRouter(
-    prefix="/api/v1/templates",
-    tags=["templates"],
-    dependencies=[Depends(_parse_off_the_loop)],
-    route_class=BoundedJSONRoute,
-)
+router = admin_router("/api/v1/templates", "templates", dependencies=[Depends(_parse_off_the_loop)])
+# Parsing and rendering run in worker processes: all of them busy is a 429.
 
 
-@router.post("", response_model=TemplatePublic, status_code=201)
+@router.post("", response_model=TemplatePublic, status_code=201, responses=error_responses(400, 413, 429, 503))
 async def create_template(body: TemplateCreate, key: SecretKeyDep, services: ServicesDep) -> TemplatePublic:
     return TemplatePublic.from_definition(await services.templates.create(key, body))
 
 
 @router.get("", response_model=dict[str, list[TemplatePublic]])
-async def list_templates(key: SecretKeyDep, services: ServicesDep) -> dict[str, list[TemplatePublic]]:
-    return {"items": [TemplatePublic.from_definition(t) for t in services.templates.all(key.project_id or "")]}
+async def list_templates(project_id: ProjectId, services: ServicesDep) -> dict[str, list[TemplatePublic]]:
+    return {"items": [TemplatePublic.from_definition(t) for t in services.templates.all(project_id)]}
 
 
-@router.get("/{template_id}", response_model=TemplatePublic)
-async def get_template(template_id: str, key: SecretKeyDep, services: ServicesDep) -> TemplatePublic:
-    return TemplatePublic.from_definition(services.templates.get(key.project_id or "", template_id))
+@router.get("/{template_id}", response_model=TemplatePublic, responses=error_responses(404, 409))
+async def get_template(template_id: str, project_id: ProjectId, services: ServicesDep) -> TemplatePublic:
+    return TemplatePublic.from_definition(services.templates.get(project_id, template_id))
 
 
-@router.put("/{template_id}", response_model=TemplatePublic)
+@router.put("/{template_id}", response_model=TemplatePublic, responses=error_responses(400, 404, 409, 413, 429, 503))
 async def update_template(
     template_id: str, body: TemplateCreate, key: SecretKeyDep, services: ServicesDep
 ) -> TemplatePublic:
     return TemplatePublic.from_definition(await services.templates.update(key, template_id, body))
 
 
-@router.post("/{template_id}/preview", response_model=TemplatePreview)
+@router.post(
+    "/{template_id}/preview", response_model=TemplatePreview, responses=error_responses(400, 404, 409, 413, 429)
+)
 async def preview_template(
-    template_id: str, body: TemplatePreviewRequest, key: SecretKeyDep, services: ServicesDep
+    template_id: str, body: TemplatePreviewRequest, project_id: ProjectId, services: ServicesDep
 ) -> TemplatePreview:
-    project_id = key.project_id or ""
     template = services.templates.get(project_id, template_id)
     contact = resolve(services, project_id, body.contact_id)
     if contact is None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from spotzee.api.bodies import BoundedJSONRoute
-from spotzee.api.deps import AdminKeyDep, SecretOrAdminKeyDep, ServicesDep
+from spotzee.api.admin_router import admin_router
+from spotzee.api.deps import AdminKeyDep, Cursor, PageLimit, SecretOrAdminKeyDep, ServicesDep
+from spotzee.api.error_handlers import error_responses
 from spotzee.errors import InvalidInput
 from spotzee.schemas.tenancy_models import (
     AdminKeyCreate,
@@ -25,10 +24,10 @@ from spotzee.schemas.tenancy_models import (
     ProjectPublic,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["tenancy"], route_class=BoundedJSONRoute)
+router = admin_router("/api/v1", "tenancy")
 
 
-@router.post("/projects", status_code=201, response_model=ProjectIssued)
+@router.post("/projects", status_code=201, response_model=ProjectIssued, responses=error_responses(400, 413, 503))
 async def create_project(body: ProjectCreate, key: AdminKeyDep, services: ServicesDep) -> ProjectIssued:
     return services.tenancy.create_project(key, body)
 
@@ -38,12 +37,17 @@ async def list_projects(key: AdminKeyDep, services: ServicesDep) -> list[Project
     return services.tenancy.list_projects(key.organisation_id)
 
 
-@router.get("/projects/{project_id}/keys", response_model=list[KeyPublic])
+@router.get("/projects/{project_id}/keys", response_model=list[KeyPublic], responses=error_responses(404))
 async def list_keys(project_id: str, key: AdminKeyDep, services: ServicesDep) -> list[KeyPublic]:
     return services.tenancy.list_keys(key.organisation_id, project_id)
 
 
-@router.post("/projects/{project_id}/keys", status_code=201, response_model=KeyIssued)
+@router.post(
+    "/projects/{project_id}/keys",
+    status_code=201,
+    response_model=KeyIssued,
+    responses=error_responses(400, 404, 413, 503),
+)
 async def create_key(project_id: str, body: KeyCreate, key: AdminKeyDep, services: ServicesDep) -> KeyIssued:
     return services.tenancy.create_key(key, project_id, body)
 
@@ -54,27 +58,24 @@ async def list_admin_keys(key: AdminKeyDep, services: ServicesDep) -> list[KeyPu
     return services.tenancy.list_admin_keys(key.organisation_id)
 
 
-@router.post("/keys", status_code=201, response_model=KeyIssued)
+@router.post("/keys", status_code=201, response_model=KeyIssued, responses=error_responses(400, 413, 503))
 async def create_admin_key(body: AdminKeyCreate, key: AdminKeyDep, services: ServicesDep) -> KeyIssued:
     return services.tenancy.create_admin_key(key, body)
 
 
-@router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyIssued)
+@router.post("/keys/{key_id}/rotate", status_code=201, response_model=KeyIssued, responses=error_responses(404, 503))
 async def rotate_key(key_id: str, key: AdminKeyDep, services: ServicesDep) -> KeyIssued:
     return services.tenancy.rotate_key(key, key_id)
 
 
-@router.delete("/keys/{key_id}", response_model=KeyPublic)
+@router.delete("/keys/{key_id}", response_model=KeyPublic, responses=error_responses(404, 409, 503))
 async def revoke_key(key_id: str, key: AdminKeyDep, services: ServicesDep) -> KeyPublic:
     return services.tenancy.revoke_key(key, key_id)
 
 
-@router.get("/audit", response_model=AuditPage)
+@router.get("/audit", response_model=AuditPage, responses=error_responses(400, 503))
 async def audit(
-    key: SecretOrAdminKeyDep,
-    services: ServicesDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    key: SecretOrAdminKeyDep, services: ServicesDep, limit: PageLimit = 100, cursor: Cursor = None
 ) -> AuditPage:
     """Newest first. An admin key sees its organisation; a secret key its own project."""
     where = ["organisation_id = {org:String}"]

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import html
 import uuid
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from spotzee.api.deps import ServicesDep
-from spotzee.providers.unsubscribe_tokens import InvalidUnsubscribeToken, read_token
+from spotzee.api.error_handlers import envelope_responses
+from spotzee.providers.unsubscribe_tokens import InvalidUnsubscribeToken, UnsubscribeClaim, read_token
 from spotzee.schemas.records import ContactPatch, record_key
-from spotzee.services.container import unsubscribe_secret
+from spotzee.services.container import Services, unsubscribe_secret
 from spotzee.streams.record_codec import dumps
 
 router = APIRouter(tags=["unsubscribe"])
 WAIT_SECONDS = 10.0
+_INVALID_LINK: dict[int | str, dict[str, Any]] = {
+    400: {
+        "description": "Not a link Spotzee signed: an HTML page says so",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+}
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -29,12 +37,23 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status)
 
 
-@router.get("/u/{token}", response_class=HTMLResponse)
-async def confirm_unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
+def _claim(services: Services, token: str) -> UnsubscribeClaim | None:
+    """Who the token names, or None when it is not a token of this installation."""
     try:
-        claim = read_token(unsubscribe_secret(services.settings), token)
+        return read_token(unsubscribe_secret(services.settings), token)
     except InvalidUnsubscribeToken:
-        return _page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+        return None
+
+
+def _invalid_link() -> HTMLResponse:
+    return _page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+
+
+@router.get("/u/{token}", response_class=HTMLResponse, responses={**_INVALID_LINK, **envelope_responses("default")})
+async def confirm_unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
+    claim = _claim(services, token)
+    if claim is None:
+        return _invalid_link()
     action = html.escape(f"/u/{token}", quote=True)
     return _page(
         "Unsubscribe",
@@ -43,12 +62,15 @@ async def confirm_unsubscribe(token: str, services: ServicesDep) -> HTMLResponse
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse)
+@router.post(
+    "/u/{token}",
+    response_class=HTMLResponse,
+    responses={**_INVALID_LINK, **envelope_responses(429, 503, "default")},
+)
 async def unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
-    try:
-        claim = read_token(unsubscribe_secret(services.settings), token)
-    except InvalidUnsubscribeToken:
-        return _page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+    claim = _claim(services, token)
+    if claim is None:
+        return _invalid_link()
     patch = ContactPatch(
         project_id=claim.project_id,
         id=claim.contact_id,
