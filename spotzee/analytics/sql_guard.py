@@ -390,16 +390,7 @@ class SqlGuard:
     def _node(self, node: Any, ctes: frozenset[str]) -> None:
         if not isinstance(node, Mapping):
             raise SqlRefused("unexpected query structure")
-        kind = node.get("type")
-        if not isinstance(kind, str) or kind not in _NODES:
-            raise SqlRefused(f"{_describe(kind)} is not supported in analyst SQL")
-        if kind == "TableExpression" and isinstance(node.get("table_function"), Mapping):
-            name = node["table_function"].get("name")
-            raise SqlRefused(f"table function {name}() is not allowed in analyst SQL: read the analytics tables")
-        unknown = sorted(set(node) - _NODES[kind] - {"type"})
-        if unknown:
-            clauses = ", ".join(_CLAUSES.get(field, field) for field in unknown)
-            raise SqlRefused(f"{clauses} is not supported in analyst SQL")
+        kind = _supported_kind(node)
         if kind == "SelectWithUnionQuery":
             self._children(node.get("list_of_selects"), ctes)
         elif kind == "SelectQuery":
@@ -411,16 +402,21 @@ class SqlGuard:
         elif kind == "Identifier":
             self._identifier(node)
         elif kind == "ColumnsApplyTransformer":
-            name = node.get("func_name")
-            if isinstance(name, str) and name and not self.functions.allows(name):
-                raise SqlRefused(f"function {name}() is not allowed in analyst SQL")
-            self._fields(node, ("lambda", "parameters"), ctes)
+            self._columns_apply(node, ctes)
         elif kind == "WithElement":
             self._fields(node, ("subquery",), ctes)
         elif kind == "Literal":
             return  # data, not code
         else:
             self._fields(node, tuple(k for k in _NODES[kind]), ctes)
+
+    def _columns_apply(self, node: Mapping[str, Any], ctes: frozenset[str]) -> None:
+        """A column transformer ``APPLY(f)`` (``* APPLY(f)``, ``COLUMNS(...) APPLY(f)``): ``f`` is checked
+        like any function called."""
+        name = node.get("func_name")
+        if isinstance(name, str) and name and not self.functions.allows(name):
+            raise SqlRefused(f"function {name}() is not allowed in analyst SQL")
+        self._fields(node, ("lambda", "parameters"), ctes)
 
     def _fields(self, node: Mapping[str, Any], keys: Iterable[str], ctes: frozenset[str]) -> None:
         for key in keys:
@@ -512,3 +508,18 @@ def _describe(kind: object) -> str:
     if isinstance(kind, str):
         return _STATEMENT_NAMES.get(kind, kind.removesuffix("Query") or kind)
     return "this statement"
+
+
+def _supported_kind(node: Mapping[str, Any]) -> str:
+    """The node's type, when analyst SQL allows it with every clause it has."""
+    kind = node.get("type")
+    if not isinstance(kind, str) or kind not in _NODES:
+        raise SqlRefused(f"{_describe(kind)} is not supported in analyst SQL")
+    if kind == "TableExpression" and isinstance(node.get("table_function"), Mapping):
+        name = node["table_function"].get("name")
+        raise SqlRefused(f"table function {name}() is not allowed in analyst SQL: read the analytics tables")
+    unknown = sorted(set(node) - _NODES[kind] - {"type"})
+    if unknown:
+        clauses = ", ".join(_CLAUSES.get(field, field) for field in unknown)
+        raise SqlRefused(f"{clauses} is not supported in analyst SQL")
+    return kind

@@ -12,7 +12,7 @@ is refused with its path instead of exhausting the interpreter's stack.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -76,43 +76,63 @@ def _check_size(size: int) -> None:
         raise _error("rule_too_large", f"larger than {MAX_RULE_BYTES} bytes", ())
 
 
+class _Node(NamedTuple):
+    """A container met on the walk of a rule: where it is, how deep in JSON and in rule nodes,
+    and whether it is a rule node itself (or only data inside one)."""
+
+    value: Any
+    loc: Loc
+    json_depth: int
+    rule_depth: int
+    is_rule: bool
+
+
 def check_rule_shape(rule: Any) -> None:
     """Raise a ValidationError (located at the offending node) when ``rule`` -- raw JSON data or
     already built models -- exceeds the rule limits. Iterative: any nesting is safe to pass in."""
     if not _is_container(rule):
         return  # not a rule at all: validation says why
-    stack: list[tuple[Any, Loc, int, int, bool]] = [(rule, (), 1, 1, True)]
+    stack = [_Node(rule, (), 1, 1, True)]
     nodes = 0
     size = 0
     while stack:
-        value, loc, json_depth, rule_depth, is_rule = stack.pop()
-        if json_depth > _MAX_RULE_JSON_DEPTH:
-            raise _error("rule_too_deep", f"nested too deeply (rules may nest {MAX_RULE_DEPTH} levels)", loc)
-        if is_rule:
-            nodes += 1
-            if rule_depth > MAX_RULE_DEPTH:
-                raise _error("rule_too_deep", f"rules nested deeper than {MAX_RULE_DEPTH} levels", loc)
-            if nodes > MAX_RULE_NODES:
-                raise _error("rule_too_large", f"more than {MAX_RULE_NODES} rule nodes", ())
-        children = list(_children(value))
-        size += _container_size(value, children)
+        node = stack.pop()
+        nodes += node.is_rule
+        _check_depth_and_count(node, nodes)
+        children = list(_children(node.value))
+        size += _container_size(node.value, children)
         _check_size(size)  # before walking a huge container's items
-        tag = _tag(value)
-        combinator = is_rule and isinstance(tag, str) and tag in _COMBINATORS  # a tag may be any JSON
-        for key, child in reversed(children):  # reversed: the first child is walked first
-            if not _is_container(child):
-                size += _scalar_size(child)
-            elif combinator and key == "rules":
-                # the list is one JSON level; its items are rule nodes one level down
-                items = list(_children(child))
-                size += _container_size(child, items)
-                _check_size(size)
-                for index, item in reversed(items):
-                    if _is_container(item):
-                        stack.append((item, (*loc, key, index), json_depth + 2, rule_depth + 1, True))
-            else:
-                stack.append((child, (*loc, key), json_depth + 1, rule_depth, False))
+        size = _push_children(node, children, stack, size)
         _check_size(size)
+
+
+def _check_depth_and_count(node: _Node, nodes: int) -> None:
+    if node.json_depth > _MAX_RULE_JSON_DEPTH:
+        raise _error("rule_too_deep", f"nested too deeply (rules may nest {MAX_RULE_DEPTH} levels)", node.loc)
+    if node.is_rule and node.rule_depth > MAX_RULE_DEPTH:
+        raise _error("rule_too_deep", f"rules nested deeper than {MAX_RULE_DEPTH} levels", node.loc)
+    if node.is_rule and nodes > MAX_RULE_NODES:
+        raise _error("rule_too_large", f"more than {MAX_RULE_NODES} rule nodes", ())
+
+
+def _push_children(node: _Node, children: list[tuple[str | int, Any]], stack: list[_Node], size: int) -> int:
+    """Push ``node``'s containers on ``stack`` (first child on top); ``size`` plus its scalars."""
+    tag = _tag(node.value)
+    combinator = node.is_rule and isinstance(tag, str) and tag in _COMBINATORS  # a tag may be any JSON
+    for key, child in reversed(children):
+        if not _is_container(child):
+            size += _scalar_size(child)
+        elif combinator and key == "rules":
+            # the list is one JSON level; its items are rule nodes one level down
+            items = list(_children(child))
+            size += _container_size(child, items)
+            _check_size(size)
+            for index, item in reversed(items):
+                if _is_container(item):
+                    stack.append(_Node(item, (*node.loc, key, index), node.json_depth + 2, node.rule_depth + 1, True))
+        else:
+            stack.append(_Node(child, (*node.loc, key), node.json_depth + 1, node.rule_depth, False))
+    return size
 
 
 def check_stored_size(encoded: bytes, limit: int, what: str) -> None:

@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from scipy.stats import chi2_contingency
 
@@ -168,6 +168,15 @@ def significance(table: Sequence[tuple[str, int, int]]) -> Significance:
     return Significance(statistic, dof, p_value, None, warning)
 
 
+class Question(TypedDict):
+    """What the stats are asked: the ``goal`` event a conversion is, the window it counts
+    ``within`` after assignment (None: any time), and the significance level ``alpha``."""
+
+    goal: str | None
+    within: str | None
+    alpha: float
+
+
 def journey_stats(
     clickhouse: ClickHouse,
     journey: JourneyDefinition,
@@ -193,10 +202,7 @@ def assemble(
     step_rows: list[list[Any]],
     next_rows: list[list[Any]],
     variant_rows: list[list[Any]],
-    *,
-    goal: str | None,
-    within: str | None,
-    alpha: float,
+    **question: Unpack[Question],
 ) -> JourneyStatsPublic:
     """The response from the query rows: every step of the current version (zeros when none
     reached it) and then, by id, steps only the history knows (removed by an edit)."""
@@ -226,8 +232,7 @@ def assemble(
     experiment_ids = [s for s, step in journey.steps.items() if isinstance(step, ExperimentStep)]
     experiment_ids += sorted(set(assigned) - set(experiment_ids))
     experiments = {
-        step_id: _experiment(journey, step_id, assigned.get(step_id, {}), goal, within, alpha)
-        for step_id in experiment_ids
+        step_id: _experiment(journey, step_id, assigned.get(step_id, {}), question) for step_id in experiment_ids
     }
     return JourneyStatsPublic(
         journey_id=journey.id, version=journey.version, status=journey.status, steps=steps, experiments=experiments
@@ -235,15 +240,11 @@ def assemble(
 
 
 def _experiment(
-    journey: JourneyDefinition,
-    step_id: str,
-    assigned: dict[str, tuple[int, int]],
-    goal: str | None,
-    within: str | None,
-    alpha: float,
+    journey: JourneyDefinition, step_id: str, assigned: dict[str, tuple[int, int]], question: Question
 ) -> ExperimentStats:
     """The current version's variants in their order (zeros when unassigned yet), then variants
     only the history knows."""
+    goal, within, alpha = question["goal"], question["within"], question["alpha"]
     step = journey.steps.get(step_id)
     names = [v.name for v in step.variants] if isinstance(step, ExperimentStep) else []
     names += sorted(set(assigned) - set(names))

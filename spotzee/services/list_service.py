@@ -220,46 +220,55 @@ def _parse(body: bytes, content_type: str) -> Iterator[tuple[int, dict[str, Any]
     an array of objects (or ``{"rows": [...]}``), or newline-delimited objects."""
     kind = content_type.split(";")[0].strip().lower()
     if kind in ("text/csv", "application/csv"):
-        try:
-            text = body.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InvalidInput("CSV must be UTF-8", details=[{"path": "(body)", "reason": "not UTF-8"}]) from exc
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or not any(c in reader.fieldnames for c in ID_COLUMNS):
-            raise InvalidInput(
-                "CSV needs a header row with an id column",
-                details=[{"path": "(header)", "reason": "no id column"}],
-            )
-        for number, row in enumerate(reader, start=1):
-            if None in row:
-                yield number, ImportRowError(row=number, field=None, error="more cells than header columns")
-                continue
-            yield number, {k: v for k, v in row.items() if k}
-        return
+        return _csv_rows(body)
     if kind in ("application/json", "application/x-ndjson"):
-        try:
-            if kind == "application/x-ndjson":
-                data: Any = [orjson.loads(line) for line in body.splitlines() if line.strip()]
-            else:
-                data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(
-                f"body is not valid JSON: {exc}", details=[{"path": "(body)", "reason": "invalid JSON"}]
-            ) from exc
-        if isinstance(data, dict) and isinstance(data.get("rows"), list):
-            data = data["rows"]
-        if not isinstance(data, list):
-            raise InvalidInput(
-                'JSON import is an array of objects (or {"rows": [...]})',
-                details=[{"path": "(body)", "reason": "not an array"}],
-            )
-        for number, row in enumerate(data, start=1):
-            if not isinstance(row, dict):
-                yield number, ImportRowError(row=number, field=None, error="not an object")
-            else:
-                yield number, row
-        return
+        return _json_rows(body, ndjson=kind == "application/x-ndjson")
     raise InvalidInput(
         f"unsupported content type {content_type!r}: send text/csv, application/json or application/x-ndjson",
         details=[{"path": "content-type", "reason": "unsupported"}],
+    )
+
+
+def _csv_rows(body: bytes) -> Iterator[tuple[int, dict[str, Any] | ImportRowError]]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("CSV must be UTF-8", details=[{"path": "(body)", "reason": "not UTF-8"}]) from exc
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not any(c in reader.fieldnames for c in ID_COLUMNS):
+        raise InvalidInput(
+            "CSV needs a header row with an id column",
+            details=[{"path": "(header)", "reason": "no id column"}],
+        )
+    return _csv_records(reader)
+
+
+def _csv_records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any] | ImportRowError]]:
+    for number, row in enumerate(reader, start=1):
+        if None in row:
+            yield number, ImportRowError(row=number, field=None, error="more cells than header columns")
+            continue
+        yield number, {k: v for k, v in row.items() if k}
+
+
+def _json_rows(body: bytes, *, ndjson: bool) -> Iterator[tuple[int, dict[str, Any] | ImportRowError]]:
+    try:
+        if ndjson:
+            data: Any = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+        else:
+            data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"body is not valid JSON: {exc}", details=[{"path": "(body)", "reason": "invalid JSON"}]
+        ) from exc
+    if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        data = data["rows"]
+    if not isinstance(data, list):
+        raise InvalidInput(
+            'JSON import is an array of objects (or {"rows": [...]})',
+            details=[{"path": "(body)", "reason": "not an array"}],
+        )
+    return (
+        (number, row if isinstance(row, dict) else ImportRowError(row=number, field=None, error="not an object"))
+        for number, row in enumerate(data, start=1)
     )

@@ -28,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict, Unpack
 
 from spotzee.domain import journeys as machine
 from spotzee.errors import Overloaded
@@ -77,6 +77,15 @@ def scheduled_event(occurrence: datetime) -> machine.EventData:
     )
 
 
+class Tuning(TypedDict, total=False):
+    """How often the scheduler looks (``poll``, seconds), how many members it enters per
+    append (``page``), and how late an occurrence may still fire (``missed_limit``)."""
+
+    poll: float
+    page: int
+    missed_limit: timedelta
+
+
 class Scheduler:
     def __init__(
         self,
@@ -85,19 +94,16 @@ class Scheduler:
         segments: SegmentRegistry,
         project_zone: ProjectZone,
         clock: Clock,
-        *,
-        poll: float = POLL,
-        page: int = PAGE,
-        missed_limit: timedelta = MISSED_LIMIT,
+        **tuning: Unpack[Tuning],
     ) -> None:
         self.runtime = runtime
         self.journeys = journeys
         self.segments = segments
         self.project_zone = project_zone
         self.clock = clock
-        self.poll = poll
-        self.page = page
-        self.missed_limit = missed_limit
+        self.poll = tuning.get("poll", POLL)
+        self.page = tuning.get("page", PAGE)
+        self.missed_limit = tuning.get("missed_limit", MISSED_LIMIT)
         self.fired = 0  # occurrences fully emitted by this process
         self._states: dict[str, ScheduleState] = {}
         self._next: dict[str, tuple[tuple[object, ...], datetime | None]] = {}

@@ -301,41 +301,12 @@ class Segments:
 
     async def _build_once(self, definition: SegmentDefinition) -> None:
         timeout = self.settings.segment_backfill_timeout
-        barrier = SegmentBarrier(
-            project_id=definition.project_id, id=f"__segment__{definition.id}", definition=definition
-        )
-        positions = await self.runtime.broadcast(f"{definition.project_id}:{barrier.id}", dumps(barrier))
-        if not await self.runtime.wait_processed(positions, timeout):
-            raise SpotzeeError("segment barrier not processed in time")
-        if not await self.runtime.wait_sink(timeout):
-            raise SpotzeeError("analytics sink did not catch up in time")
-        pid = definition.project_id
-        if definition.status == SegmentStatus.deleted:
-            contacts = [
-                key[len(member_prefix(pid, definition.id)) :]
-                for key, _ in self.runtime.scan(SEGMENT_MEMBERS, member_prefix(pid, definition.id))
-            ]
-            tracker_keys: list[str] = []
-            names: list[str] = []
-        else:
-            contacts = [key[len(pid) + 1 :] for key, _ in self.runtime.scan(CONTACTS, f"{pid}:")]
-            compiled = compile(definition.rule)
-            tracker_keys = sorted(compiled.trackers)
-            names = sorted({t.event for t in compiled.trackers.values()})
+        await self._barrier(definition, timeout)  # steps 1 and 2
+        contacts, tracker_keys, names = self._audience(definition)
         progress = BuildProgress(total=len(contacts), done=0)
         self.progress[definition.id] = progress
-        sent: list[list[Position]] = []
-        for start in range(0, len(contacts), CONTACTS_PER_QUERY):
-            group = contacts[start : start + CONTACTS_PER_QUERY]
-            history = await run_in_threadpool(self._history, pid, names, group) if names else {}
-            records: list[tuple[str, bytes]] = []
-            for contact_id in group:
-                for record in self._refreshes(definition, contact_id, tracker_keys, history.get(contact_id, [])):
-                    records.append((f"{pid}:{contact_id}", dumps(record)))
-            for i in range(0, len(records), REFRESH_BATCH):
-                sent.append(await self._append(records[i : i + REFRESH_BATCH]))
-            await self._account(sent, progress)
-        for positions in sent:
+        sent = await self._refresh_all(definition, contacts, tracker_keys, names, progress)  # step 3
+        for positions in sent:  # step 4: the version is ready once every refresh is processed
             if not await self.runtime.wait_processed(positions, timeout):
                 raise SpotzeeError("segment backfill not processed in time")
         progress.done = progress.total
@@ -350,6 +321,50 @@ class Segments:
         await run_in_threadpool(self.runtime.put_definitions, [(f"segment/{definition.id}", dumps(ready))], [])
         self.registry.apply(ready)
         log.info("segment %s v%d ready: %d contacts evaluated", definition.id, definition.version, progress.total)
+
+    async def _barrier(self, definition: SegmentDefinition, timeout: float) -> None:
+        """The definition's barrier processed on every partition, and the sink caught up with it."""
+        barrier = SegmentBarrier(
+            project_id=definition.project_id, id=f"__segment__{definition.id}", definition=definition
+        )
+        positions = await self.runtime.broadcast(f"{definition.project_id}:{barrier.id}", dumps(barrier))
+        if not await self.runtime.wait_processed(positions, timeout):
+            raise SpotzeeError("segment barrier not processed in time")
+        if not await self.runtime.wait_sink(timeout):
+            raise SpotzeeError("analytics sink did not catch up in time")
+
+    def _audience(self, definition: SegmentDefinition) -> tuple[list[str], list[str], list[str]]:
+        """The contacts to refresh (deleting: the members), the rule's tracker keys and event names."""
+        pid = definition.project_id
+        if definition.status == SegmentStatus.deleted:
+            prefix = member_prefix(pid, definition.id)
+            return [key[len(prefix) :] for key, _ in self.runtime.scan(SEGMENT_MEMBERS, prefix)], [], []
+        contacts = [key[len(pid) + 1 :] for key, _ in self.runtime.scan(CONTACTS, f"{pid}:")]
+        compiled = compile(definition.rule)
+        return contacts, sorted(compiled.trackers), sorted({t.event for t in compiled.trackers.values()})
+
+    async def _refresh_all(
+        self,
+        definition: SegmentDefinition,
+        contacts: list[str],
+        tracker_keys: list[str],
+        names: list[str],
+        progress: BuildProgress,
+    ) -> list[list[Position]]:
+        """Append each contact's ``SegmentRefresh`` records with its history, group by group."""
+        pid = definition.project_id
+        sent: list[list[Position]] = []
+        for start in range(0, len(contacts), CONTACTS_PER_QUERY):
+            group = contacts[start : start + CONTACTS_PER_QUERY]
+            history = await run_in_threadpool(self._history, pid, names, group) if names else {}
+            records: list[tuple[str, bytes]] = []
+            for contact_id in group:
+                for record in self._refreshes(definition, contact_id, tracker_keys, history.get(contact_id, [])):
+                    records.append((f"{pid}:{contact_id}", dumps(record)))
+            for i in range(0, len(records), REFRESH_BATCH):
+                sent.append(await self._append(records[i : i + REFRESH_BATCH]))
+            await self._account(sent, progress)
+        return sent
 
     async def _append(self, records: list[tuple[str, bytes]]) -> list[Position]:
         while True:
