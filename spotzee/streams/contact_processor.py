@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -80,6 +81,20 @@ class ContactProcessor:
         self.journey_registry = journeys or JourneyRegistry()
         self.journeys = JourneyRunner(self.journey_registry, self._journey_update)
         self.segments.listeners.append(self._segment_transitions)
+        # What each record does to the contact it is keyed by (barriers aside: see ``process``).
+        self._handlers: dict[type[Any], Callable[[Context, Any], None]] = {
+            IngestedMessage: self._ingest,
+            MergeRequest: self._merge_request,
+            MergeIn: self._merge_in,
+            ContactPatch: self._patch,
+            ContactErase: self._erase,
+            DedupeSweep: self._sweep,
+            SegmentRefresh: self._segment_refresh,
+            SegmentWake: self._segment_wake,
+            ListMembership: self._list_membership,
+            JourneyEntry: self._journey_entry,
+            JourneyWake: self._journey_wake,
+        }
 
     def process(self, ctx: Context, key: str, value: bytes) -> None:
         record: EventsRecord = events_record_adapter.validate_json(value)
@@ -90,31 +105,21 @@ class ContactProcessor:
             self.journey_registry.apply(record.definition)
             return
         self.segments.sync(ctx, record.project_id)
-        if isinstance(record, IngestedMessage):
-            self._ingest(ctx, record)
-        elif isinstance(record, MergeRequest):
-            self._merge_request(ctx, record)
-        elif isinstance(record, MergeIn):
-            self._merge_in(ctx, record)
-        elif isinstance(record, ContactPatch):
-            self._patch(ctx, record)
-        elif isinstance(record, ContactErase):
-            self._erase(ctx, record)
-        elif isinstance(record, DedupeSweep):
-            self._sweep(ctx, record)
-        elif isinstance(record, SegmentRefresh):
-            # An id merged away has no state: its refresh is dropped (the backfill lists the target).
-            self.segments.refresh(ctx, self._state(ctx, record_key(record)), record)
-        elif isinstance(record, SegmentWake):
-            self.segments.wake(ctx, self._state(ctx, record_key(record)), record)
-        elif isinstance(record, ListMembership):
-            self._list_membership(ctx, record)
-        elif isinstance(record, JourneyEntry):
-            self._journey_entry(ctx, record)
-        elif isinstance(record, JourneyWake):
-            self.journeys.on_wake(ctx, self._state(ctx, record_key(record)), record)
+        handle = self._handlers.get(type(record))
+        if handle is not None:
+            handle(ctx, record)
 
     # -- records ---------------------------------------------------------------------------
+
+    def _segment_refresh(self, ctx: Context, record: SegmentRefresh) -> None:
+        # An id merged away has no state: its refresh is dropped (the backfill lists the target).
+        self.segments.refresh(ctx, self._state(ctx, record_key(record)), record)
+
+    def _segment_wake(self, ctx: Context, record: SegmentWake) -> None:
+        self.segments.wake(ctx, self._state(ctx, record_key(record)), record)
+
+    def _journey_wake(self, ctx: Context, record: JourneyWake) -> None:
+        self.journeys.on_wake(ctx, self._state(ctx, record_key(record)), record)
 
     def _ingest(self, ctx: Context, record: IngestedMessage) -> None:
         key = record_key(record)
@@ -143,7 +148,8 @@ class ContactProcessor:
             ctx.emit(topics.EVENTS, record_key(request), dumps(request))
         ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
         source = "identify" if isinstance(record.message, IdentifyMessage) else record.message.type
-        self._emit_changes(ctx, record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+        rows = change_rows(record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+        _emit_changes(ctx, rows)
         message = record.message
         fact = (
             HistoryFact(
@@ -222,7 +228,8 @@ class ContactProcessor:
         for alias_id in moved:
             row = AliasRow(project_id=pid, alias_id=alias_id, contact_id=record.target_id, merged_at=record.merged_at)
             ctx.emit(topics.ANALYTICS, key, dumps(row))
-        self._emit_changes(ctx, pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
+        rows = change_rows(pid, record.target_id, outcome.changes, now, "merge", f"merge:{record.source_id}")
+        _emit_changes(ctx, rows)
         source_segments = record.source_segments.encode() if record.source_segments is not None else None
         self.segments.after_merge(ctx, outcome.state, source_segments, record.source_id, outcome.changes)
 
@@ -241,7 +248,7 @@ class ContactProcessor:
         now = ctx.clock.now()
         outcome = domain.apply_patch(state, record.traits, project_id=record.project_id, contact_id=record.id, now=now)
         ctx.table(CONTACTS).set(key, dumps(outcome.state))
-        self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "api", record.request_id)
+        _emit_changes(ctx, change_rows(record.project_id, record.id, outcome.changes, now, "api", record.request_id))
         self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
 
     def _journey_entry(self, ctx: Context, record: JourneyEntry) -> None:
@@ -276,7 +283,7 @@ class ContactProcessor:
             self._state(ctx, key), traits, project_id=contact.project_id, contact_id=contact.id, now=now
         )
         ctx.table(CONTACTS).set(key, dumps(outcome.state))
-        self._emit_changes(ctx, contact.project_id, contact.id, outcome.changes, now, "journey", cause)
+        _emit_changes(ctx, change_rows(contact.project_id, contact.id, outcome.changes, now, "journey", cause))
         self.segments.after_change(ctx, outcome.state, outcome.changes, cause)
         return outcome.state
 
@@ -301,7 +308,8 @@ class ContactProcessor:
                 state, record.traits, project_id=record.project_id, contact_id=record.id, now=now
             )
             ctx.table(CONTACTS).set(key, dumps(outcome.state))
-            self._emit_changes(ctx, record.project_id, record.id, outcome.changes, now, "import", record.request_id)
+            rows = change_rows(record.project_id, record.id, outcome.changes, now, "import", record.request_id)
+            _emit_changes(ctx, rows)
             self.segments.after_change(ctx, outcome.state, outcome.changes, f"import:{record.request_id}")
             contact = outcome.state
         else:
@@ -416,29 +424,29 @@ class ContactProcessor:
             raw=record.raw,
         )
 
-    @staticmethod
-    def _emit_changes(
-        ctx: Context,
-        project_id: str,
-        contact_id: str,
-        changes: list[FieldChange],
-        at: datetime,
-        source: str,
-        cause: str,
-    ) -> None:
-        key = contact_key(project_id, contact_id)
-        for change in changes:
-            row = ContactChangeRow(
-                project_id=project_id,
-                contact_id=contact_id,
-                change_id=_uuid5_url(f"{key}|{cause}|{change.path}"),
-                changed_at=at,
-                source=source,
-                path=change.path,
-                old_value=_json(change.old),
-                new_value=_json(change.new),
-            )
-            ctx.emit(topics.ANALYTICS, key, dumps(row))
+
+def change_rows(
+    project_id: str, contact_id: str, changes: list[FieldChange], at: datetime, source: str, cause: str
+) -> Iterator[ContactChangeRow]:
+    """The ``contact_changes`` rows of ``changes``; ids derived from the cause, so a replay
+    writes the same rows."""
+    key = contact_key(project_id, contact_id)
+    for change in changes:
+        yield ContactChangeRow(
+            project_id=project_id,
+            contact_id=contact_id,
+            change_id=_uuid5_url(f"{key}|{cause}|{change.path}"),
+            changed_at=at,
+            source=source,
+            path=change.path,
+            old_value=_json(change.old),
+            new_value=_json(change.new),
+        )
+
+
+def _emit_changes(ctx: Context, rows: Iterable[ContactChangeRow]) -> None:
+    for row in rows:
+        ctx.emit(topics.ANALYTICS, contact_key(row.project_id, row.contact_id), dumps(row))
 
 
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from spotzee.providers.delivery_service import DeliveryResult
 from spotzee.providers.retry import next_delay, seeded_rng
@@ -80,15 +80,20 @@ def attempting(command: SendCommand, state: DeliveryState | None) -> DeliverySta
     return DeliveryState(status="attempting", attempts=attempts, command=command)
 
 
+class ReadAt(TypedDict, total=False):
+    """Where the send command was read from, which a dead letter names (0 when not given)."""
+
+    partition: int
+    offset: int
+
+
 def outcome(
     command: SendCommand,
     attempts: int,
     result: DeliveryResult,
     now: datetime,
     policy: RetryPolicy,
-    *,
-    partition: int = 0,
-    offset: int = 0,
+    **read_at: Unpack[ReadAt],
 ) -> Outcome:
     key = f"{command.project_id}:{command.contact_id}"
     status = result.status
@@ -111,8 +116,8 @@ def outcome(
             project_id=command.project_id,
             dead_letter_id=f"{topics.SENDS}/{command.send_id}",
             topic=topics.SENDS,
-            partition=partition,
-            offset=offset,
+            partition=read_at.get("partition", 0),
+            offset=read_at.get("offset", 0),
             key=key,
             error=str(detail.get("reason", ""))[:2000],
             payload=command.model_dump_json(),

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -141,7 +141,7 @@ class JourneyRunner:
                 event = machine.EventData(
                     name=fact.name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
                 )
-                contact = self._enter(ctx, contact, journey, fact.message_id, event, ctx.clock.now())
+                contact = self._enter(ctx, contact, journey, _Trigger(fact.message_id, event, ctx.clock.now()))
 
     def on_segments(self, ctx: Context, contact: ContactState, transitions: list[SegmentTransition]) -> None:
         for transition in transitions:
@@ -156,7 +156,7 @@ class JourneyRunner:
                     event = machine.EventData(
                         name=f"segment_{change}", properties={"segment_id": transition.segment_id}
                     )
-                    contact = self._enter(ctx, contact, journey, key, event, ctx.clock.now())
+                    contact = self._enter(ctx, contact, journey, _Trigger(key, event, ctx.clock.now()))
 
     def on_entry(self, ctx: Context, contact: ContactState, record: JourneyEntry) -> None:
         journey = self.registry.get(record.journey_id)
@@ -173,9 +173,9 @@ class JourneyRunner:
                 log.info("entry %s into journey %s dropped: no longer scheduled", record.entry_id, journey.id)
                 return
             key = machine.schedule_key(journey.id, record.occurrence)
-            self._enter(ctx, contact, journey, key, event, record.at, occurrence=record.occurrence)
+            self._enter(ctx, contact, journey, _Trigger(key, event, record.at, record.occurrence))
             return
-        self._enter(ctx, contact, journey, f"entry:{record.entry_id}", event, record.at)
+        self._enter(ctx, contact, journey, _Trigger(f"entry:{record.entry_id}", event, record.at))
 
     def on_wake(self, ctx: Context, contact: ContactState | None, record: JourneyWake) -> None:
         if contact is None:
@@ -202,21 +202,15 @@ class JourneyRunner:
         ]
 
     def _enter(
-        self,
-        ctx: Context,
-        contact: ContactState,
-        journey: JourneyDefinition,
-        trigger_key: str,
-        event: machine.EventData | None,
-        at: datetime,
-        occurrence: datetime | None = None,
+        self, ctx: Context, contact: ContactState, journey: JourneyDefinition, trigger: _Trigger
     ) -> ContactState:
         """Start a run if the entrance rules allow; the contact as the run's first transition left it."""
+        occurrence = trigger.occurrence
         entries = ctx.table(JOURNEY_ENTRIES)
         history_key = f"{_contact_key(contact)}{SEP}{journey.id}"
         raw = entries.get(history_key)
         history = loads(machine.EntranceHistory, raw) if raw is not None else machine.EntranceHistory()
-        run_id = machine.run_id_for(journey.id, contact.id, trigger_key)
+        run_id = machine.run_id_for(journey.id, contact.id, trigger.key)
         if run_id in history.active_run_ids or ctx.table(JOURNEY_RUNS).get(_run_key(contact, run_id)) is not None:
             return contact  # a replayed trigger
         if occurrence is not None:
@@ -229,7 +223,7 @@ class JourneyRunner:
                 entries.set(history_key, dumps(history))
             return contact
         entries.set(history_key, dumps(machine.record_entry(history, run_id, now)))
-        enter = machine.Enter(run_id=run_id, contact_id=contact.id, event=event, at=at)
+        enter = machine.Enter(run_id=run_id, contact_id=contact.id, event=trigger.event, at=trigger.at)
         return self._apply(ctx, contact, journey.id, None, enter)
 
     def _apply(
@@ -295,8 +289,9 @@ class JourneyRunner:
             ctx.schedule(timer_id, outcome.wake_at, topics.EVENTS, _contact_key(contact), dumps(record))
         elif run is not None and run.wake_at is not None:
             ctx.cancel(timer_id)
+        carrying = _Carrying(ctx, journey, state, now)
         for seq, effect in enumerate(outcome.effects):
-            contact = self._carry_out(ctx, contact, journey, state, effect, now, seq)
+            contact = self._carry_out(carrying, contact, effect, seq)
         return contact
 
     def _record_exit(self, ctx: Context, contact: ContactState, journey_id: str, run_id: str, now: datetime) -> None:
@@ -308,16 +303,8 @@ class JourneyRunner:
 
     # -- effects --------------------------------------------------------------------------------
 
-    def _carry_out(
-        self,
-        ctx: Context,
-        contact: ContactState,
-        journey: JourneyDefinition,
-        run: machine.RunState,
-        effect: machine.Effect,
-        now: datetime,
-        seq: int,
-    ) -> ContactState:
+    def _carry_out(self, carrying: _Carrying, contact: ContactState, effect: machine.Effect, seq: int) -> ContactState:
+        ctx, journey, run, now = carrying
         key = _contact_key(contact)
         pid = contact.project_id
         if isinstance(effect, machine.SendMessage):
@@ -371,19 +358,14 @@ class JourneyRunner:
             key = _counter_prefix(journey) + effect.counter_key
             counters.set(key, str(int(counters.get(key) or b"0") + 1).encode())
         elif isinstance(effect, machine.StepRecorded | machine.VariantAssigned):
-            self._record_step(ctx, contact, journey, run, effect, now, seq)
+            self._record_step(carrying, contact, effect, seq)
         return contact
 
     @staticmethod
     def _record_step(
-        ctx: Context,
-        contact: ContactState,
-        journey: JourneyDefinition,
-        run: machine.RunState,
-        effect: machine.StepRecorded | machine.VariantAssigned,
-        now: datetime,
-        seq: int,
+        carrying: _Carrying, contact: ContactState, effect: machine.StepRecorded | machine.VariantAssigned, seq: int
     ) -> None:
+        ctx, journey, run, now = carrying
         if isinstance(effect, machine.StepRecorded):
             step_id, visit, kind, at, detail = effect.step_id, effect.visit, str(effect.kind), effect.at, effect.detail
         else:
@@ -404,17 +386,7 @@ class JourneyRunner:
         key = _contact_key(contact)
         ctx.emit(topics.JOURNEY_ADVANCE, key, dumps(advance))
         row = JourneyStepRow(
-            project_id=advance.project_id,
-            journey_id=advance.journey_id,
-            journey_version=advance.journey_version,
-            run_id=advance.run_id,
-            contact_id=advance.contact_id,
-            step_id=step_id,
-            visit=visit,
-            kind=kind,
-            at=at,
-            seq=seq,
-            detail=orjson.dumps(detail, default=str).decode(),
+            **advance.model_dump(exclude={"type", "detail"}), seq=seq, detail=orjson.dumps(detail, default=str).decode()
         )
         ctx.emit(topics.ANALYTICS, key, dumps(row))
 
@@ -444,6 +416,25 @@ def _render(template: str, variables: Mapping[str, Any]) -> str:
     except SpotzeeError as exc:  # an update/event value that can't render stays as written
         log.warning("journey value not rendered: %s", exc)
         return template
+
+
+class _Trigger(NamedTuple):
+    """What enters a contact into a journey: the key its run id is made of, the run's ``event``,
+    when, and the occurrence when a schedule fired it (entered once per occurrence)."""
+
+    key: str
+    event: machine.EventData | None
+    at: datetime
+    occurrence: datetime | None = None
+
+
+class _Carrying(NamedTuple):
+    """A run's transition whose effects are being carried out, and when it was made."""
+
+    ctx: Context
+    journey: JourneyDefinition
+    run: machine.RunState
+    now: datetime
 
 
 def _counter_prefix(journey: JourneyDefinition) -> str:

@@ -307,7 +307,7 @@ class SegmentMemberships:
                 rows.set(member_key(project_id, segment_id, contact_id), value)
         now = ctx.clock.now()
         for transition in outcome.transitions:
-            self._emit(ctx, key, project_id, contact_id, transition, now, cause)
+            self._emit(ctx, project_id, contact_id, transition, now, cause)
         if outcome.transitions:
             told = [(t.segment_id, t.entered, change_id(contact_id, t.seq)) for t in outcome.transitions]
             for listener in self.listeners:
@@ -323,14 +323,9 @@ class SegmentMemberships:
 
     @staticmethod
     def _emit(
-        ctx: Context,
-        key: str,
-        project_id: str,
-        contact_id: str,
-        transition: domain.Transition,
-        at: datetime,
-        cause: str,
+        ctx: Context, project_id: str, contact_id: str, transition: domain.Transition, at: datetime, cause: str
     ) -> None:
+        key = f"{project_id}:{contact_id}"
         change = SegmentChange(
             project_id=project_id,
             contact_id=contact_id,
