@@ -3,7 +3,7 @@
 Partition counts are a contract: contact keys hash onto them (``streams.topics.partition_for``), so
 :func:`create_topics` creates what is missing and refuses to go on when an existing topic has a different
 partition count than its spec. Every kafka-python failure (no broker, timeout, broker error) leaves this module
-as :class:`~spotzee.errors.LogUnavailable` with a one-line message.
+as :class:`~spotzee.errors.LogUnavailable` with a one-line message (``broker_errors.kafka_errors``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import kafka.errors as kafka_errors  # type: ignore[import-untyped, unused-ignore]
+import kafka.errors as kafka_error_types  # type: ignore[import-untyped, unused-ignore]
 from kafka import KafkaAdminClient, TopicPartition  # type: ignore[import-untyped, unused-ignore]
 from kafka.admin import ConfigResource, ConfigResourceType, OffsetSpec  # type: ignore[import-untyped, unused-ignore]
 
-from spotzee.errors import Conflict, LogUnavailable, NotFound
+from spotzee.errors import Conflict, NotFound
+from spotzee.runtime.kafka.broker_errors import describe_error, kafka_errors
 from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -126,28 +127,15 @@ def _timeout_ms(settings: Settings) -> int:
     return max(1, int(settings.kafka_request_timeout * 1000))
 
 
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
-
-
-@contextmanager
-def _kafka_errors(settings: Settings, action: str) -> Iterator[None]:
-    try:
-        yield
-    except (kafka_errors.KafkaError, OSError) as exc:
-        raise LogUnavailable(
-            f"Kafka at {settings.kafka_bootstrap} failed while {action}: {_describe_error(exc)}"
-        ) from exc
-
-
 @contextmanager
 def _admin(settings: Settings, action: str) -> Iterator[Any]:
     """A connected admin client (closed afterwards); any kafka-python error inside becomes LogUnavailable."""
     timeout_ms = _timeout_ms(settings)
     config = kafka_python_config(settings)
-    try:
+    connecting = (
+        f"cannot connect to Kafka at {settings.kafka_bootstrap} within {settings.kafka_request_timeout:g}s ({action})"
+    )
+    with kafka_errors(connecting, detail=describe_error):
         client = KafkaAdminClient(
             **config,
             client_id="spotzee-admin",
@@ -155,12 +143,7 @@ def _admin(settings: Settings, action: str) -> Iterator[Any]:
             bootstrap_timeout_ms=timeout_ms,
             reconnect_backoff_max_ms=1000,
         )
-    except (kafka_errors.KafkaError, OSError) as exc:
-        raise LogUnavailable(
-            f"cannot connect to Kafka at {settings.kafka_bootstrap} within {settings.kafka_request_timeout:g}s "
-            f"({action}): {_describe_error(exc)}"
-        ) from exc
-    with _kafka_errors(settings, action):
+    with kafka_errors(f"Kafka at {settings.kafka_bootstrap} failed while {action}", detail=describe_error):
         try:
             yield client
         finally:
@@ -173,7 +156,7 @@ def _retrying(settings: Settings, call: Callable[[], _T]) -> _T:
     while True:
         try:
             return call()
-        except kafka_errors.KafkaError as exc:
+        except kafka_error_types.KafkaError as exc:
             if not getattr(exc, "retriable", False) or time.monotonic() + _RETRY_SLEEP_S > deadline:
                 raise
             time.sleep(_RETRY_SLEEP_S)
@@ -192,10 +175,10 @@ def _existing_topics(client: Any, names: list[str]) -> dict[str, _Existing]:
     """Partition count and replication factor of those of ``names`` that exist."""
     found: dict[str, _Existing] = {}
     for meta in client.describe_topics(names):
-        error = kafka_errors.for_code(meta.get("error_code", 0))
-        if error is kafka_errors.UnknownTopicOrPartitionError:
+        error = kafka_error_types.for_code(meta.get("error_code", 0))
+        if error is kafka_error_types.UnknownTopicOrPartitionError:
             continue
-        if error is not kafka_errors.NoError:
+        if error is not kafka_error_types.NoError:
             raise error(f"describing topic {meta.get('name')}")
         partitions = meta.get("partitions") or []
         replicas = max((len(p.get("replica_nodes") or []) for p in partitions), default=0)
@@ -245,10 +228,10 @@ def create_topics(settings: Settings) -> list[str]:
         created: list[str] = []
         raced: list[str] = []
         for result in response.get("topics", []):
-            error = kafka_errors.for_code(result.get("error_code", 0))
-            if error is kafka_errors.NoError:
+            error = kafka_error_types.for_code(result.get("error_code", 0))
+            if error is kafka_error_types.NoError:
                 created.append(str(result["name"]))
-            elif error is kafka_errors.TopicAlreadyExistsError:
+            elif error is kafka_error_types.TopicAlreadyExistsError:
                 raced.append(str(result["name"]))  # created concurrently by someone else
             else:
                 raise error(f"creating topic {result.get('name')}: {result.get('error_message') or error.__name__}")
@@ -305,58 +288,78 @@ def consumer_lag(settings: Settings, groups: list[str] | None = None) -> list[La
     (where a new consumer starts), and ``lag = end - max(committed, log start)``, never negative.
     """
     wanted = list(dict.fromkeys(groups or DEFAULT_GROUPS))
+    ids = {group: group_id(settings, group) for group in wanted}
     with _admin(settings, "reading consumer lag") as client:
-        ids = {group: group_id(settings, group) for group in wanted}
         by_id: dict[str, dict[Any, Any]] = _retrying(settings, lambda: client.list_group_offsets(list(ids.values())))
-        committed_by_group = {group: by_id.get(ids[group], {}) for group in wanted}
-        group_topics: dict[str, list[str]] = {}
-        for group in wanted:
-            declared = [topic_name(settings, base) for base in GROUP_TOPICS.get(group, ())]
-            committed_topics = sorted(
-                {
-                    tp.topic
-                    for tp in committed_by_group.get(group, {})
-                    if tp.topic.startswith(settings.kafka_topic_prefix)
-                }
-            )
-            group_topics[group] = list(dict.fromkeys([*declared, *committed_topics]))
+        committed = {group: by_id.get(ids[group], {}) for group in wanted}
+        group_topics = {group: _group_topics(settings, group, committed[group]) for group in wanted}
         all_topics = sorted({name for names in group_topics.values() for name in names})
         if not all_topics:
             return []
         existing = _existing_topics(client, all_topics)
-        declared_missing = sorted(
-            topic_name(settings, base)
-            for group in wanted
-            for base in GROUP_TOPICS.get(group, ())
-            if topic_name(settings, base) not in existing
-        )
-        if declared_missing:
-            raise TopicMissing(
-                f"topic {', '.join(declared_missing)} does not exist on {settings.kafka_bootstrap} "
-                "(run `spotzee topics create`)"
-            )
+        _check_declared(settings, wanted, existing)
         partitions = [
             TopicPartition(name, index) for name in sorted(existing) for index in range(existing[name].partitions)
         ]
         if not partitions:
             return []
-        ends = _retrying(settings, lambda: client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST)))
-        starts = _retrying(
-            settings, lambda: client.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.EARLIEST))
+        ends = _offsets(settings, client, partitions, OffsetSpec.LATEST)
+        starts = _offsets(settings, client, partitions, OffsetSpec.EARLIEST)
+    return [
+        row
+        for group in wanted
+        for name in group_topics[group]
+        for row in _lag_rows(ids[group], name, existing, committed[group], ends, starts)
+    ]
+
+
+def _group_topics(settings: Settings, group: str, committed: dict[Any, Any]) -> list[str]:
+    """The topics ``group`` declares, then those under the prefix it has committed offsets on."""
+    declared = [topic_name(settings, base) for base in GROUP_TOPICS.get(group, ())]
+    committed_topics = sorted({tp.topic for tp in committed if tp.topic.startswith(settings.kafka_topic_prefix)})
+    return list(dict.fromkeys([*declared, *committed_topics]))
+
+
+def _check_declared(settings: Settings, groups: list[str], existing: dict[str, _Existing]) -> None:
+    missing = sorted(
+        topic_name(settings, base)
+        for group in groups
+        for base in GROUP_TOPICS.get(group, ())
+        if topic_name(settings, base) not in existing
+    )
+    if missing:
+        raise TopicMissing(
+            f"topic {', '.join(missing)} does not exist on {settings.kafka_bootstrap} (run `spotzee topics create`)"
         )
+
+
+def _offsets(settings: Settings, client: Any, partitions: list[Any], spec: Any) -> dict[Any, Any]:
+    """The ``spec`` (latest, earliest) offset of each partition."""
+    offsets: dict[Any, Any] = _retrying(
+        settings, lambda: client.list_partition_offsets(dict.fromkeys(partitions, spec))
+    )
+    return offsets
+
+
+def _lag_rows(
+    group: str,
+    name: str,
+    existing: dict[str, _Existing],
+    committed: dict[Any, Any],
+    ends: dict[Any, Any],
+    starts: dict[Any, Any],
+) -> list[LagRow]:
+    """One row per partition of topic ``name`` (none when it does not exist)."""
     rows: list[LagRow] = []
-    for group in wanted:
-        committed = committed_by_group.get(group, {})
-        for name in group_topics[group]:
-            for index in range(existing[name].partitions if name in existing else 0):
-                tp = TopicPartition(name, index)
-                end = int(ends[tp].offset)
-                start = int(starts[tp].offset)
-                position = committed.get(tp)
-                offset = int(position.offset) if position is not None and position.offset is not None else -1
-                if offset < 0:
-                    offset = start
-                rows.append(LagRow(ids[group], name, index, offset, end, max(end - max(offset, start), 0)))
+    for index in range(existing[name].partitions if name in existing else 0):
+        tp = TopicPartition(name, index)
+        end = int(ends[tp].offset)
+        start = int(starts[tp].offset)
+        position = committed.get(tp)
+        offset = int(position.offset) if position is not None and position.offset is not None else -1
+        if offset < 0:
+            offset = start
+        rows.append(LagRow(group, name, index, offset, end, max(end - max(offset, start), 0)))
     return rows
 
 

@@ -102,6 +102,7 @@ _TOPIC_COLUMNS = [
 @topics_app.command("create")
 def create(bootstrap: BootstrapOption = None, partitions: PartitionsOption = None) -> None:
     """Create the missing topics (idempotent); fails if an existing topic has another partition count."""
+    # kafka-python loads only for the command that talks to the broker (``spotzee --help`` stays quick).
     from spotzee.runtime.kafka.admin import create_topics, topic_specs
 
     settings = _settings(bootstrap, partitions)
@@ -119,6 +120,7 @@ def describe(
     bootstrap: BootstrapOption = None, partitions: PartitionsOption = None, output: FormatOption = "table"
 ) -> None:
     """Partitions, replication factor and retention/compaction configs of every topic, as on the broker."""
+    # spotzee.cli mounts these commands at import (a cycle at the top); kafka-python loads only when used.
     from spotzee.cli import format_table
     from spotzee.runtime.kafka.admin import describe_topics
 
@@ -146,6 +148,7 @@ def lag(
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Consumer lag per partition: committed offset vs end offset, and the total."""
+    # spotzee.cli mounts these commands at import (a cycle at the top); kafka-python loads only when used.
     from spotzee.cli import format_table
     from spotzee.runtime.kafka.admin import consumer_lag
 
