@@ -1,14 +1,15 @@
-"""The Kafka runtime's worker: faust-streaming apps binding the processors to Apache Kafka.
+"""The Kafka runtime's worker: the faust-streaming apps binding the processors to Apache Kafka.
 
 - ``processor`` app (consumer group PROCESSOR_GROUP): the contact agent consumes ``events`` in
-  batches and commits them through the Engine (changelog + local RocksDB per partition); a timer
-  task fires due timers; partitions are restored on assignment and closed on revocation. The
-  delivery agent (``runtime/kafka/kafka_delivery.py``) delivers the ``sends`` partitions matching the
-  events partitions owned here, reading contacts from the Engine's stores.
-- ``sink`` app (consumer group SINK_GROUP): the analytics agent writes ``analytics`` batches to
-  ClickHouse with per-partition offset-range dedupe tokens.
-Either app runs in a worker process (``spotzee worker``); the sink may instead run in the API
-process when ClickHouse is chDB (one process owns a chDB path).
+  batches and commits them through the Engine (``runtime/kafka/partition_engine.py``: changelog +
+  local RocksDB per partition); a timer task fires due timers; partitions are restored on
+  assignment and closed on revocation. The delivery agent (``runtime/kafka/kafka_delivery.py``)
+  delivers the ``sends`` partitions matching the events partitions owned here, reading contacts
+  from the Engine's stores.
+- ``sink`` app (consumer group SINK_GROUP, ``runtime/kafka/sink_app.py``): the analytics agent
+  writes ``analytics`` batches to ClickHouse. It lives with the runtime because the API process
+  runs it too when ClickHouse is chDB (one process owns a chDB path).
+``spotzee worker`` runs either app or both (``run_worker``).
 """
 
 from __future__ import annotations
@@ -24,19 +25,17 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.types import TP
-from kafka.errors import KafkaError
-from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
-from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.errors import LogUnavailable
-from spotzee.files import private_dir
-from spotzee.runtime.kafka import admin, faust_codec
-from spotzee.runtime.kafka.config import aiokafka_config, faust_broker_settings, make_producer
+from spotzee.analytics.migrations import migrate
+from spotzee.runtime.kafka import admin
+from spotzee.runtime.kafka.broker_errors import BROKER_ERRORS, kafka_errors
+from spotzee.runtime.kafka.config import aiokafka_config, make_producer
 from spotzee.runtime.kafka.definitions_topic import DefinitionsReplica
-from spotzee.runtime.kafka.kafka_delivery import build_delivery
-from spotzee.runtime.kafka.partition_engine import Engine, InputRecord
-from spotzee.schemas.analytics import AnalyticsRecord
+from spotzee.runtime.kafka.faust_app import faust_app
+from spotzee.runtime.kafka.kafka_delivery import KafkaDelivery, build_delivery
+from spotzee.runtime.kafka.partition_engine import Engine, InputRecord, KafkaClients
+from spotzee.runtime.kafka.sink_app import build_sink_app
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor
@@ -46,74 +45,62 @@ from spotzee.streams.segment_processor import SegmentRegistry
 
 log = logging.getLogger(__name__)
 
-
-def _app(settings: Settings, app_id: str) -> faust.App:
-    faust_codec.register()
-    datadir = settings.data_dir / "faust" / f"{settings.worker_id}-{app_id}"
-    private_dir(datadir)
-    return faust.App(
-        app_id,
-        **faust_broker_settings(settings),
-        store="memory://",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.kafka_replication_factor,
-        web_enabled=False,
-        autodiscover=False,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_interval=0.5,
-        broker_session_timeout=settings.kafka_session_timeout,
-        broker_heartbeat_interval=max(settings.kafka_session_timeout / 5, 0.5),
-        producer_acks=-1,
-        processing_guarantee="at_least_once",
-        broker_max_poll_records=5000,  # faust's consumer thread hands over records in polls this large
-        stream_buffer_maxsize=20000,
-        datadir=str(datadir),
-    )
+DEFINITIONS_ATTEMPTS = 12
 
 
 def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple[faust.App, Engine]:
-    app = _app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP))
+    app = faust_app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP))
     events_name = admin.topic_name(settings, topics.EVENTS)
-    # Definitions (projects, keys, segments; later journeys, templates) in every worker. Segment
+    # Definitions (projects, keys, segments, journeys, templates) in every worker. Segment
     # definitions are loaded before any record is processed; barriers in the stream and the
     # follower bring later ones.
     definitions = DefinitionsReplica(settings)
     _load_definitions(definitions)
-    registry = SegmentRegistry()
-    registry.load(definitions.scan("segment/"))
-    definitions.listeners.append(registry.on_definition)
-    journeys = JourneyRegistry()
-    journeys.load(definitions.scan("journey/"))
-    definitions.listeners.append(journeys.on_definition)
-    engine = Engine(
-        ContactProcessor(
-            dedupe_window=settings.dedupe_window,
-            recent_limit=settings.recent_events_per_contact,
-            segments=registry,
-            journeys=journeys,
-        ),
-        clock or clock_from(settings.clock_shift_file),
-        settings.data_dir / "kafka-state" / settings.worker_id,
-        lambda: make_producer(settings),
-        lambda base: admin.topic_name(settings, base),
-        admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
-        lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
-    )
+    engine = _engine(settings, clock or clock_from(settings.clock_shift_file), definitions)
     delivery = build_delivery(settings, engine, definitions.scan)  # sends of the partitions owned here
     events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
-    engine.definitions = definitions
 
     async def follow_definitions() -> None:
         log.info("definitions loaded: %d", len(definitions.items))
         await definitions.follow()
 
     app.task(follow_definitions)
-    restoring: set[asyncio.Task[object]] = set()  # keep references: tasks are weakly held by the loop
+    _contact_agent(app, events, engine, settings.process_batch_size)
+    _timers(app, engine, delivery)
+    _partition_signals(app, events_name, engine, delivery)
+    return app, engine
 
+
+def _engine(settings: Settings, clock: Clock, definitions: DefinitionsReplica) -> Engine:
+    """The contact processor over this worker's partition stores, its registries fed by ``definitions``."""
+    registry = SegmentRegistry()
+    registry.load(definitions.scan("segment/"))
+    definitions.listeners.append(registry.on_definition)
+    journeys = JourneyRegistry()
+    journeys.load(definitions.scan("journey/"))
+    definitions.listeners.append(journeys.on_definition)
+    processor = ContactProcessor(
+        dedupe_window=settings.dedupe_window,
+        recent_limit=settings.recent_events_per_contact,
+        segments=registry,
+        journeys=journeys,
+    )
+    kafka = KafkaClients(
+        producer=lambda: make_producer(settings),
+        consumer=lambda: AIOKafkaConsumer(
+            **aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"
+        ),
+        topic_name=lambda base: admin.topic_name(settings, base),
+        changelog_topic=admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
+    )
+    return Engine(processor, clock, state_root(settings), kafka)
+
+
+def _contact_agent(app: faust.App, events: Any, engine: Engine, batch_size: int) -> None:
     @app.agent(events, name="contacts")
     async def contacts(stream: Any) -> AsyncIterator[None]:
         await engine.start()
-        async for batch in stream.take_events(settings.process_batch_size, within=0.05):
+        async for batch in stream.take_events(batch_size, within=0.05):
             by_partition: dict[int, list[InputRecord]] = defaultdict(list)
             for event in batch:
                 message = event.message
@@ -124,6 +111,8 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
             await asyncio.gather(*(engine.process(p, records) for p, records in by_partition.items()))
             yield None
 
+
+def _timers(app: faust.App, engine: Engine, delivery: KafkaDelivery | None) -> None:
     async def fire_timers() -> None:
         if engine.started:
             await engine.fire_timers()
@@ -131,6 +120,11 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     app.timer(interval=0.25)(fire_timers)
     if delivery is not None:
         app.timer(interval=0.25)(delivery.reconcile)
+
+
+def _partition_signals(app: faust.App, events_name: str, engine: Engine, delivery: KafkaDelivery | None) -> None:
+    """Restore a partition's store on assignment; on revocation let its in-flight work finish."""
+    restoring: set[asyncio.Task[object]] = set()  # keep references: tasks are weakly held by the loop
 
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
         assigned: set[TP] = args[0]
@@ -157,66 +151,22 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
     app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
-    return app, engine
 
 
-def build_sink_app(settings: Settings, clickhouse: ClickHouse) -> tuple[faust.App, AnalyticsSink]:
-    app = _app(settings, admin.group_id(settings, admin.SINK_GROUP))
-    analytics_name = admin.topic_name(settings, topics.ANALYTICS)
-    analytics = app.topic(
-        analytics_name,
-        key_serializer="raw",
-        value_serializer=faust_codec.ANALYTICS_CODEC,
-        partitions=settings.partitions,
-    )
-    sink = AnalyticsSink(clickhouse)
-
-    @app.agent(analytics, name="analytics-sink")
-    async def write(stream: Any) -> AsyncIterator[None]:
-        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval):
-            by_partition: dict[int, list[tuple[int, AnalyticsRecord]]] = defaultdict(list)
-            for event in batch:
-                by_partition[event.message.partition].append((event.message.offset, event.value))
-            for partition, records in by_partition.items():
-                epoch = f"kafka:{analytics_name}:{partition}"
-                for chunk in _ranges(records):
-                    await run_in_threadpool(sink.write, chunk, epoch=epoch)
-            yield None
-
-    return app, sink
-
-
-def _ranges(records: list[tuple[int, AnalyticsRecord]]) -> list[list[tuple[int, AnalyticsRecord]]]:
-    """Rows in runs; every mutation alone, in order."""
-    out: list[list[tuple[int, AnalyticsRecord]]] = []
-    run: list[tuple[int, AnalyticsRecord]] = []
-    for item in records:
-        if is_mutation(item[1]):
-            if run:
-                out.append(run)
-                run = []
-            out.append([item])
-        else:
-            run.append(item)
-    if run:
-        out.append(run)
-    return out
-
-
-def _load_definitions(definitions: DefinitionsReplica, attempts: int = 12) -> None:
+def _load_definitions(definitions: DefinitionsReplica, attempts: int = DEFINITIONS_ATTEMPTS) -> None:
     """Definitions must be known before the first record is processed: wait for the broker
     (a worker may start before Kafka), then give up with a clear error."""
     delay = 1.0
-    for attempt in range(1, attempts + 1):
+    for _ in range(attempts - 1):
         try:
             definitions.load()
             return
-        except KafkaError as exc:
-            if attempt == attempts:
-                raise LogUnavailable(f"cannot read the definitions topic: {exc}") from exc
+        except BROKER_ERRORS as exc:
             log.warning("definitions topic unreachable (%s); retrying in %.0fs", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+    with kafka_errors("cannot read the definitions topic"):  # the last attempt
+        definitions.load()
 
 
 def run_worker(settings: Settings, *, sink: bool, processor: bool = True) -> None:
@@ -227,8 +177,6 @@ def run_worker(settings: Settings, *, sink: bool, processor: bool = True) -> Non
         apps.append(build_processor_app(settings)[0])
     if sink:
         clickhouse = ClickHouse.from_settings(settings)
-        from spotzee.analytics.migrations import migrate
-
         migrate(clickhouse)
         apps.append(build_sink_app(settings, clickhouse)[0])
     if not apps:
@@ -242,4 +190,5 @@ def run_worker(settings: Settings, *, sink: bool, processor: bool = True) -> Non
 
 
 def state_root(settings: Settings) -> Path:
+    """Where this worker keeps its partition stores."""
     return settings.data_dir / "kafka-state" / settings.worker_id

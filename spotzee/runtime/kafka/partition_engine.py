@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -49,28 +48,54 @@ def due_key(at: datetime, timer_id: str) -> str:
     return f"{int(at.timestamp() * 1000):016x}|{timer_id}"
 
 
+def batch_changes(store: PartitionStore, ctx: BatchContext, tables: tuple[str, ...]) -> Changes:
+    """A processed batch as changelog records: the last value of every changed key of ``tables``
+    (``None`` deletes), and its timer operations as ``__timers``/``__due`` changes."""
+    changes: Changes = {}
+    for name in tables:
+        for key, value in ctx.tables[name].batch.items():
+            changes[changelog_key(name, key)] = value
+    timers: dict[str, str | None] = {}
+    for op in ctx.batch.timers:
+        old = timers[op.timer_id] if op.timer_id in timers else _decoded(store.get(TIMERS, op.timer_id))
+        if old is not None:
+            changes[changelog_key(DUE, old)] = None
+        if op.at is None:
+            changes[changelog_key(TIMERS, op.timer_id)] = None
+            timers[op.timer_id] = None
+            continue
+        new = due_key(op.at, op.timer_id)
+        changes[changelog_key(DUE, new)] = encode_timer_value(op.topic, op.key, op.value)
+        changes[changelog_key(TIMERS, op.timer_id)] = new.encode()
+        timers[op.timer_id] = new
+    return changes
+
+
+def batch_context(store: PartitionStore, tables: tuple[str, ...], clock: Clock) -> BatchContext:
+    """A batch of ``store``'s partition in progress; its timers are the store's ``__timers``."""
+    return BatchContext(store.db, tables, clock, timer_exists=lambda t: store.get(TIMERS, t) is not None)
+
+
+@dataclass(frozen=True)
+class KafkaClients:
+    """How an engine reaches Kafka: clients made on demand (in the running loop: aiokafka objects
+    bind to it), and the topics' full names."""
+
+    producer: Callable[[], AIOKafkaProducer]
+    consumer: Callable[[], AIOKafkaConsumer]
+    topic_name: Callable[[str], str]  # a topology topic's base name -> its full name
+    changelog_topic: str
+
+
 class Engine:
-    def __init__(
-        self,
-        processor: Processor,
-        clock: Clock,
-        root: Path,
-        producer_factory: Callable[[], AIOKafkaProducer],
-        topic_name: Callable[[str], str],
-        changelog_topic: str,
-        consumer_factory: Callable[[], AIOKafkaConsumer],
-    ) -> None:
+    def __init__(self, processor: Processor, clock: Clock, root: Path, kafka: KafkaClients) -> None:
         self.processor = processor
         self.clock = clock
         self.root = root
-        self.producer_factory = producer_factory
+        self.kafka = kafka
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
-        self.topic_name = topic_name
-        self.changelog_topic = changelog_topic
-        self.consumer_factory = consumer_factory
         self.stores: dict[int, PartitionStore] = {}
-        self.definitions: Any = None  # the worker's DefinitionsReplica, for processors that need definitions
         self.processed_total = 0
         self.dead_lettered_total = 0
 
@@ -80,7 +105,7 @@ class Engine:
         """Start the producer (inside the running loop: aiokafka objects bind to it)."""
         async with self._starting:
             if self._producer is None:
-                producer = self.producer_factory()
+                producer = self.kafka.producer()
                 await producer.start()
                 self._producer = producer
 
@@ -123,8 +148,8 @@ class Engine:
 
     async def _restore(self, store: PartitionStore) -> None:
         """Catch up from the changelog; neutralise an incomplete tail left by a crash."""
-        tp = TopicPartition(self.changelog_topic, store.partition)
-        consumer = self.consumer_factory()
+        tp = TopicPartition(self.kafka.changelog_topic, store.partition)
+        consumer = self.kafka.consumer()
         await consumer.start()
         try:
             consumer.assign([tp])
@@ -225,9 +250,7 @@ class Engine:
         return True
 
     def _context(self, store: PartitionStore) -> BatchContext:
-        return BatchContext(
-            store.db, self.processor.tables, self.clock, timer_exists=lambda t: store.get(TIMERS, t) is not None
-        )
+        return batch_context(store, self.processor.tables, self.clock)
 
     def _dead_letter(self, ctx: BatchContext, partition: int, record: InputRecord, exc: Exception) -> None:
         log.warning("record %d/%d (key %s) dead-lettered: %s", partition, record.offset, record.key, exc)
@@ -246,23 +269,7 @@ class Engine:
         ctx.emit(topics.DEAD_LETTER, record.key, dumps(row))  # the record with its error, for replay
 
     async def _commit(self, store: PartitionStore, ctx: BatchContext, next_input_offset: int) -> None:
-        changes: Changes = {}
-        for name in self.processor.tables:
-            for key, value in ctx.tables[name].batch.items():
-                changes[changelog_key(name, key)] = value
-        timers: dict[str, str | None] = {}
-        for op in ctx.batch.timers:
-            old = timers[op.timer_id] if op.timer_id in timers else _decoded(store.get(TIMERS, op.timer_id))
-            if old is not None:
-                changes[changelog_key(DUE, old)] = None
-            if op.at is None:
-                changes[changelog_key(TIMERS, op.timer_id)] = None
-                timers[op.timer_id] = None
-                continue
-            new = due_key(op.at, op.timer_id)
-            changes[changelog_key(DUE, new)] = encode_timer_value(op.topic, op.key, op.value)
-            changes[changelog_key(TIMERS, op.timer_id)] = new.encode()
-            timers[op.timer_id] = new
+        changes = batch_changes(store, ctx, self.processor.tables)
         await self._flush(store, ctx.batch.emits, changes, next_input_offset)
 
     async def _flush(
@@ -305,7 +312,10 @@ class Engine:
         next_input_offset: int | None,
     ) -> None:
         await _all(
-            [await producer.send(self.topic_name(topic), value=value, key=key.encode()) for topic, key, value in emits]
+            [
+                await producer.send(self.kafka.topic_name(topic), value=value, key=key.encode())
+                for topic, key, value in emits
+            ]
         )
         input_offset = next_input_offset if next_input_offset is not None else store.input_offset
         marker_offset = await self._send_changelog(producer, store.partition, changes, input_offset)
@@ -315,11 +325,11 @@ class Engine:
         self, producer: AIOKafkaProducer, partition: int, changes: Changes, input_offset: int
     ) -> int:
         futures = [
-            await producer.send(self.changelog_topic, value=value, key=key, partition=partition)
+            await producer.send(self.kafka.changelog_topic, value=value, key=key, partition=partition)
             for key, value in changes.items()
         ]
         marker = await producer.send(
-            self.changelog_topic, value=marker_value(input_offset), key=MARKER, partition=partition
+            self.kafka.changelog_topic, value=marker_value(input_offset), key=MARKER, partition=partition
         )
         await _all(futures)
         return int((await marker).offset)

@@ -1,7 +1,9 @@
-"""Runs the faust analytics-sink app in a thread of its own (its own event loop).
+"""The analytics sink of the Kafka runtime: a faust app, run by a worker or in the API process.
 
-The API process uses it when it owns ClickHouse (chDB: one process per path); workers with a
-ClickHouse server run the same app through ``spotzee worker``.
+``build_sink_app`` (consumer group SINK_GROUP): the analytics agent writes ``analytics`` batches
+to ClickHouse with per-partition offset-range dedupe tokens. ``spotzee worker`` runs it with a
+ClickHouse server (``agents/worker.py``); the API process runs it in a thread of its own, with
+its own event loop (``ThreadedSinkApp``), when it owns ClickHouse (chDB: one process per path).
 """
 
 from __future__ import annotations
@@ -9,15 +11,67 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
 
 import faust
+from starlette.concurrency import run_in_threadpool
 
-from spotzee.agents.worker import build_sink_app
 from spotzee.analytics.clickhouse import ClickHouse
-from spotzee.analytics.sink import AnalyticsSink
+from spotzee.analytics.sink import AnalyticsSink, is_mutation
+from spotzee.runtime.kafka import admin, faust_codec
+from spotzee.runtime.kafka.faust_app import faust_app
+from spotzee.schemas.analytics import AnalyticsRecord
 from spotzee.settings import Settings
+from spotzee.streams import topics
 
 log = logging.getLogger(__name__)
+
+Records = list[tuple[int, AnalyticsRecord]]
+
+
+def build_sink_app(settings: Settings, clickhouse: ClickHouse) -> tuple[faust.App, AnalyticsSink]:
+    app = faust_app(settings, admin.group_id(settings, admin.SINK_GROUP))
+    analytics_name = admin.topic_name(settings, topics.ANALYTICS)
+    analytics = app.topic(
+        analytics_name,
+        key_serializer="raw",
+        value_serializer=faust_codec.ANALYTICS_CODEC,
+        partitions=settings.partitions,
+    )
+    sink = AnalyticsSink(clickhouse)
+
+    @app.agent(analytics, name="analytics-sink")
+    async def write(stream: Any) -> AsyncIterator[None]:
+        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval):
+            by_partition: dict[int, Records] = defaultdict(list)
+            for event in batch:
+                by_partition[event.message.partition].append((event.message.offset, event.value))
+            for partition, records in by_partition.items():
+                epoch = f"kafka:{analytics_name}:{partition}"
+                for chunk in _ranges(records):
+                    await run_in_threadpool(sink.write, chunk, epoch=epoch)
+            yield None
+
+    return app, sink
+
+
+def _ranges(records: Records) -> list[Records]:
+    """Rows in runs; every mutation alone, in order."""
+    out: list[Records] = []
+    run: Records = []
+    for item in records:
+        if is_mutation(item[1]):
+            if run:
+                out.append(run)
+                run = []
+            out.append([item])
+        else:
+            run.append(item)
+    if run:
+        out.append(run)
+    return out
 
 
 class ThreadedSinkApp:
