@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from spotzee.errors import SpotzeeError
+from spotzee.runtime.kafka.kafka_cli import lag, topics_app
 from spotzee.settings import Settings
 
 app = typer.Typer(help="Spotzee: customer-engagement engine.", no_args_is_help=True, add_completion=False)
@@ -70,8 +72,8 @@ def worker(
     processor: Annotated[bool, typer.Option(help="Run the contact processor.")] = True,
 ) -> None:
     """Run a Kafka runtime worker: faust agents for the contact processor and the analytics sink."""
+    # Imported here, not at the top: faust (the worker) and structlog load only for the command that runs them.
     from spotzee.agents.worker import run_worker
-    from spotzee.errors import SpotzeeError
     from spotzee.logging import configure, settings_secrets
 
     settings = _settings(data_dir=data_dir, partitions=partitions, worker_id=worker_id, runtime="kafka")
@@ -84,10 +86,10 @@ def worker(
 
 
 def _serve(settings: Settings, *, sink: bool) -> None:
+    # Imported here, not at the top: the server, the runtimes and chDB load only for the commands that serve.
     import uvicorn
 
     from spotzee.api.app import create_app
-    from spotzee.errors import SpotzeeError
     from spotzee.logging import configure, settings_secrets
     from spotzee.services.container import Services
 
@@ -188,8 +190,6 @@ def sql(
 
 
 def _mount_kafka_commands() -> None:
-    from spotzee.runtime.kafka.kafka_cli import lag, topics_app
-
     app.add_typer(topics_app, name="topics", help="Create or describe the Kafka topics (explicit partitions, configs).")
     app.command("lag", help="Consumer lag per partition of the processor and sink groups.")(lag)
 

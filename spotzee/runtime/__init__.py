@@ -1,1 +1,3 @@
-"""The embedded runtime: the whole topology in one process, durable in RocksDB."""
+"""The runtimes behind ``base.Runtime``: ``embedded/`` (one process, RocksDB) and ``kafka/`` (Apache
+Kafka, the API process's side; the workers' agents are in ``spotzee/agents/``); ``factory.open_runtime``
+opens the one the settings name."""

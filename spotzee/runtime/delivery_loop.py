@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import islice
+from typing import Protocol
 
 from spotzee.providers.delivery_service import Deliverer, DeliveryResult
-from spotzee.runtime.embedded import EmbeddedRuntime
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.services.template_workers import TemplateWorkers
@@ -46,7 +47,7 @@ from spotzee.streams.delivery_decisions import (
 )
 from spotzee.streams.interface import Clock
 from spotzee.streams.record_codec import dumps, loads
-from spotzee.tables.rocksdb_store import DELIVERIES, META, U64
+from spotzee.tables.rocksdb_store import DELIVERIES, META, U64, RocksDB
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,23 @@ def _retry_key(due_at: datetime, send_id: str) -> bytes:
     return b"r/%013d/" % int(due_at.timestamp() * 1000) + send_id.encode()
 
 
+class DeliveryStore(Protocol):
+    """What the loop needs of the embedded runtime that runs it (``runtime/embedded/``)."""
+
+    @property
+    def db(self) -> RocksDB: ...
+
+    def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]: ...
+
+    def commit_external(
+        self, puts: list[tuple[str, bytes, bytes | None]], emits: list[tuple[str, str, bytes]]
+    ) -> None: ...
+
+    def read(self, table: str, key: str) -> bytes | None: ...
+
+
 class DeliveryLoop:
-    def __init__(self, runtime: EmbeddedRuntime, deliverer: Deliverer, settings: Settings, clock: Clock) -> None:
+    def __init__(self, runtime: DeliveryStore, deliverer: Deliverer, settings: Settings, clock: Clock) -> None:
         self.runtime = runtime
         self.deliverer = deliverer
         self.settings = settings

@@ -1,4 +1,9 @@
-"""Assembles one process: a runtime (embedded or Kafka), ClickHouse, the sink and tenancy."""
+"""Assembles one process: ClickHouse, a runtime (embedded or Kafka) and the application services.
+
+``Services.open`` opens ClickHouse, then the runtime the settings name (``runtime/factory.py``),
+then the services over it; ``start`` / ``stop`` start and drain the runtime (which owns what it
+runs here: processing, timers, the analytics sink, delivery) and the services' own tasks.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
@@ -15,129 +19,77 @@ from starlette.concurrency import run_in_threadpool
 from spotzee.analytics.analyst import Analyst
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
-from spotzee.analytics.sink import AnalyticsSink
 from spotzee.errors import NotFound
 from spotzee.files import private_dir
 from spotzee.logging import register_secret
+from spotzee.providers.delivery_service import Deliverer, DeliverySettings
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import secrets_box
-from spotzee.runtime.embedded import EmbeddedRuntime
-from spotzee.runtime.kafka.kafka_runtime import KafkaRuntime
-from spotzee.runtime.sink_loop import SinkLoop
+from spotzee.runtime.base import Runtime, Sink
+from spotzee.runtime.factory import RuntimeParts, open_runtime
 from spotzee.schemas.provider_models import ProviderDefinition
 from spotzee.schemas.template_models import TemplateDefinition
+from spotzee.services.catalogue import Catalogue
+from spotzee.services.journey_service import Journeys
+from spotzee.services.list_service import Lists
+from spotzee.services.provider_service import Providers
+from spotzee.services.scheduler import Scheduler
+from spotzee.services.segment_service import Segments
+from spotzee.services.template_service import Templates
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.services.tenancy_service import Tenancy
 from spotzee.settings import Settings
-from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.interface import Clock, clock_from
 from spotzee.streams.journey_processor import JourneyRegistry
 from spotzee.streams.segment_processor import SegmentRegistry
 
-if TYPE_CHECKING:
-    from spotzee.runtime.delivery_loop import DeliveryLoop
-    from spotzee.services.journey_service import Journeys
-    from spotzee.services.list_service import Lists
-    from spotzee.services.provider_service import Providers
-    from spotzee.services.scheduler import Scheduler
-    from spotzee.services.segment_service import Segments
-    from spotzee.services.template_service import Templates
-
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    """Whatever writes analytics records to ClickHouse in this process."""
-
-    last_error: str | None
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def alive(self) -> bool: ...
-
-    @property
-    def rows_written(self) -> int: ...
 
 
 @dataclass
 class Services:
     settings: Settings
     clock: Clock
-    runtime: EmbeddedRuntime | KafkaRuntime
+    runtime: Runtime
     clickhouse: ClickHouse
     analyst: Analyst  # checked, limited, read-only sessions for POST /api/v1/sql
-    sink: Sink | None
     tenancy: Tenancy
     segments: Segments
     lists: Lists
     templates: Templates
     providers: Providers
     journeys: Journeys
-    delivery: DeliveryLoop | None = None  # embedded runtime: the sends topic's consumer
     scheduler: Scheduler | None = None  # fires scheduled journeys (both runtimes)
     started: bool = field(default=False)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None, *, run_sink: bool = True) -> Services:
-        from spotzee.services.catalogue import Catalogue
-        from spotzee.services.journey_service import Journeys
-        from spotzee.services.list_service import Lists
-        from spotzee.services.provider_service import Providers
-        from spotzee.services.scheduler import Scheduler
-        from spotzee.services.segment_service import Segments
-        from spotzee.services.template_service import Templates
-
+        """``run_sink``: the Kafka runtime also runs the analytics sink here (the embedded one always does)."""
         clock = clock or clock_from(settings.clock_shift_file)
         private_dir(settings.data_dir)
         box = secrets_box(settings.secrets_key, data_dir=settings.data_dir, embedded=settings.runtime == "embedded")
         outbound = outbound_policy(settings)
         registry = SegmentRegistry()
         journey_registry = JourneyRegistry()
-        runtime = _open_runtime(settings, clock, registry, journey_registry)
-        registry.load(runtime.scan_definitions("segment/"))
-        journey_registry.load(runtime.scan_definitions("journey/"))
+        clickhouse, analyst = _open_clickhouse(settings)
+
+        def deliverer() -> Deliverer:
+            # Called by the runtime when it starts, once the templates and providers below exist.
+            return _deliverer(settings, templates, providers)
+
         try:
-            clickhouse = ClickHouse.from_settings(settings)
-            migrate(clickhouse)
-            analyst = Analyst(
-                lambda: clickhouse.read_only(
-                    max_seconds=settings.sql_max_seconds,
-                    max_rows=settings.sql_max_rows,
-                    max_memory_bytes=settings.sql_max_memory_bytes,
-                ),
-                database=settings.clickhouse_database,
-                max_rows=settings.sql_max_rows,
-                max_result_bytes=settings.sql_max_result_bytes,
-                max_concurrency=settings.sql_max_concurrency,
-                max_seconds=settings.sql_max_seconds,
+            runtime = open_runtime(
+                settings, clock, RuntimeParts(registry, journey_registry, clickhouse, run_sink, deliverer)
             )
         except Exception:
-            runtime.close()
+            analyst.close()
+            clickhouse.close()
             raise
-        sink: Sink | None
-        if isinstance(runtime, EmbeddedRuntime):
-            loop = SinkLoop(
-                runtime.db,
-                AnalyticsSink(clickhouse, epoch=runtime.epoch()),
-                batch_rows=settings.sink_batch_rows,
-                flush_interval=settings.sink_flush_interval,
-                wakeup=runtime.outbox_wakeup,
-            )
-            runtime.sink_offset_reader = lambda: loop.offset
-            sink = loop
-        elif run_sink:
-            from spotzee.runtime.kafka.sink_app import ThreadedSinkApp
-
-            sink = ThreadedSinkApp(settings, clickhouse)
-        else:
-            sink = None
+        registry.load(runtime.scan_definitions("segment/"))
+        journey_registry.load(runtime.scan_definitions("journey/"))
         tenancy = Tenancy(runtime, clock)
-        if not isinstance(runtime, EmbeddedRuntime):
-            runtime.on_definition(tenancy.on_definition)  # other API processes write definitions too
-            runtime.on_definition(registry.on_definition)
-            runtime.on_definition(journey_registry.on_definition)
+        for listener in (tenancy.on_definition, registry.on_definition, journey_registry.on_definition):
+            runtime.on_definition(listener)  # other API processes write definitions too (Kafka runtime)
         segments = Segments(settings, runtime, clickhouse, clock, tenancy, registry)
         lists = Lists(runtime, clock, tenancy, segments)
         catalogue = Catalogue(runtime, tenancy)
@@ -152,28 +104,22 @@ class Services:
             runtime,
             clickhouse,
             analyst,
-            sink,
             tenancy,
             segments,
             lists,
             templates,
             providers,
             journeys,
-            _delivery_loop(settings, runtime, clock, templates, providers),
             Scheduler(runtime, journey_registry, registry, tenancy.project_timezone, clock),
         )
 
+    @property
+    def sink(self) -> Sink | None:
+        """The analytics sink the runtime runs in this process, if any (``/health`` checks it)."""
+        return self.runtime.sink
+
     async def start(self) -> None:
-        if isinstance(self.runtime, EmbeddedRuntime):
-            if self.sink is not None:
-                self.sink.start()
-            self.runtime.start()
-            if self.delivery is not None:
-                self.delivery.start()
-        else:
-            await self.runtime.start()
-            if self.sink is not None:
-                self.sink.start()
+        await self.runtime.start()
         self.started = True
         self.segments.resume()
         if self.scheduler is not None:
@@ -186,19 +132,13 @@ class Services:
         )
 
     async def stop(self) -> None:
-        """Graceful: drain appends and processing, flush the sink, close stores."""
+        """Graceful: the scheduler and segment builds, then the runtime drains (appends,
+        processing, deliveries, the sink); then everything is closed."""
         if self.started:
             if self.scheduler is not None:
                 await self.scheduler.stop()
             await self.segments.stop()
-            if self.delivery is not None:
-                await run_in_threadpool(self.delivery.stop)
-            if isinstance(self.runtime, EmbeddedRuntime):
-                await run_in_threadpool(self.runtime.stop)
-            else:
-                await self.runtime.stop()
-            if self.sink is not None:
-                await run_in_threadpool(self.sink.stop)
+            await run_in_threadpool(self.runtime.stop)
             self.started = False
         self.close()
 
@@ -210,15 +150,7 @@ class Services:
         log.info("spotzee stopped")
 
     def stats(self) -> dict[str, float]:
-        runtime = self.runtime
-        return {
-            "processing_lag_records": runtime.processing_lag(),
-            "sink_lag_records": runtime.sink_lag(),
-            "timers_pending": runtime.timers_pending(),
-            "processed_records": runtime.processed_total,
-            "dead_lettered_records": runtime.dead_lettered_total,
-            "clickhouse_rows_written": self.sink.rows_written if self.sink is not None else 0,
-        }
+        return self.runtime.stats()
 
 
 def outbound_policy(settings: Settings) -> OutboundPolicy:
@@ -240,17 +172,32 @@ def unsubscribe_secret(settings: Settings) -> SecretStr:
     return secret
 
 
-def _delivery_loop(
-    settings: Settings,
-    runtime: EmbeddedRuntime | KafkaRuntime,
-    clock: Clock,
-    templates: Templates,
-    providers: Providers,
-) -> DeliveryLoop | None:
-    if not isinstance(runtime, EmbeddedRuntime):
-        return None  # the Kafka runtime delivers in its workers (runtime/kafka/kafka_delivery.py)
-    from spotzee.providers.delivery_service import Deliverer, DeliverySettings
-    from spotzee.runtime.delivery_loop import DeliveryLoop
+def _open_clickhouse(settings: Settings) -> tuple[ClickHouse, Analyst]:
+    """The sink's session (migrated) and the analyst's read-only sessions for ``POST /api/v1/sql``."""
+    clickhouse = ClickHouse.from_settings(settings)
+    try:
+        migrate(clickhouse)
+    except Exception:
+        clickhouse.close()
+        raise
+    analyst = Analyst(
+        lambda: clickhouse.read_only(
+            max_seconds=settings.sql_max_seconds,
+            max_rows=settings.sql_max_rows,
+            max_memory_bytes=settings.sql_max_memory_bytes,
+        ),
+        database=settings.clickhouse_database,
+        max_rows=settings.sql_max_rows,
+        max_result_bytes=settings.sql_max_result_bytes,
+        max_concurrency=settings.sql_max_concurrency,
+        max_seconds=settings.sql_max_seconds,
+    )
+    return clickhouse, analyst
+
+
+def _deliverer(settings: Settings, templates: Templates, providers: Providers) -> Deliverer:
+    """The embedded runtime's deliverer: templates and providers through the catalogue services
+    (the Kafka runtime's workers read the definitions topic: ``runtime/kafka/kafka_delivery.py``)."""
 
     def template(project_id: str, template_id: str) -> TemplateDefinition | None:
         with contextlib.suppress(NotFound):
@@ -260,7 +207,7 @@ def _delivery_loop(
     def provider_for(project_id: str, channel: str) -> ProviderDefinition | None:
         return providers.first_for(project_id, channel)
 
-    deliverer = Deliverer(
+    return Deliverer(
         DeliverySettings(
             public_base_url=settings.resolved_public_base_url(),
             unsubscribe_secret=unsubscribe_secret(settings),
@@ -269,18 +216,3 @@ def _delivery_loop(
         template,
         provider_for,
     )
-    return DeliveryLoop(runtime, deliverer, settings, clock)
-
-
-def _open_runtime(
-    settings: Settings, clock: Clock, registry: SegmentRegistry, journeys: JourneyRegistry
-) -> EmbeddedRuntime | KafkaRuntime:
-    if settings.runtime == "kafka":
-        return KafkaRuntime(settings, clock)
-    processor = ContactProcessor(
-        dedupe_window=settings.dedupe_window,
-        recent_limit=settings.recent_events_per_contact,
-        segments=registry,
-        journeys=journeys,
-    )
-    return EmbeddedRuntime(settings, processor, clock)

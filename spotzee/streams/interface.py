@@ -1,9 +1,10 @@
 """The small runtime-neutral interface processors are written against.
 
 A processor sees one record at a time through a ``Context``: its tables (key -> bytes, scoped
-to the partition that owns the record), ``emit`` to a topic, the injected clock, and timers
-that re-deliver a record at a given time. The embedded runtime and the Kafka runtime each
-implement ``Context``; the processor code is the same.
+to the partition that owns the record; the ``Table`` interface is the state layer's,
+``tables/base.py``), ``emit`` to a topic, the injected clock, and timers that re-deliver a record
+at a given time. Both runtimes implement ``Context`` with ``tables/overlay.BatchContext``, and
+``spotzee.testing.MemoryContext`` runs a processor in memory; the processor code is the same.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+
+from spotzee.tables.base import Table
+
+# ``Table`` is re-exported: processors import the whole interface from here.
+__all__ = ["Clock", "Context", "Processor", "ShiftedClock", "SystemClock", "Table", "clock_from"]
 
 
 class Clock(Protocol):
@@ -63,34 +68,6 @@ class ShiftedClock:
 
 def clock_from(path: Path | None) -> Clock:
     return ShiftedClock(path) if path is not None else SystemClock()
-
-
-class ManualClock:
-    """A test clock that only moves when told to."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self._now
-
-    def advance(self, delta: timedelta) -> None:
-        self._now += delta
-
-    def set(self, value: datetime) -> None:
-        self._now = value
-
-
-class Table(Protocol):
-    """One processor table. Reads see the record's own uncommitted writes."""
-
-    def get(self, key: str) -> bytes | None: ...
-
-    def set(self, key: str, value: bytes) -> None: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def scan_prefix(self, prefix: str) -> Iterator[tuple[str, bytes]]: ...
 
 
 class Context(Protocol):

@@ -23,10 +23,9 @@ from spotzee.schemas.contact_models import ContactState
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import CONTACTS, ContactProcessor
-from spotzee.streams.interface import ManualClock
 from spotzee.streams.record_codec import loads
-from spotzee.tables.memory_store import MemoryContext
 from spotzee.tables.partition_store import PartitionStore
+from spotzee.testing import ManualClock, MemoryContext
 from tests.conftest import require_kafka_tools
 from tests.kafka_broker import start_broker
 from tests.support import Stack, running_stack, start_worker, stop_worker, wait_until

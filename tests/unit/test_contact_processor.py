@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from spotzee.runtime.embedded import EmbeddedRuntime
+from spotzee.runtime.embedded.embedded_runtime import EmbeddedRuntime
 from spotzee.schemas.analytics import (
     AliasRow,
     AnalyticsRecord,
@@ -28,10 +28,9 @@ from spotzee.schemas.records import ContactErase, EventsRecord, IngestedMessage,
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ALIASES, CONTACTS, DEDUPE, ContactProcessor
-from spotzee.streams.interface import ManualClock
 from spotzee.streams.record_codec import dumps, loads
-from spotzee.tables.memory_store import MemoryContext
 from spotzee.tables.rocksdb_store import OUTBOX
+from spotzee.testing import ManualClock, MemoryContext
 from tests.support import wait_until
 
 WINDOW = timedelta(hours=24)

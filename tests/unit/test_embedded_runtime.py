@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from spotzee.runtime.embedded import EmbeddedRuntime
+from spotzee.runtime.embedded.embedded_runtime import EmbeddedRuntime
 from spotzee.schemas.analytics import DeadLetterRow, EventRow, analytics_record_adapter
 from spotzee.settings import Settings
-from spotzee.streams.interface import Context, ManualClock
+from spotzee.streams.interface import Context
 from spotzee.tables.rocksdb_store import OUTBOX
+from spotzee.testing import ManualClock
 from tests.support import wait_until
 
 

@@ -51,10 +51,9 @@ from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.records import EventsRecord, IngestedMessage, JourneyBarrier, record_key
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor
-from spotzee.streams.interface import ManualClock
 from spotzee.streams.journey_processor import JOURNEY_RUNS, SEP
 from spotzee.streams.record_codec import dumps, loads
-from spotzee.tables.memory_store import MemoryContext
+from spotzee.testing import ManualClock, MemoryContext
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 PROJECT = "p"

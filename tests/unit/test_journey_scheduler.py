@@ -17,11 +17,10 @@ from spotzee.schemas.records import JourneyEntry, record_key
 from spotzee.schemas.segment_models import ListMembership
 from spotzee.services.scheduler import Scheduler, ScheduleState, state_key
 from spotzee.streams.contact_processor import ContactProcessor
-from spotzee.streams.interface import ManualClock
 from spotzee.streams.journey_processor import JOURNEY_ENTRIES, JOURNEY_RUNS, JourneyRegistry
 from spotzee.streams.record_codec import dumps, loads
 from spotzee.streams.segment_processor import SegmentRegistry
-from spotzee.tables.memory_store import MemoryContext
+from spotzee.testing import ManualClock, MemoryContext
 
 PROJECT = "prj_1"
 JOURNEY = "jrn_daily"

@@ -5,7 +5,9 @@
 - reads: a read replica of processor state, fed by the changelog topic (complete batches only,
   the same rule as a restoring worker), so ``GET /api/v1/contacts/{id}`` is local and fast;
 - definitions: the compacted ``definitions`` topic, loaded before serving and followed after;
-- lag: the processor and sink consumer groups' lag, polled in the background (429 above bound).
+- lag: the processor and sink consumer groups' lag, polled in the background (429 above bound);
+- the analytics sink, when this process runs it (chDB: ``sink_app.ThreadedSinkApp``).
+Broker failures become LogUnavailable through ``broker_errors.kafka_errors``.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from kafka import KafkaProducer
-from kafka.errors import KafkaError as SyncKafkaError
 
+from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.errors import LogUnavailable, Overloaded
-from spotzee.runtime.base import Health, Position
+from spotzee.runtime.base import Health, Position, Sink
 from spotzee.runtime.kafka import admin
+from spotzee.runtime.kafka.broker_errors import BROKER_ERRORS, kafka_errors, with_type
 from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config, make_producer
 from spotzee.runtime.kafka.definitions_topic import DefinitionsReplica
+from spotzee.runtime.kafka.sink_app import ThreadedSinkApp
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor
@@ -38,7 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class KafkaRuntime:
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    """``clickhouse``: also run the analytics sink (the faust sink app) in this process."""
+
+    def __init__(self, settings: Settings, clock: Clock, *, clickhouse: ClickHouse | None = None) -> None:
         self.settings = settings
         self.clock = clock
         self.partitions = settings.partitions
@@ -50,43 +55,61 @@ class KafkaRuntime:
         self.replica = RocksDB(settings.data_dir / "kafka-replica", tables, sync=False)  # rebuilt from the changelog
         self.replica_input = [self.replica.get_u64(b"input/%d" % p) for p in range(self.partitions)]
         self.definitions = DefinitionsReplica(settings)
-        try:
+        self._unreachable = f"Kafka unreachable at {settings.kafka_bootstrap}"
+        with kafka_errors(self._unreachable, on_error=lambda _: self.replica.close()):
             self._sync_producer = KafkaProducer(**kafka_python_config(settings), acks="all", retries=5)
             self.definitions.load()
-        except SyncKafkaError as exc:
-            self.replica.close()
-            raise LogUnavailable(f"Kafka unreachable at {settings.kafka_bootstrap}: {exc}") from exc
         self.producer: AIOKafkaProducer | None = None
+        self._sink = None if clickhouse is None else ThreadedSinkApp(settings, clickhouse)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lag: dict[str, int] = {admin.PROCESSOR_GROUP: 0, admin.SINK_GROUP: 0}
         self._lag_error: str | None = None
         self._replica_error: str | None = None
         self._last_send_error: str | None = None
-        self.processed_total = 0
-        self.dead_lettered_total = 0
         self._accepting = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """The producer and the background tasks, on this (the serving) loop; then the sink."""
+        self._loop = asyncio.get_running_loop()
         self.producer = make_producer(self.settings)
-        try:
+        with kafka_errors(self._unreachable):
             await self.producer.start()
-        except KafkaError as exc:
-            raise LogUnavailable(f"Kafka unreachable at {self.settings.kafka_bootstrap}: {exc}") from exc
         self._tasks = [
             asyncio.create_task(self._follow_replica()),
             asyncio.create_task(self.definitions.follow()),
             asyncio.create_task(self._poll_lag()),
         ]
         self._accepting = True
+        if self._sink is not None:
+            self._sink.start()
 
     def stop_accepting(self) -> None:
         """The first step of a graceful stop: appends answer LogUnavailable (HTTP 503) from now on."""
         self._accepting = False
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Refuse appends, stop the tasks and the producer (on the serving loop: this blocks until
+        they are stopped, so call it from a worker thread), then stop the sink."""
         self.stop_accepting()
+        if self._loop is not None:
+            if self._on_serving_loop():
+                raise RuntimeError(
+                    "KafkaRuntime.stop blocks until the serving loop stops its tasks: call it from a thread"
+                )
+            asyncio.run_coroutine_threadsafe(self._stop_on_loop(), self._loop).result()
+        if self._sink is not None:
+            self._sink.stop()
+
+    def _on_serving_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # no loop runs in this thread
+            return False
+
+    async def _stop_on_loop(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -100,6 +123,10 @@ class KafkaRuntime:
         self._sync_producer.close(timeout=5)
         self.replica.close()
 
+    @property
+    def sink(self) -> Sink | None:
+        return self._sink
+
     # -- appends -------------------------------------------------------------------------------
 
     async def _healthy_producer(self) -> AIOKafkaProducer:
@@ -112,12 +139,13 @@ class KafkaRuntime:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.stop(), timeout=self.settings.kafka_request_timeout)
         fresh = make_producer(self.settings)
-        try:
-            await asyncio.wait_for(fresh.start(), timeout=self.settings.kafka_request_timeout)
-        except (KafkaError, TimeoutError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await fresh.stop()
-            raise LogUnavailable(f"Kafka unreachable at {self.settings.kafka_bootstrap}: {exc}") from exc
+        with kafka_errors(self._unreachable):
+            try:
+                await asyncio.wait_for(fresh.start(), timeout=self.settings.kafka_request_timeout)
+            except BROKER_ERRORS:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()
+                raise
         self.producer = fresh
         return fresh
 
@@ -130,12 +158,9 @@ class KafkaRuntime:
                 retry_after=self.settings.retry_after_seconds,
             )
         producer = await self._healthy_producer()
-        try:
+        with kafka_errors("the broker did not acknowledge the events", detail=with_type, on_error=self._send_failed):
             futures = [await producer.send(self.events_topic, value=value, key=key.encode()) for key, value in records]
             metadata = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout)
-        except (KafkaError, TimeoutError) as exc:
-            self._last_send_error = f"{type(exc).__name__}: {exc}"
-            raise LogUnavailable(f"the broker did not acknowledge the events: {self._last_send_error}") from exc
         self._last_send_error = None
         return [Position(m.partition, m.offset) for m in metadata]
 
@@ -144,16 +169,17 @@ class KafkaRuntime:
         if not self._accepting:
             raise LogUnavailable("the log is not accepting writes")
         producer = await self._healthy_producer()
-        try:
+        with kafka_errors("the broker did not acknowledge the record", detail=with_type, on_error=self._send_failed):
             futures = [
                 await producer.send(self.events_topic, value=value, key=key.encode(), partition=p)
                 for p in range(self.partitions)
             ]
             metadata = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.settings.kafka_request_timeout)
-        except (KafkaError, TimeoutError) as exc:
-            self._last_send_error = f"{type(exc).__name__}: {exc}"
-            raise LogUnavailable(f"the broker did not acknowledge the record: {self._last_send_error}") from exc
         return [Position(m.partition, m.offset) for m in metadata]
+
+    def _send_failed(self, error: str) -> None:
+        """Remembered for health, and so the next append starts a fresh producer."""
+        self._last_send_error = error
 
     async def wait_sink(self, timeout: float) -> bool:
         """Wait until the sink group has committed every analytics record produced so far."""
@@ -245,9 +271,6 @@ class KafkaRuntime:
     def sink_lag(self) -> int:
         return self._lag[admin.SINK_GROUP]
 
-    def timers_pending(self) -> int:
-        return 0  # timers live on the workers
-
     def health(self) -> Health:
         detail: dict[str, str] = {}
         log_ok = self._accepting and self._last_send_error is None and self._lag_error is None
@@ -258,17 +281,26 @@ class KafkaRuntime:
             detail["state"] = self._replica_error or "read replica not running"
         return Health(log=log_ok, state=state_ok, detail=detail)
 
+    def stats(self) -> dict[str, float]:
+        """Processing, timers and dead letters happen on the workers: zero here."""
+        return {
+            "processing_lag_records": self.processing_lag(),
+            "sink_lag_records": self.sink_lag(),
+            "timers_pending": 0,
+            "processed_records": 0,
+            "dead_lettered_records": 0,
+            "clickhouse_rows_written": self._sink.rows_written if self._sink is not None else 0,
+        }
+
     # -- definitions ------------------------------------------------------------------------------
 
     def put_definitions(self, items: list[tuple[str, bytes | None]], outbox: list[bytes]) -> None:
         """Definitions to the compacted topic, then their audit rows; each acked before returning."""
-        try:
+        with kafka_errors("the broker did not acknowledge the definitions"):
             futures = [self._sync_producer.send(self.definitions_topic, key=k.encode(), value=v) for k, v in items]
             futures += [self._sync_producer.send(self.analytics_topic, key=b"audit", value=v) for v in outbox]
             for future in futures:
                 future.get(timeout=self.settings.kafka_request_timeout)
-        except SyncKafkaError as exc:
-            raise LogUnavailable(f"the broker did not acknowledge the definitions: {exc}") from exc
         for key, value in items:
             self.definitions.remember(key, value)
 
@@ -277,6 +309,3 @@ class KafkaRuntime:
 
     def on_definition(self, listener: Callable[[str, bytes | None], None]) -> None:
         self.definitions.listeners.append(listener)
-
-    def stats(self) -> dict[str, Any]:
-        return {"processing_lag_records": self.processing_lag(), "sink_lag_records": self.sink_lag()}

@@ -1,0 +1,77 @@
+"""One synced write batch of the embedded runtime, and re-entry (steps 8 and 10).
+
+Steps of docs/architecture.md: every write that assigns log offsets or outbox sequence numbers --
+the appender's append (step 4), a batch commit (step 8), fired timers (step 9), delivery's state
+(``commit_external``), definitions -- is one ``Commit``: made and written under
+``InboundLog.lock``, it stages on copies of the log's next offsets and of the outbox's next
+sequence number, and those copies are kept only once the batch is written, so a failed write
+moves nothing. ``route`` sends each emitted record where its topic goes: ``events`` back into the
+log (``reenter``: step 10), the rest to ``outbox.Outbox``.
+"""
+
+from __future__ import annotations
+
+from spotzee.errors import SpotzeeError
+from spotzee.runtime.base import Position
+from spotzee.runtime.embedded.inbound_log import InboundLog
+from spotzee.runtime.embedded.outbox import Outbox
+from spotzee.streams import topics
+from spotzee.tables.rocksdb_store import LOG, LOG_KEY, encode_log_value
+
+Emit = tuple[str, str, bytes]  # topic, key, value
+
+_OUTBOX_TOPICS = (topics.ANALYTICS, topics.DEAD_LETTER)
+_RETAINED_TOPICS = (topics.SEGMENT_CHANGES, topics.JOURNEY_ADVANCE, topics.SENDS)
+
+
+class Commit:
+    """Must be made, staged and written holding ``inbound.lock``."""
+
+    def __init__(self, inbound: InboundLog, outbox: Outbox) -> None:
+        self.inbound = inbound
+        self.outbox = outbox
+        self.db = inbound.db
+        self.batch = inbound.db.batch()
+        self.next_offset = list(inbound.next_offset)
+        self.outbox_next = outbox.next
+        self._log_handle = inbound.db.handle(LOG)
+
+    def append(self, key: str, value: bytes, partition: int | None = None) -> Position:
+        """Put a record at the next offset of its partition (the key's, unless given)."""
+        if partition is None:
+            partition = topics.partition_for(key, self.inbound.partitions)
+        offset = self.next_offset[partition]
+        self.next_offset[partition] += 1
+        self.batch.put(LOG_KEY.pack(partition, offset), encode_log_value(key, value), self._log_handle)
+        return Position(partition, offset)
+
+    def reenter(self, key: str, value: bytes) -> None:
+        """Step 10: a record a processor (or a timer, or delivery) emits to ``events`` goes back
+        into the log in the same write, at its own partition's next offset, and is processed
+        there like any appended record (steps 6-9)."""
+        self.append(key, value)
+
+    def route(self, emits: list[Emit]) -> None:
+        """Send each emitted record where its topic goes in this runtime."""
+        for topic, key, value in emits:
+            if topic == topics.EVENTS:
+                self.reenter(key, value)
+            elif topic in _OUTBOX_TOPICS:
+                self.outbox.stage(self.batch, self.outbox_next, value)
+                self.outbox_next += 1
+            elif topic in _RETAINED_TOPICS:
+                self.outbox.retain(self.batch, topic, value)
+            else:
+                raise SpotzeeError(f"topic {topic!r} is not bound in the embedded runtime")
+
+    def put(self, family: str, key: bytes, value: bytes | None) -> None:
+        """A put (``None``: a delete) on column family ``family``, in this write."""
+        self.db.stage(self.batch, family, key, value)
+
+    def write(self) -> None:
+        """Write the batch (synced), then keep the offsets and sequence numbers it moved."""
+        if self.outbox_next != self.outbox.next:
+            self.outbox.stage_next(self.batch, self.outbox_next)
+        self.db.write(self.batch)
+        self.inbound.next_offset = self.next_offset
+        self.outbox.next = self.outbox_next

@@ -1,0 +1,67 @@
+"""Where the records a commit emits for consumers outside the processor go (step 8's outputs).
+
+Steps of docs/architecture.md: a commit (step 8) puts every ``analytics`` and ``dead-letter``
+record in the outbox (column family ``outbox``) under the next sequence number, which the sink
+thread drains into ClickHouse (step 11, ``runtime/sink_loop.py``); records of the retained topics
+(``segment-changes``, ``journey-advance``, ``sends``) go to column family ``topics``, where their
+consumers read them (``sends``: the delivery loop, ``runtime/delivery_loop.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from rocksdict import WriteBatch
+
+from spotzee.settings import Settings
+from spotzee.tables.rocksdb_store import META, OUTBOX, TOPICS, U16, U64, RocksDB
+
+OUTBOX_NEXT = b"outbox_next"
+
+
+def _topic_prefix(topic: str) -> bytes:
+    return U16.pack(len(topic)) + topic.encode()
+
+
+class Outbox:
+    def __init__(self, db: RocksDB, settings: Settings) -> None:
+        self.db = db
+        self.retention = settings.topic_retention_records
+        self.next = db.get_u64(OUTBOX_NEXT)  # moved by ``commit.Commit`` once its batch is written
+        self.wakeup = threading.Event()  # set after a commit that may have filled the outbox: the sink looks
+        self._topic_next: dict[str, int] = {}
+
+    def stage(self, batch: WriteBatch, seq: int, value: bytes) -> None:
+        """Must hold the log's lock. Put one analytics record at sequence ``seq``."""
+        batch.put(U64.pack(seq), value, self.db.handle(OUTBOX))
+
+    def stage_next(self, batch: WriteBatch, outbox_next: int) -> None:
+        """Must hold the log's lock. Record the next sequence number in the same batch."""
+        batch.put(OUTBOX_NEXT, U64.pack(outbox_next), self.db.handle(META))
+
+    def retain(self, batch: WriteBatch, topic: str, value: bytes) -> None:
+        """Must hold the log's lock. Append to a retained topic (``TOPICS``): the last
+        ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
+        seq = self._topic_next.get(topic)
+        if seq is None:
+            seq = self.db.get_u64(b"topic_next/" + topic.encode())
+        prefix = _topic_prefix(topic)
+        handle = self.db.handle(TOPICS)
+        batch.put(prefix + U64.pack(seq), value, handle)
+        if seq >= self.retention and seq % 1000 == 0:
+            batch.delete_range(prefix + U64.pack(0), prefix + U64.pack(seq - self.retention + 1), handle)
+        self._topic_next[topic] = seq + 1
+        batch.put(b"topic_next/" + topic.encode(), U64.pack(seq + 1), self.db.handle(META))
+
+    def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Records of a retained topic from sequence ``start`` (what its consumer reads)."""
+        prefix = _topic_prefix(topic)
+        it = self.db.cf(TOPICS).iter()
+        it.seek(prefix + U64.pack(start))
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
+                break
+            yield U64.unpack_from(key, len(prefix))[0], bytes(it.value())
+            it.next()
