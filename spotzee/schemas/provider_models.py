@@ -211,8 +211,8 @@ class ProviderUpdate(ProviderCreate):
     secrets_required: ClassVar[bool] = False
 
 
-class ProviderDefinition(Model):
-    """A stored provider (definitions key ``provider/<id>``), secrets included."""
+class _ProviderFields(Model):
+    """What a provider holds (definitions key ``provider/<id>``); each form types ``config``."""
 
     type: Literal["provider"] = "provider"
     id: str
@@ -220,32 +220,28 @@ class ProviderDefinition(Model):
     name: str
     channel: ProviderChannel
     provider_type: ProviderType
-    config: Annotated[ProviderConfig, WrapValidator(_config_by("provider_type"))]
+    config: Any
     version: int
     created_at: UTCDateTime
     updated_at: UTCDateTime
     deleted: bool = False
+
+
+class ProviderDefinition(_ProviderFields):
+    """A provider with its config typed by its provider type, secrets included (in clear)."""
+
+    config: Annotated[ProviderConfig, WrapValidator(_config_by("provider_type"))]
 
     def storage_dump(self) -> dict[str, Any]:
         """JSON-ready, with secrets in clear: only for sealing (``spotzee.providers.sealing``)."""
         return self.model_dump(mode="json", context=REVEAL_SECRETS)
 
 
-class StoredProvider(Model):
+class StoredProvider(_ProviderFields):
     """A provider as the definitions store holds it: ``config`` with each secret field sealed
     (``{"sealed": "v1...."}``), or a clear string when written by a version before sealing."""
 
-    type: Literal["provider"] = "provider"
-    id: str
-    project_id: str
-    name: str
-    channel: ProviderChannel
-    provider_type: ProviderType
     config: dict[str, Any]
-    version: int
-    created_at: UTCDateTime
-    updated_at: UTCDateTime
-    deleted: bool = False
 
 
 # -- public views -------------------------------------------------------------------------------

@@ -253,17 +253,7 @@ class JourneyRunner:
         elif run is not None and journey.status != JourneyStatus.live and not isinstance(input, machine.Exit):
             # Paused (or back to draft): runs hold. A due timer is re-armed; events pass unseen.
             if isinstance(input, machine.Wake) and run.wake_at is not None:
-                record = JourneyWake(
-                    project_id=contact.project_id,
-                    id=contact.id,
-                    run_id=run.run_id,
-                    step_id=input.step_id,
-                    visit=input.visit,
-                )
-                key = _run_key(contact, run.run_id)
-                ctx.schedule(
-                    f"journey:{key}", now + PAUSED_RECHECK, topics.EVENTS, _contact_key(contact), dumps(record)
-                )
+                _arm(ctx, contact, run.run_id, input, now + PAUSED_RECHECK)
             return contact
         outcome = machine.transition(journey, run, input, now, env)
         if outcome.ignored is not None or outcome.state is None:
@@ -276,19 +266,11 @@ class JourneyRunner:
             self._record_exit(ctx, contact, journey.id, state.run_id, now)
         else:
             runs.set(key, dumps(state))
-        timer_id = f"journey:{key}"
         wake = outcome.timer
         if wake is not None and outcome.wake_at is not None:
-            record = JourneyWake(
-                project_id=contact.project_id,
-                id=contact.id,
-                run_id=state.run_id,
-                step_id=wake.step_id,
-                visit=wake.visit,
-            )
-            ctx.schedule(timer_id, outcome.wake_at, topics.EVENTS, _contact_key(contact), dumps(record))
+            _arm(ctx, contact, state.run_id, wake, outcome.wake_at)
         elif run is not None and run.wake_at is not None:
-            ctx.cancel(timer_id)
+            ctx.cancel(_timer_id(contact, state.run_id))
         carrying = _Carrying(ctx, journey, state, now)
         for seq, effect in enumerate(outcome.effects):
             contact = self._carry_out(carrying, contact, effect, seq)
@@ -435,6 +417,18 @@ class _Carrying(NamedTuple):
     journey: JourneyDefinition
     run: machine.RunState
     now: datetime
+
+
+def _timer_id(contact: ContactState, run_id: str) -> str:
+    return f"journey:{_run_key(contact, run_id)}"  # one timer per run: arming again replaces it
+
+
+def _arm(ctx: Context, contact: ContactState, run_id: str, wake: machine.Wake, at: datetime) -> None:
+    """Deliver ``wake`` to the run at ``at`` (a ``JourneyWake`` through the events topic)."""
+    record = JourneyWake(
+        project_id=contact.project_id, id=contact.id, run_id=run_id, step_id=wake.step_id, visit=wake.visit
+    )
+    ctx.schedule(_timer_id(contact, run_id), at, topics.EVENTS, _contact_key(contact), dumps(record))
 
 
 def _counter_prefix(journey: JourneyDefinition) -> str:

@@ -337,14 +337,4 @@ class SegmentMemberships:
             change_id=change_id(contact_id, transition.seq),
         )
         ctx.emit(topics.SEGMENT_CHANGES, key, dumps(change))
-        row = SegmentChangeRow(
-            project_id=project_id,
-            segment_id=change.segment_id,
-            contact_id=contact_id,
-            version=change.version,
-            change=change.change,
-            at=at,
-            cause=cause,
-            change_id=change.change_id,
-        )
-        ctx.emit(topics.ANALYTICS, key, dumps(row))
+        ctx.emit(topics.ANALYTICS, key, dumps(SegmentChangeRow(**change.model_dump(exclude={"type"}))))
