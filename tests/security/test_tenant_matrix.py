@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from spotzee.schemas.tenancy_models import KeyKind, Organisation
-from spotzee.services.tenancy_service import SYSTEM_ACTOR
+from spotzee.services.tenancy_service import SYSTEM_ACTOR, Change
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
 from tests.support import Stack, running_stack
 
@@ -66,7 +66,8 @@ def _second_organisation(stack: Stack) -> str:
     now = stack.services.clock.now()
     org = Organisation(id=f"org_{uuid.uuid4().hex[:12]}", name="Other organisation", created_at=now)
     raw, admin = tenancy._make_key(KeyKind.admin, org.id, None, "other organisation's admin key")
-    tenancy._commit([org, admin], SYSTEM_ACTOR, "bootstrap", org.id, "", org.id, None, {})
+    change = Change(actor_id=SYSTEM_ACTOR, organisation_id=org.id, action="bootstrap", target=org.id, project_id="")
+    tenancy._commit([org, admin], change)
     return raw
 
 
