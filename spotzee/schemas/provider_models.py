@@ -303,28 +303,22 @@ class ProviderPublic(Model):
         model = CONFIG_MODELS[stored.provider_type]
         present = frozenset(name for name in model.secret_fields if stored.config.get(name) is not None)
         config = model.model_validate({k: v for k, v in stored.config.items() if k not in model.secret_fields})
-        return cls(
-            id=stored.id,
-            project_id=stored.project_id,
-            name=stored.name,
-            channel=stored.channel,
-            type=stored.provider_type,
-            config=public_config(config, present),
-            version=stored.version,
-            created_at=stored.created_at,
-            updated_at=stored.updated_at,
-        )
+        return cls._of(stored, public_config(config, present))
 
     @classmethod
     def from_definition(cls, definition: ProviderDefinition) -> ProviderPublic:
+        return cls._of(definition, public_config(definition.config))
+
+    @classmethod
+    def _of(cls, item: _ProviderFields, config: SmtpPublicConfig | WebhookPublicConfig) -> ProviderPublic:
         return cls(
-            id=definition.id,
-            project_id=definition.project_id,
-            name=definition.name,
-            channel=definition.channel,
-            type=definition.provider_type,
-            config=public_config(definition.config),
-            version=definition.version,
-            created_at=definition.created_at,
-            updated_at=definition.updated_at,
+            id=item.id,
+            project_id=item.project_id,
+            name=item.name,
+            channel=item.channel,
+            type=item.provider_type,
+            config=config,
+            version=item.version,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
         )

@@ -58,14 +58,9 @@ class Lists:
         return found
 
     def public(self, item: ListDefinition) -> ListPublic:
-        return ListPublic(
-            id=item.id,
-            project_id=item.project_id,
-            name=item.name,
-            description=item.description,
-            created_at=item.created_at,
-            count=sum(1 for _ in self.runtime.scan(LIST_MEMBERS, member_prefix(item.project_id, item.id))),
-        )
+        """The list as the API shows it: its definition (without the store's fields) and its size."""
+        count = sum(1 for _ in self.runtime.scan(LIST_MEMBERS, member_prefix(item.project_id, item.id)))
+        return ListPublic(**item.model_dump(exclude={"type", "deleted"}), count=count)
 
     async def create(self, actor: ApiKey, body: ListCreate) -> ListDefinition:
         item = ListDefinition(
