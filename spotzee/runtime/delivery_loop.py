@@ -155,7 +155,28 @@ class DeliveryLoop:
         if next_offset is not None:
             finals.append((META, OFFSET, U64.pack(next_offset)))
         emits: list[tuple[str, str, bytes]] = []
-        markers: list[tuple[str, bytes, bytes | None]] = []
+        calls = self._attempts(items, finals, emits)
+        if calls:
+            markers: list[tuple[str, bytes, bytes | None]] = [
+                (DELIVERIES, _state_key(command.send_id), dumps(marker)) for command, marker in calls
+            ]
+            self.runtime.commit_external(markers, [])
+        limit = asyncio.Semaphore(self.settings.delivery_concurrency)
+        results = await asyncio.gather(*(self._call(command, limit) for command, _ in calls))
+        now = self.clock.now()
+        for (command, marker), result in zip(calls, results, strict=True):
+            self._settle(command, marker.attempts, result, now, finals, emits)
+        if finals or emits:
+            self.runtime.commit_external(finals, emits)
+
+    def _attempts(
+        self,
+        items: list[tuple[SendCommand, bytes | None]],
+        finals: list[tuple[str, bytes, bytes | None]],
+        emits: list[tuple[str, str, bytes]],
+    ) -> list[tuple[SendCommand, DeliveryState]]:
+        """The sends of the batch to call now, each with its ``attempting`` marker; the others
+        settled into ``finals``/``emits`` (outcome unknown) or left to their retry index."""
         calls: list[tuple[SendCommand, DeliveryState]] = []
         seen: set[str] = set()
         for command, retry_key in items:
@@ -172,29 +193,18 @@ class DeliveryLoop:
             if action == "unknown" and state is not None:
                 self._settle(command, state.attempts, OUTCOME_UNKNOWN, self.clock.now(), finals, emits)
                 continue
-            marker = attempting(command, state)
-            markers.append((DELIVERIES, _state_key(command.send_id), dumps(marker)))
-            calls.append((command, marker))
-        if markers:
-            self.runtime.commit_external(markers, [])
-        limit = asyncio.Semaphore(self.settings.delivery_concurrency)
+            calls.append((command, attempting(command, state)))
+        return calls
 
-        async def call(command: SendCommand) -> DeliveryResult:
-            async with limit:
-                contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
-                contact = loads(ContactState, contact_raw) if contact_raw is not None else None
-                try:
-                    return await self.deliverer.deliver(command, contact)
-                except Exception:  # a bug, not a provider answer: this send only, never called again
-                    log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
-                    return OUTCOME_UNKNOWN
-
-        results = await asyncio.gather(*(call(command) for command, _ in calls))
-        now = self.clock.now()
-        for (command, marker), result in zip(calls, results, strict=True):
-            self._settle(command, marker.attempts, result, now, finals, emits)
-        if finals or emits:
-            self.runtime.commit_external(finals, emits)
+    async def _call(self, command: SendCommand, limit: asyncio.Semaphore) -> DeliveryResult:
+        async with limit:
+            contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
+            contact = loads(ContactState, contact_raw) if contact_raw is not None else None
+            try:
+                return await self.deliverer.deliver(command, contact)
+            except Exception:  # a bug, not a provider answer: this send only, never called again
+                log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
+                return OUTCOME_UNKNOWN
 
     def _settle(
         self,

@@ -252,15 +252,21 @@ class PartitionDelivery:
         outbox and offset in one write; then the records, and the outbox cleared."""
         if not items:
             return
-        # The offset moves past the batch, and its retries leave the index, only with the finals:
-        # a crash before them reads these sends again (and finds their markers).
-        tail: Changes = {}
-        for item in items:
-            if item.next_offset is not None:
-                tail[changelog_key(META, OFFSET)] = U64.pack(item.next_offset)
-            if item.due is not None:
-                tail[changelog_key(DUE, item.due)] = None
+        tail = _tail(items)
         finals: list[tuple[Item, int, DeliveryResult]] = []
+        calls = self._attempts(items, finals)
+        if calls:  # durable before any call
+            await self._write([], {changelog_key(DELIVERIES, i.command.send_id): dumps(m) for i, m in calls})
+        limit = asyncio.Semaphore(self.agent.concurrency)
+        results = await asyncio.gather(*(self._call(item.command, limit) for item, _ in calls))
+        finals += [(item, marker.attempts, result) for (item, marker), result in zip(calls, results, strict=True)]
+        await self._finish(finals, tail)
+
+    def _attempts(
+        self, items: list[Item], finals: list[tuple[Item, int, DeliveryResult]]
+    ) -> list[tuple[Item, DeliveryState]]:
+        """The sends of the batch to call now, each with its ``attempting`` marker; those stopped
+        during a call before go to ``finals`` (outcome unknown); the rest wait or were handled."""
         calls: list[tuple[Item, DeliveryState]] = []
         seen: set[str] = set()
         for item in items:
@@ -277,22 +283,16 @@ class PartitionDelivery:
                 finals.append((item, state.attempts, OUTCOME_UNKNOWN))
                 continue
             calls.append((item, attempting(item.command, state)))
-        if calls:  # durable before any call
-            await self._write([], {changelog_key(DELIVERIES, i.command.send_id): dumps(m) for i, m in calls})
-        limit = asyncio.Semaphore(self.agent.concurrency)
+        return calls
 
-        async def call(command: SendCommand) -> DeliveryResult:
-            async with limit:
-                contact = self._contact(command)
-                try:
-                    return await self.agent.deliverer.deliver(command, contact)
-                except Exception:  # a bug, not a provider answer: this send only, never called again
-                    log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
-                    return OUTCOME_UNKNOWN
-
-        results = await asyncio.gather(*(call(item.command) for item, _ in calls))
-        finals += [(item, marker.attempts, result) for (item, marker), result in zip(calls, results, strict=True)]
-        await self._finish(finals, tail)
+    async def _call(self, command: SendCommand, limit: asyncio.Semaphore) -> DeliveryResult:
+        async with limit:
+            contact = self._contact(command)
+            try:
+                return await self.agent.deliverer.deliver(command, contact)
+            except Exception:  # a bug, not a provider answer: this send only, never called again
+                log.exception("send %s: delivery raised; recorded as outcome unknown", command.send_id)
+                return OUTCOME_UNKNOWN
 
     async def _finish(self, finals: list[tuple[Item, int, DeliveryResult]], tail: Changes) -> None:
         now = self.engine.clock.now()
@@ -414,3 +414,15 @@ def build_delivery(settings: Settings, engine: Engine, scan: Scan) -> KafkaDeliv
         admin.topic_name(settings, topics.SENDS),
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
     )
+
+
+def _tail(items: list[Item]) -> Changes:
+    """What moves only with the finals: the offset past the batch and its retries out of the index
+    (a crash before the finals reads these sends again, and finds their markers)."""
+    tail: Changes = {}
+    for item in items:
+        if item.next_offset is not None:
+            tail[changelog_key(META, OFFSET)] = U64.pack(item.next_offset)
+        if item.due is not None:
+            tail[changelog_key(DUE, item.due)] = None
+    return tail
