@@ -1,8 +1,11 @@
-"""The embedded runtime's ``Context``: a per-batch overlay over RocksDB with per-record savepoints.
+"""Both runtimes' ``Context``: a per-batch overlay over RocksDB with per-record savepoints.
 
 Writes of a record are staged in a record overlay; a record that raises is rolled back alone
-(and dead-lettered), the others fold into the batch overlay, and the runtime commits the whole
-batch -- state, offsets, emitted records and timers -- in one RocksDB write batch.
+(``rollback_record``; the runtime dead-letters it), the others fold into the batch overlay
+(``commit_record``), and the runtime commits the whole batch: the embedded runtime -- state,
+offsets, emitted records and timers -- in one RocksDB write batch (``runtime/embedded/``), a Kafka
+worker through the changelog into its partition store (``runtime/kafka/partition_engine.py``).
+Nothing reaches the store before that commit, so a batch that is dropped leaves it as it was.
 """
 
 from __future__ import annotations

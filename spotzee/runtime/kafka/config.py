@@ -15,7 +15,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped, unused-ignore]
 
 from spotzee.errors import InvalidInput
 from spotzee.settings import Settings
@@ -84,8 +86,6 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """An SSL context from the configured CA / client certificate files (system CAs when no CA file is set)."""
-    from aiokafka.helpers import create_ssl_context  # type: ignore[import-untyped, unused-ignore]
-
     files = _ssl_files(settings)
     if "keyfile" in files and "certfile" not in files:
         raise InvalidInput("SPOTZEE_KAFKA_SSL_KEYFILE is set without SPOTZEE_KAFKA_SSL_CERTFILE")
@@ -112,8 +112,6 @@ def faust_broker_url(settings: Settings) -> str:
 
 def faust_broker_settings(settings: Settings) -> dict[str, Any]:
     """``broker`` and, when the connection is authenticated or encrypted, ``broker_credentials`` for faust.App."""
-    import faust
-
     result: dict[str, Any] = {"broker": faust_broker_url(settings)}
     context = ssl_context(settings) if uses_ssl(settings) else None
     if uses_sasl(settings):
