@@ -75,6 +75,7 @@ class EmbeddedRuntime:
         )
         self._sink = None if clickhouse is None else self._sink_loop(clickhouse)
         self._deliverer = deliverer
+        self._sink_started = False
         self.delivery: DeliveryLoop | None = None
         self._threads: list[threading.Thread] = []
 
@@ -85,6 +86,7 @@ class EmbeddedRuntime:
         (a test or a tool may call it outside an event loop); the result is already done."""
         if self._sink is not None:
             self._sink.start()
+            self._sink_started = True
         self.processor_loop.running = True
         self.appender.running = True
         self.appender.accepting = True
@@ -118,8 +120,9 @@ class EmbeddedRuntime:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
-        if self._sink is not None:
+        if self._sink is not None and self._sink_started:
             self._sink.stop()
+            self._sink_started = False
 
     def close(self) -> None:
         self.db.close()
