@@ -18,6 +18,7 @@ class _LagCollector(Collector):
         for name, help_text in (
             ("spotzee_processing_lag_records", "Records appended to the log and not yet processed."),
             ("spotzee_sink_lag_records", "Analytics records not yet written to ClickHouse."),
+            ("spotzee_delivery_lag_records", "Sends not yet settled by this process's delivery agent."),
             ("spotzee_timers_pending", "Timers scheduled and not yet fired."),
             ("spotzee_processed_records", "Records processed since start."),
             ("spotzee_dead_lettered_records", "Records sent to the dead-letter topic since start."),

@@ -206,6 +206,12 @@ class EmbeddedRuntime:
             return 0
         return max(0, self.outbox.next - self._sink.offset)
 
+    def delivery_lag(self) -> int:
+        """Sends on the ``sends`` topic the delivery loop has not settled yet (their finals written)."""
+        if self.delivery is None:
+            return 0
+        return max(0, self.outbox.topic_next(topics.SENDS) - self.delivery.offset)
+
     def timers_pending(self) -> int:
         return self.timers.pending()
 
@@ -223,6 +229,7 @@ class EmbeddedRuntime:
         return {
             "processing_lag_records": self.processing_lag(),
             "sink_lag_records": self.sink_lag(),
+            "delivery_lag_records": self.delivery_lag(),
             "timers_pending": self.timers_pending(),
             "processed_records": self.processed_total,
             "dead_lettered_records": self.dead_lettered_total,

@@ -40,6 +40,11 @@ class Outbox:
         """Must hold the log's lock. Record the next sequence number in the same batch."""
         batch.put(OUTBOX_NEXT, U64.pack(outbox_next), self.db.handle(META))
 
+    def topic_next(self, topic: str) -> int:
+        """The sequence number the next record of ``topic`` gets (its consumers' end)."""
+        seq = self._topic_next.get(topic)
+        return seq if seq is not None else self.db.get_u64(b"topic_next/" + topic.encode())
+
     def retain(self, batch: WriteBatch, topic: str, value: bytes) -> None:
         """Must hold the log's lock. Append to a retained topic (``TOPICS``): the last
         ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
