@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from spotzee.errors import LogUnavailable
-from spotzee.runtime.base import DONE, Health, Position, Sink
+from spotzee.runtime.runtime_protocol import DONE, Health, Position, Sink
 from spotzee.streams import topics
 from spotzee.streams.interface import Clock, Processor
 from spotzee.tables.memory_store import MemoryTable

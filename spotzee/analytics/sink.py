@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from spotzee.analytics.clickhouse import ClickHouse
-from spotzee.schemas.analytics import (
+from spotzee.schemas.analytics_models import (
     AliasRow,
     AnalyticsRecord,
     AuditRow,

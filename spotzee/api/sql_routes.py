@@ -9,7 +9,7 @@ from spotzee.api.admin_router import admin_router
 from spotzee.api.deps import AdminKeyDep, ServicesDep
 from spotzee.api.error_handlers import error_responses
 from spotzee.errors import Forbidden
-from spotzee.schemas.analytics import SqlQuery, SqlResult
+from spotzee.schemas.analytics_models import SqlQuery, SqlResult
 
 router = admin_router("/api/v1", "analytics")
 

@@ -23,7 +23,7 @@ from spotzee.domain.templates import (
     render_webhook,
     template_variables,
 )
-from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
 from spotzee.providers.smtp import SmtpSender

@@ -16,7 +16,7 @@ from typing import Final
 
 from pydantic import ConfigDict, Field
 
-from spotzee.providers.base import Permanent, Sent, Transient
+from spotzee.providers.adapter import Permanent, Sent, Transient
 from spotzee.schemas.common import Model
 
 _MAX_EXPONENT: Final = 62  # beyond this the ceiling is the cap anyway; avoids float overflow

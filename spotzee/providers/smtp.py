@@ -44,7 +44,7 @@ from aiosmtplib.errors import (
     SMTPResponseException,
 )
 
-from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient
+from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient
 from spotzee.providers.safety import DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
 from spotzee.schemas.provider_models import SmtpConfig
 

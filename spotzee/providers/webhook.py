@@ -32,7 +32,7 @@ from typing import Final
 
 import httpx
 
-from spotzee.providers.base import Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.adapter import Permanent, Sent, Transient, WebhookDelivery
 from spotzee.providers.safety import Destination, DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
 from spotzee.schemas.provider_models import WebhookConfig
 

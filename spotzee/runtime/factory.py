@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.providers.delivery_service import Deliverer
-from spotzee.runtime.base import Runtime
 from spotzee.runtime.embedded.embedded_runtime import EmbeddedRuntime
 from spotzee.runtime.kafka.kafka_runtime import KafkaRuntime
+from spotzee.runtime.runtime_protocol import Runtime
 from spotzee.settings import Settings
 from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.interface import Clock

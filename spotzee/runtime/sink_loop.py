@@ -12,7 +12,7 @@ import threading
 import time
 
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.schemas.analytics import AnalyticsRecord, analytics_record_adapter
+from spotzee.schemas.analytics_models import AnalyticsRecord, analytics_record_adapter
 from spotzee.tables.rocksdb_store import META, OUTBOX, U64, RocksDB
 
 log = logging.getLogger(__name__)

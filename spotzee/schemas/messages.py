@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import orjson
 
-from spotzee.schemas.analytics import MessageRow
+from spotzee.schemas.analytics_models import MessageRow
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 
 

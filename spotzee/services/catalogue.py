@@ -23,7 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.errors import Conflict, InvalidInput, NotFound, validation_details
-from spotzee.runtime.base import Runtime
+from spotzee.runtime.runtime_protocol import Runtime
 from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.tenancy_models import ApiKey
 from spotzee.services.tenancy_service import Change, Tenancy

@@ -25,8 +25,8 @@ from spotzee.logging import register_secret
 from spotzee.providers.delivery_service import Deliverer, DeliverySettings
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import secrets_box
-from spotzee.runtime.base import Runtime, Sink
 from spotzee.runtime.factory import RuntimeParts, open_runtime
+from spotzee.runtime.runtime_protocol import Runtime, Sink
 from spotzee.schemas.provider_models import ProviderDefinition
 from spotzee.schemas.template_models import TemplateDefinition
 from spotzee.services.catalogue import Catalogue

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import Conflict, InvalidInput, NotFound, Overloaded
-from spotzee.runtime.base import Position, Runtime
+from spotzee.runtime.runtime_protocol import Position, Runtime
 from spotzee.schemas.segment_models import (
     ImportResult,
     ImportRowError,

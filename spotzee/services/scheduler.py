@@ -32,7 +32,7 @@ from typing import Final, Literal, TypedDict, Unpack
 
 from spotzee.domain import journeys as machine
 from spotzee.errors import Overloaded
-from spotzee.runtime.base import Runtime
+from spotzee.runtime.runtime_protocol import Runtime
 from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.journey_models import JourneyDefinition, JourneyStatus, ScheduledTrigger
 from spotzee.schemas.records import JourneyEntry

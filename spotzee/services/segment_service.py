@@ -38,7 +38,7 @@ from spotzee.domain.segments import compile, evaluate, find_cycle, segment_refer
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
 from spotzee.errors import Conflict, InvalidInput, NotFound, Overloaded, SpotzeeError
-from spotzee.runtime.base import Position, Runtime
+from spotzee.runtime.runtime_protocol import Position, Runtime
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.rules import ListRule, RuleNode, SegmentCreate

@@ -21,8 +21,8 @@ from pydantic import BaseModel, TypeAdapter
 from spotzee.domain import keys as key_rules
 from spotzee.errors import Conflict, Forbidden, NotFound, Unauthorized
 from spotzee.files import private_dir
-from spotzee.runtime.base import Runtime
-from spotzee.schemas.analytics import AuditRow
+from spotzee.runtime.runtime_protocol import Runtime
+from spotzee.schemas.analytics_models import AuditRow
 from spotzee.schemas.segment_models import ListDefinition, SegmentDefinition
 from spotzee.schemas.tenancy_models import (
     AdminKeyCreate,

@@ -23,7 +23,7 @@ import orjson
 from spotzee.domain import contacts as domain
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import TraitError, normalize_traits
-from spotzee.schemas.analytics import AliasRow, ContactChangeRow, EraseHistory, EventRow
+from spotzee.schemas.analytics_models import AliasRow, ContactChangeRow, EraseHistory, EventRow
 from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contact_models import AliasState, ContactState, FieldChange
 from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name

@@ -26,7 +26,7 @@ from typing import Literal, TypedDict, Unpack
 
 from spotzee.providers.delivery_service import DeliveryResult
 from spotzee.providers.retry import next_delay, seeded_rng
-from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.events import TrackMessage
 from spotzee.schemas.messages import SendCommand, message_row

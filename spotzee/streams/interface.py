@@ -2,7 +2,7 @@
 
 A processor sees one record at a time through a ``Context``: its tables (key -> bytes, scoped
 to the partition that owns the record; the ``Table`` interface is the state layer's,
-``tables/base.py``), ``emit`` to a topic, the injected clock, and timers that re-deliver a record
+``tables/table_protocol.py``), ``emit`` to a topic, the injected clock, and timers that re-deliver a record
 at a given time. Both runtimes implement ``Context`` with ``tables/overlay.BatchContext``, and
 ``spotzee.testing.MemoryContext`` runs a processor in memory; the processor code is the same.
 """
@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from spotzee.tables.base import Table
+from spotzee.tables.table_protocol import Table
 
 # ``Table`` is re-exported: processors import the whole interface from here.
 __all__ = ["Clock", "Context", "Processor", "ShiftedClock", "SystemClock", "Table", "clock_from"]

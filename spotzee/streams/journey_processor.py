@@ -32,7 +32,7 @@ from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
 from spotzee.domain.templates import contact_variables, event_variables, render_string
 from spotzee.errors import SpotzeeError
-from spotzee.schemas.analytics import JourneyStepRow
+from spotzee.schemas.analytics_models import JourneyStepRow
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.events import TrackMessage
 from spotzee.schemas.journey_models import JourneyDefinition, JourneyStatus, ScheduledTrigger

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from pydantic_core import from_json
 
 from spotzee.domain.segments import membership as domain
-from spotzee.schemas.analytics import SegmentChangeRow
+from spotzee.schemas.analytics_models import SegmentChangeRow
 from spotzee.schemas.contact_models import ContactState, FieldChange
 from spotzee.schemas.segment_models import (
     HistoryFact,

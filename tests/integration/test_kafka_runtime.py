@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
-from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import DEDUPE
 from tests.faults.test_kafka_faults import read_topic

@@ -23,7 +23,7 @@ from aiosmtpd.handlers import Sink
 from aiosmtpd.smtp import SMTP
 from pydantic import SecretStr
 
-from spotzee.providers.base import EmailDelivery, Permanent, Sent, WebhookDelivery
+from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, WebhookDelivery
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import seal_definition
 from spotzee.providers.smtp import SmtpSender

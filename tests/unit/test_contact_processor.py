@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from spotzee.runtime.embedded.embedded_runtime import EmbeddedRuntime
-from spotzee.schemas.analytics import (
+from spotzee.schemas.analytics_models import (
     AliasRow,
     AnalyticsRecord,
     EraseHistory,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from spotzee.runtime.embedded.embedded_runtime import EmbeddedRuntime
-from spotzee.schemas.analytics import DeadLetterRow, EventRow, analytics_record_adapter
+from spotzee.schemas.analytics_models import DeadLetterRow, EventRow, analytics_record_adapter
 from spotzee.settings import Settings
 from spotzee.streams.interface import Context
 from spotzee.tables.rocksdb_store import OUTBOX

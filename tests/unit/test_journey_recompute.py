@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from spotzee.domain.journeys import RunState
-from spotzee.schemas.analytics import JourneyStepRow, analytics_record_adapter
+from spotzee.schemas.analytics_models import JourneyStepRow, analytics_record_adapter
 from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.records import EventsRecord, IngestedMessage, JourneyBarrier, record_key

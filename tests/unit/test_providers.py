@@ -26,7 +26,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import SecretStr, ValidationError
 
-from spotzee.providers.base import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
 from spotzee.providers.retry import RetryPolicy, next_delay, seeded_rng, send_with_retries
 from spotzee.providers.safety import (
     DestinationRefused,
@@ -766,7 +766,7 @@ def test_a_webhook_sender_needs_a_secret() -> None:
 
 
 async def test_senders_satisfy_the_provider_protocol() -> None:
-    from spotzee.providers.base import Provider
+    from spotzee.providers.adapter import Provider
 
     email_provider: Provider[EmailDelivery] = SmtpSender(SmtpConfig(host="127.0.0.1", security="none"), policy=RELAY)
     webhook_provider: Provider[WebhookDelivery] = WebhookSender(

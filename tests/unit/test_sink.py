@@ -13,7 +13,7 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import MIGRATIONS, migrate
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.runtime.sink_loop import SINK_INFLIGHT, SinkLoop, _is_mutation_raw
-from spotzee.schemas.analytics import (
+from spotzee.schemas.analytics_models import (
     AliasRow,
     AnalyticsRecord,
     AuditRow,

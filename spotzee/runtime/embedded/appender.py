@@ -16,10 +16,10 @@ import concurrent.futures
 import queue
 
 from spotzee.errors import LogUnavailable, Overloaded, SpotzeeError
-from spotzee.runtime.base import Position
 from spotzee.runtime.embedded.commit import Commit
 from spotzee.runtime.embedded.inbound_log import InboundLog
 from spotzee.runtime.embedded.outbox import Outbox
+from spotzee.runtime.runtime_protocol import Position
 from spotzee.settings import Settings
 
 APPEND_BATCH_MAX = 20_000

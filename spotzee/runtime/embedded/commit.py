@@ -12,9 +12,9 @@ log (``reenter``: step 10), the rest to ``outbox.Outbox``.
 from __future__ import annotations
 
 from spotzee.errors import SpotzeeError
-from spotzee.runtime.base import Position
 from spotzee.runtime.embedded.inbound_log import InboundLog
 from spotzee.runtime.embedded.outbox import Outbox
+from spotzee.runtime.runtime_protocol import Position
 from spotzee.streams import topics
 from spotzee.tables.rocksdb_store import LOG, LOG_KEY, encode_log_value
 

@@ -27,7 +27,6 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink
 from spotzee.errors import SpotzeeError
 from spotzee.providers.delivery_service import Deliverer
-from spotzee.runtime.base import DONE, Health, Position, Sink
 from spotzee.runtime.delivery_loop import DeliveryLoop
 from spotzee.runtime.embedded.appender import Appender
 from spotzee.runtime.embedded.commit import Commit, Emit
@@ -35,6 +34,7 @@ from spotzee.runtime.embedded.inbound_log import InboundLog
 from spotzee.runtime.embedded.outbox import Outbox
 from spotzee.runtime.embedded.processor_loop import ProcessorLoop
 from spotzee.runtime.embedded.timers import Timers
+from spotzee.runtime.runtime_protocol import DONE, Health, Position, Sink
 from spotzee.runtime.sink_loop import SinkLoop
 from spotzee.settings import Settings
 from spotzee.streams import topics

@@ -21,7 +21,7 @@ from spotzee.runtime.embedded.commit import Commit
 from spotzee.runtime.embedded.inbound_log import InboundLog, committed_key
 from spotzee.runtime.embedded.outbox import Outbox
 from spotzee.runtime.embedded.timers import Timers
-from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.streams import topics
 from spotzee.streams.interface import Clock, Processor
 from spotzee.streams.record_codec import dumps

@@ -7,7 +7,7 @@ from typing import Any
 from faust.serializers import codecs
 from pydantic import BaseModel, TypeAdapter
 
-from spotzee.schemas.analytics import AnalyticsRecord, analytics_record_adapter
+from spotzee.schemas.analytics_models import AnalyticsRecord, analytics_record_adapter
 from spotzee.schemas.records import EventsRecord, events_record_adapter
 
 ANALYTICS_CODEC = "spotzee-analytics"

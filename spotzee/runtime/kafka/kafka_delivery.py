@@ -66,7 +66,7 @@ from spotzee.providers.sealing import SecretBox
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import aiokafka_config
 from spotzee.runtime.kafka.partition_engine import Changes, Emit, Engine, due_key
-from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.services.template_workers import TemplateWorkers

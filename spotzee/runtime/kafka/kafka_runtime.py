@@ -24,12 +24,12 @@ from kafka import KafkaProducer
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.errors import LogUnavailable, Overloaded
-from spotzee.runtime.base import Health, Position, Sink
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.broker_errors import BROKER_ERRORS, kafka_errors, with_type
 from spotzee.runtime.kafka.config import aiokafka_config, kafka_python_config, make_producer
 from spotzee.runtime.kafka.definitions_topic import DefinitionsReplica
 from spotzee.runtime.kafka.sink_app import ThreadedSinkApp
+from spotzee.runtime.runtime_protocol import Health, Position, Sink
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from spotzee.schemas.analytics import DeadLetterRow
+from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.streams import topics
 from spotzee.streams.interface import Clock, Processor
 from spotzee.streams.record_codec import dumps

@@ -22,7 +22,7 @@ from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
 from spotzee.runtime.kafka import admin, faust_codec
 from spotzee.runtime.kafka.faust_app import faust_app
-from spotzee.schemas.analytics import AnalyticsRecord
+from spotzee.schemas.analytics_models import AnalyticsRecord
 from spotzee.settings import Settings
 from spotzee.streams import topics
 
