@@ -45,7 +45,7 @@ SecretOrAdminKeyDep = Annotated[ApiKey, Depends(_secret_or_admin)]
 
 def project_of(key: ApiKey) -> str:
     """The project of a project key (write or secret); an organisation's admin key has none: ``""``."""
-    return key.project_id or ""
+    return key.project
 
 
 def _project_id(key: SecretKeyDep) -> str:

@@ -51,6 +51,12 @@ class ApiKey(Model):
     def active(self) -> bool:
         return self.revoked_at is None
 
+    @property
+    def project(self) -> str:
+        """The project a write or secret key belongs to; ``""`` for an organisation admin key
+        (which names no project: scoped reads with it find nothing)."""
+        return self.project_id or ""
+
 
 Definition = Annotated[Organisation | Project | ApiKey, Field(discriminator="type")]
 

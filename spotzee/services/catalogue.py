@@ -160,7 +160,7 @@ class Definitions(Generic[S, D]):
             {
                 **fields,
                 "id": new_id(self.kind.id_prefix),
-                "project_id": actor.project_id or "",
+                "project_id": actor.project,
                 "version": 1,
                 "created_at": now,
                 "updated_at": now,

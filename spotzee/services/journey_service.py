@@ -69,7 +69,7 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
         return item
 
     async def update(self, actor: ApiKey, journey_id: str, body: JourneyCreate) -> JourneyDefinition:
-        current = self.get(actor.project_id or "", journey_id)
+        current = self.get(actor.project, journey_id)
         if current.status == JourneyStatus.archived:
             raise Conflict(f"journey {journey_id} is archived: it can't be edited")
         item = self.validated(
@@ -89,7 +89,7 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
         return item
 
     async def move(self, actor: ApiKey, journey_id: str, action: str) -> JourneyDefinition:
-        current = self.get(actor.project_id or "", journey_id)
+        current = self.get(actor.project, journey_id)
         target, allowed = MOVES[action]
         if current.status not in allowed:
             raise Conflict(f"journey {journey_id} is {current.status.value}: it can't {action}")
@@ -102,7 +102,7 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
     async def enter(self, actor: ApiKey, journey_id: str, body: JourneyEnterRequest) -> int:
         """``POST /journeys/{id}/enter``: one ``JourneyEntry`` per contact (a missing contact is
         created). The idempotency key makes the run ids: the same call twice enters once."""
-        journey = self.get(actor.project_id or "", journey_id)
+        journey = self.get(actor.project, journey_id)
         if not isinstance(journey.trigger, ApiTrigger):
             raise Conflict(
                 f"journey {journey_id} is entered by its {journey.trigger.type} trigger, not through the API"

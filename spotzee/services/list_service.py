@@ -65,7 +65,7 @@ class Lists:
     async def create(self, actor: ApiKey, body: ListCreate) -> ListDefinition:
         item = ListDefinition(
             id=f"lst_{secrets.token_hex(8)}",
-            project_id=actor.project_id or "",
+            project_id=actor.project,
             name=body.name,
             description=body.description,
             created_at=self.clock.now(),
@@ -74,7 +74,7 @@ class Lists:
         return item
 
     async def delete(self, actor: ApiKey, list_id: str) -> None:
-        project_id = actor.project_id or ""
+        project_id = actor.project
         item = self.get(project_id, list_id)
         users = sorted(d.id for d in self.segments.live(project_id) if list_id in list_references(d.rule))
         if users:
@@ -103,7 +103,7 @@ class Lists:
         traits: list[dict[str, Any]] | None = None,
         check: bool = True,
     ) -> int:
-        project_id = actor.project_id or ""
+        project_id = actor.project
         if check:
             self.get(project_id, list_id)
         request_id = str(uuid.uuid4())
@@ -152,7 +152,7 @@ class Lists:
         raise Overloaded("the log stayed over its bound during the import", retry_after=5)
 
     async def import_rows(self, actor: ApiKey, list_id: str, body: bytes, content_type: str) -> ImportResult:
-        self.get(actor.project_id or "", list_id)
+        self.get(actor.project, list_id)
         rows = list(_parse(body, content_type))
         if len(rows) > MAX_IMPORT_ROWS:
             raise InvalidInput(

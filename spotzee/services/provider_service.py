@@ -59,13 +59,13 @@ class Providers(Definitions[StoredProvider, ProviderDefinition]):
 
     async def update(self, actor: ApiKey, provider_id: str, body: ProviderUpdate) -> ProviderDefinition:
         await check_provider(body.config, self.policy)
-        current = self.get(actor.project_id or "", provider_id)
+        current = self.get(actor.project, provider_id)
         item = self.next_version(current, _fields(body, body.with_secrets_from(current.config)))
         await self.write(actor, "update", item, current)
         return item
 
     async def delete(self, actor: ApiKey, provider_id: str) -> None:
-        current = self.get(actor.project_id or "", provider_id)
+        current = self.get(actor.project, provider_id)
         item = current.model_copy(update={"deleted": True, "version": current.version + 1})
         await self.write(actor, "delete", item, current)
 

@@ -198,7 +198,7 @@ class Segments:
             )
 
     async def create(self, actor: ApiKey, body: SegmentCreate) -> SegmentDefinition:
-        project_id = actor.project_id or ""
+        project_id = actor.project
         segment_id = f"seg_{secrets.token_hex(8)}"
         self._validate_references(project_id, segment_id, body.rule)
         now = self.clock.now()
@@ -218,7 +218,7 @@ class Segments:
         return definition
 
     async def update(self, actor: ApiKey, segment_id: str, body: SegmentCreate) -> SegmentDefinition:
-        project_id = actor.project_id or ""
+        project_id = actor.project
         current = self.get(project_id, segment_id)
         self._validate_references(project_id, segment_id, body.rule)
         definition = current.model_copy(
@@ -238,7 +238,7 @@ class Segments:
         return definition
 
     async def delete(self, actor: ApiKey, segment_id: str) -> None:
-        project_id = actor.project_id or ""
+        project_id = actor.project
         current = self.get(project_id, segment_id)
         users = sorted(d.id for d in self.live(project_id) if segment_id in segment_references(d.rule))
         if users:

@@ -48,7 +48,7 @@ class Templates(Definitions[TemplateDefinition, TemplateDefinition]):
         return item
 
     async def update(self, actor: ApiKey, template_id: str, body: TemplateCreate) -> TemplateDefinition:
-        current = self.get(actor.project_id or "", template_id)
+        current = self.get(actor.project, template_id)
         await self.check(body)
         await check_template(body.content, self.outbound)
         item = self.next_version(current, _fields(body))

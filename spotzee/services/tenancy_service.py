@@ -234,7 +234,7 @@ class Tenancy:
                     actor,
                     "key.rotate",
                     old.id,
-                    old.project_id or "",
+                    old.project,
                     before=_public(old),
                     after={"revoked": _public(revoked), "issued": _public(new)},
                 ),
@@ -254,9 +254,7 @@ class Tenancy:
             revoked = old.model_copy(update={"revoked_at": self.clock.now()})
             self._commit(
                 [revoked],
-                Change.by(
-                    actor, "key.revoke", old.id, old.project_id or "", before=_public(old), after=_public(revoked)
-                ),
+                Change.by(actor, "key.revoke", old.id, old.project, before=_public(old), after=_public(revoked)),
             )
         return KeyPublic.from_key(revoked)
 
