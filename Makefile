@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help up test lint format typecheck bench bench-segments bench-journeys clean
+.PHONY: help up test lint format typecheck bench bench-segments bench-journeys bench-processor clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench-segments: $(VENV)/.installed-dev ## Segments benchmark: backfill time, eve
 
 bench-journeys: $(VENV)/.installed-dev ## Journeys benchmark: event -> email latency at an SMTP server, transitions/s
 	$(BIN)/python bench/journeys.py $(ARGS)
+
+bench-processor: $(VENV)/.installed-dev ## Processor cost model: CPU µs per event by stage, in-process (ARGS="--events N --json")
+	$(BIN)/python bench/processor.py $(ARGS)
 
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
