@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -113,6 +114,10 @@ def _serve(settings: Settings, *, sink: bool) -> None:
     where = f"http://{settings.host}:{settings.port}"
     typer.echo(f"Spotzee ({settings.runtime}) listening on {where}  (data: {settings.data_dir.resolve()})")
     sys.stdout.flush()
+    # Everything made at start-up (modules, services, definitions) lives as long as the server:
+    # out of the collector's way, so full collections stop rescanning it while requests and the
+    # processor allocate (measured: orjson.loads of a 500-event batch 1.26 -> 0.51 ms).
+    gc.freeze()
     uvicorn.run(
         create_app(settings, services=services),
         host=settings.host,
