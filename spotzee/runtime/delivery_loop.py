@@ -95,6 +95,7 @@ class DeliveryLoop:
         # Renders in worker processes, killed at the deadline: a slow template fails its send only.
         self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout)
         deliverer.workers = self.workers
+        self._warming: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="spotzee-delivery", daemon=True)
@@ -110,6 +111,9 @@ class DeliveryLoop:
         return self._thread is not None and self._thread.is_alive()
 
     async def _run(self) -> None:
+        # Template workers start beside the first passes, not before them (the task is kept: a
+        # task nobody references may be collected before it finishes).
+        self._warming = asyncio.create_task(self.workers.warm())
         while not self._stop.is_set():
             try:
                 busy = await self._pass()
