@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     )
     partitions: int = Field(default=8, ge=1, le=1024, description="Partitions of the contact key space.")
     process_batch_size: int = Field(default=1000, ge=1, description="Records per partition per commit.")
+    state_cache_entries: int = Field(
+        default=20_000,
+        ge=0,
+        description="Decoded values kept across batches per cached processor table (contacts, segment and "
+        "journey state) per store: an embedded data dir, or each partition of a Kafka worker split evenly. "
+        "0 disables; about 10 KiB each for a contact with 20 recent events.",
+    )
     inbound_max_backlog: int = Field(
         default=200_000, ge=0, description="Unprocessed records above which ingestion answers 429."
     )

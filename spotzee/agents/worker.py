@@ -93,7 +93,8 @@ def _engine(settings: Settings, clock: Clock, definitions: DefinitionsReplica) -
         topic_name=lambda base: admin.topic_name(settings, base),
         changelog_topic=admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
     )
-    return Engine(processor, clock, state_root(settings), kafka)
+    per_partition = settings.state_cache_entries // max(settings.partitions, 1)
+    return Engine(processor, clock, state_root(settings), kafka, per_partition)
 
 
 def _contact_agent(app: faust.App, events: Any, engine: Engine, batch_size: int) -> None:

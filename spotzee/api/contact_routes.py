@@ -16,12 +16,13 @@ from spotzee.api.deps import ProjectId, SecretKeyDep, ServicesDep
 from spotzee.api.error_handlers import error_responses
 from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.errors import InvalidInput, NotFound
-from spotzee.schemas.contact_models import AliasState, ContactPublic, ContactState, ContactUpdate
+from spotzee.schemas.contact_models import ContactPublic, ContactState, ContactUpdate
 from spotzee.schemas.records import ContactErase, ContactPatch, record_key
 from spotzee.schemas.segment_models import ContactSegmentPublic, ContactSegmentsPublic
 from spotzee.services.container import Services
-from spotzee.streams.contact_processor import ALIASES, CONTACTS, contact_key
-from spotzee.streams.record_codec import dumps, loads
+from spotzee.streams.contact_processor import ALIASES, CONTACTS
+from spotzee.streams.record_codec import dumps
+from spotzee.tables.keyspace import contact_key
 
 router = admin_router("/api/v1/contacts", "contacts")
 WAIT_SECONDS = 10.0
@@ -37,13 +38,13 @@ def resolve(services: Services, project_id: str, contact_id: str) -> ContactStat
     """The contact ``contact_id`` names, following merges (at most a few hops)."""
     current = contact_id
     for _ in range(8):
-        raw = services.runtime.read(CONTACTS, contact_key(project_id, current))
+        raw = services.runtime.read(CONTACTS.name, contact_key(project_id, current))
         if raw is not None:
-            return loads(ContactState, raw)
-        alias = services.runtime.read(ALIASES, contact_key(project_id, current))
+            return CONTACTS.decode(raw)
+        alias = services.runtime.read(ALIASES.name, contact_key(project_id, current))
         if alias is None:
             return None
-        current = loads(AliasState, alias).merged_into
+        current = ALIASES.decode(alias).merged_into
     return None
 
 
@@ -122,7 +123,7 @@ async def erase_contact(
     same id starts a new, empty contact (erase is not a suppression)."""
     state = resolve(services, project_id, contact_id)
     target = state.id if state is not None else contact_id
-    if state is None and services.runtime.read(ALIASES, contact_key(project_id, contact_id)) is None:
+    if state is None and services.runtime.read(ALIASES.name, contact_key(project_id, contact_id)) is None:
         raise NotFound(f"contact {contact_id} not found")
     erase = ContactErase(
         project_id=project_id, id=target, requested_at=services.clock.now(), request_id=str(uuid.uuid4())

@@ -34,6 +34,7 @@ from spotzee.schemas.events import (
     timestamp_problem,
     too_deep,
 )
+from spotzee.schemas.message_data import message_data
 from spotzee.schemas.records import IngestedMessage, record_key
 from spotzee.schemas.tenancy_models import ApiKey, KeyKind
 from spotzee.streams.record_codec import dumps
@@ -186,7 +187,11 @@ def build_record(
             raise InvalidInput(str(exc), details=[{"path": exc.path, "reason": exc.reason}]) from exc
     message_id = message.message_id or f"spz-{uuid.uuid4()}"
     return IngestedMessage(
-        project_id=project_id, message_id=message_id, received_at=received_at, message=message, raw=raw.decode()
+        project_id=project_id,
+        message_id=message_id,
+        received_at=received_at,
+        message=message_data(message),
+        raw=raw.decode(),
     )
 
 

@@ -18,18 +18,19 @@ from typing import Any, TypedDict, Unpack
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import merge_traits
 from spotzee.schemas.contact_models import FIRST_CLASS_FIELDS, ContactState, EventStats, FieldChange, RecentEvent
-from spotzee.schemas.events import (
-    AliasMessage,
-    GroupMessage,
-    IdentifyMessage,
-    PageMessage,
-    ScreenMessage,
-    SegmentMessage,
-    TrackMessage,
+from spotzee.schemas.message_data import (
+    AliasData,
+    GroupData,
+    IdentifyData,
+    MessageData,
+    PageData,
+    ScreenData,
+    TrackData,
     event_name,
 )
+from spotzee.schemas.structs import replace
 
-BEHAVIOURAL = (TrackMessage, PageMessage, ScreenMessage)
+BEHAVIOURAL = (TrackData, PageData, ScreenData)
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ class Merge(TypedDict):
     recent_limit: int
 
 
-def apply_message(state: ContactState | None, message: SegmentMessage, **arrival: Unpack[Arrival]) -> Outcome:
-    """Apply one Segment-spec message to the contact ``contact_id`` (pure)."""
+def apply_message(state: ContactState | None, message: MessageData, **arrival: Unpack[Arrival]) -> Outcome:
+    """Apply one Segment-spec message to the contact ``contact_id`` (pure: ``state`` is not changed)."""
     project_id, contact_id, received_at = arrival["project_id"], arrival["contact_id"], arrival["received_at"]
     before = state
     current = (
@@ -83,15 +84,15 @@ def apply_message(state: ContactState | None, message: SegmentMessage, **arrival
         current.user_id = message.user_id
         if message.anonymous_id and message.anonymous_id != contact_id:
             merge_sources.append(message.anonymous_id)
-    if isinstance(message, AliasMessage) and message.previous_id != contact_id:
+    if isinstance(message, AliasData) and message.previous_id != contact_id:
         merge_sources.append(message.previous_id)
     # anonymous_ids lists completed merges only (merge_profiles adds them); until the hand-over
     # arrives, every message carrying both ids asks again, which the source side ignores.
     merge_sources = [s for s in merge_sources if s not in current.anonymous_ids]
 
-    if isinstance(message, IdentifyMessage):
+    if isinstance(message, IdentifyData):
         _set_attributes(current, message.traits)
-    elif isinstance(message, GroupMessage):
+    elif isinstance(message, GroupData):
         group, _ = merge_traits(current.groups.get(message.group_id, {}), message.traits)
         current.groups[message.group_id] = group
 
@@ -106,13 +107,16 @@ def apply_message(state: ContactState | None, message: SegmentMessage, **arrival
                 type=message.type,
                 event=name,
                 timestamp=happened,
-                properties=copy.deepcopy(message.properties),
+                properties=message.properties,  # the message is this record's own, decoded for it
             )
             current.recent_events = _recent([*current.recent_events, recent], arrival["recent_limit"])
 
     current.updated_at = max(current.updated_at, received_at)
     current.version += 1
-    return Outcome(current, diff_attributes(before, current), merge_sources)
+    # Only identify sets attributes (first-class fields and traits): other calls change none, so
+    # their diff (two flattenings of every trait) is known to be empty.
+    changes = diff_attributes(before, current) if isinstance(message, IdentifyData) else []
+    return Outcome(current, changes, merge_sources)
 
 
 def apply_patch(
@@ -149,7 +153,7 @@ def merge_profiles(target: ContactState | None, source: ContactState | None, **m
         for name, stats in source.events.items():
             mine = merged.events.get(name)
             merged.events[name] = (
-                stats.model_copy()
+                stats  # never changed in place (see _count): sharing it is safe
                 if mine is None
                 else EventStats(
                     count=mine.count + stats.count,
@@ -191,13 +195,12 @@ def _working_copy(state: ContactState) -> ContactState:
     event stats, recent events) is replaced, never mutated in place, so a deep copy -- most of
     the cost of an event -- is not needed.
     """
-    return state.model_copy(
-        update={
-            "anonymous_ids": list(state.anonymous_ids),
-            "groups": dict(state.groups),
-            "events": dict(state.events),
-            "recent_events": list(state.recent_events),
-        }
+    return replace(
+        state,
+        anonymous_ids=list(state.anonymous_ids),
+        groups=dict(state.groups),
+        events=dict(state.events),
+        recent_events=list(state.recent_events),
     )
 
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
-from spotzee.schemas.events import SegmentMessage
+
+class Timed(Protocol):
+    """What the rule reads of a message: the API's edge model and the processor's Struct both have it."""
+
+    @property
+    def timestamp(self) -> datetime | None: ...
+
+    @property
+    def original_timestamp(self) -> datetime | None: ...
+
+    @property
+    def sent_at(self) -> datetime | None: ...
 
 
-def effective_timestamp(message: SegmentMessage, received_at: datetime) -> datetime:
+def effective_timestamp(message: Timed, received_at: datetime) -> datetime:
     """When the event happened, corrected for the sending device's clock skew.
 
     Segment's rule: ``timestamp = receivedAt - (sentAt - originalTimestamp)`` when the device

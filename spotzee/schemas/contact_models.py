@@ -1,69 +1,89 @@
-"""Contact state (what the contact processor stores) and the contact API models."""
+"""Contact state (what the contact processor stores: Structs) and the contact API models (pydantic).
+
+``ContactPublic`` is the edge twin of ``ContactState``: the same fields, checked to agree by
+tests/unit/test_struct_models.py."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
 from pydantic import Field
 
 from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+from spotzee.schemas.structs import Struct, to_builtins
 
 FIRST_CLASS_FIELDS = ("email", "phone", "timezone", "locale")
 
 
-class EventStats(Model):
+class EventStats(Struct, kw_only=True):
     """Behavioural counters for one event name."""
 
     count: int = 0
-    first_at: UTCDateTime
-    last_at: UTCDateTime
+    first_at: datetime
+    last_at: datetime
 
 
-class RecentEvent(Model):
+class RecentEvent(Struct, kw_only=True):
     message_id: str
     type: str
     event: str
-    timestamp: UTCDateTime
-    properties: JSONObject = Field(default_factory=dict)
+    timestamp: datetime
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ContactState(Model):
-    """Everything the contact processor keeps about one contact."""
+class ContactState(Struct, kw_only=True):
+    """Everything the contact processor keeps about one contact (a table value: see schemas/structs.py)."""
 
     project_id: str
     id: str
     user_id: str | None = None
-    anonymous_ids: list[str] = Field(default_factory=list)
+    anonymous_ids: list[str] = msgspec.field(default_factory=list)
     email: str | None = None
     phone: str | None = None
     timezone: str | None = None
     locale: str | None = None
-    traits: JSONObject = Field(default_factory=dict)
-    groups: dict[str, JSONObject] = Field(default_factory=dict)
-    first_seen: UTCDateTime | None = None
-    last_seen: UTCDateTime | None = None
-    events: dict[str, EventStats] = Field(default_factory=dict)
-    recent_events: list[RecentEvent] = Field(default_factory=list)
-    created_at: UTCDateTime
-    updated_at: UTCDateTime
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    events: dict[str, EventStats] = msgspec.field(default_factory=dict)
+    recent_events: list[RecentEvent] = msgspec.field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
     version: int = 0
 
 
-class AliasState(Model):
+class AliasState(Struct, kw_only=True):
     """Left behind at an id that was merged into another contact: later events are forwarded."""
 
     project_id: str
     id: str
     merged_into: str
-    merged_at: UTCDateTime
+    merged_at: datetime
 
 
-class FieldChange(Model):
+class FieldChange(Struct, kw_only=True):
     """One attribute change, as recorded in the ``contact_changes`` history."""
 
     path: str
     old: Any = None
     new: Any = None
+
+
+class EventStatsPublic(Model):
+    count: int
+    first_at: UTCDateTime
+    last_at: UTCDateTime
+
+
+class RecentEventPublic(Model):
+    message_id: str
+    type: str
+    event: str
+    timestamp: UTCDateTime
+    properties: JSONObject
 
 
 class ContactPublic(Model):
@@ -79,15 +99,15 @@ class ContactPublic(Model):
     groups: dict[str, JSONObject]
     first_seen: UTCDateTime | None
     last_seen: UTCDateTime | None
-    events: dict[str, EventStats]
-    recent_events: list[RecentEvent]
+    events: dict[str, EventStatsPublic]
+    recent_events: list[RecentEventPublic]
     created_at: UTCDateTime
     updated_at: UTCDateTime
     version: int
 
     @classmethod
     def from_state(cls, state: ContactState) -> ContactPublic:
-        return cls.model_validate(state.model_dump())
+        return cls.model_validate(to_builtins(state))
 
 
 class ContactUpdate(Model):

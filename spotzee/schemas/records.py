@@ -1,113 +1,109 @@
 """Records on the ``events`` topic: ingested messages and the contact processor's own commands.
 
 Every record is keyed ``project_id:contact_id`` so that one partition owner is the single writer
-of that contact's state.
+of that contact's state. Records are msgspec Structs (schemas/structs.py): written by Spotzee,
+decoded by the processor without re-validation, one tagged union on ``type``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Any, ClassVar
 
-from pydantic import Field, TypeAdapter
+import msgspec
 
-from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 from spotzee.schemas.contact_models import ContactState
-from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.journey_models import JourneyDefinition
+from spotzee.schemas.message_data import MessageData
 from spotzee.schemas.segment_models import ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
+from spotzee.schemas.structs import Tagged, decode
 
 
-class IngestedMessage(Model):
+class IngestedMessage(Tagged, tag="ingest", kw_only=True):
     """A Segment-spec message accepted by the API, with the project it belongs to."""
 
-    type: Literal["ingest"] = "ingest"
+    type: ClassVar[str] = "ingest"
     project_id: str
     message_id: str
-    received_at: UTCDateTime
-    message: SegmentMessage
-    raw: str = Field(description="The message as received (JSON), kept for the raw column.")
-    forwarded_to: str | None = Field(default=None, description="Set when re-keyed to the merged contact.")
+    received_at: datetime
+    message: MessageData
+    raw: str  # the message as received (JSON), kept for the raw column
+    forwarded_to: str | None = None  # set when re-keyed to the merged contact
 
     @property
     def contact_id(self) -> str:
         return self.forwarded_to or self.message.contact_id
 
 
-class MergeRequest(Model):
+class MergeRequest(Tagged, tag="merge_request", kw_only=True):
     """Sent to ``source_id``'s partition: hand your profile over to ``target_id``."""
 
-    type: Literal["merge_request"] = "merge_request"
+    type: ClassVar[str] = "merge_request"
     project_id: str
     source_id: str
     target_id: str
-    requested_at: UTCDateTime
+    requested_at: datetime
 
     @property
     def contact_id(self) -> str:
         return self.source_id
 
 
-class MergeIn(Model):
+class MergeIn(Tagged, tag="merge_in", kw_only=True):
     """Sent back to ``target_id``'s partition with the source profile (None when it had none)."""
 
-    type: Literal["merge_in"] = "merge_in"
+    type: ClassVar[str] = "merge_in"
     project_id: str
     source_id: str
     target_id: str
     source_state: ContactState | None
-    merged_at: UTCDateTime
-    source_segments: str | None = Field(default=None, description="The source's segment state (JSON).")
+    merged_at: datetime
+    source_segments: str | None = None  # the source's segment state (JSON)
 
     @property
     def contact_id(self) -> str:
         return self.target_id
 
 
-class ContactPatch(Model):
+class ContactPatch(Tagged, tag="contact_patch", kw_only=True):
     """An admin API change of attributes (same semantics as identify traits)."""
 
-    type: Literal["contact_patch"] = "contact_patch"
+    type: ClassVar[str] = "contact_patch"
     project_id: str
     id: str
-    traits: JSONObject
-    requested_at: UTCDateTime
+    traits: dict[str, Any]
+    requested_at: datetime
     request_id: str
-    only_existing: bool = Field(
-        default=False, description="Change only a contact that exists: an unsubscribe link never re-creates one."
-    )
-    only_created_ms: int | None = Field(
-        default=None,
-        description="...and only the contact created at this instant (epoch ms): an erased id used again later "
-        "is someone else.",
-    )
+    # Change only a contact that exists: an unsubscribe link never re-creates one...
+    only_existing: bool = False
+    # ...and only the contact created at this instant (epoch ms): an erased id used again later is someone else.
+    only_created_ms: int | None = None
 
     @property
     def contact_id(self) -> str:
         return self.id
 
 
-class ContactErase(Model):
+class ContactErase(Tagged, tag="contact_erase", kw_only=True):
     """GDPR erase of one id (a contact, or an alias left behind by a merge)."""
 
-    type: Literal["contact_erase"] = "contact_erase"
+    type: ClassVar[str] = "contact_erase"
     project_id: str
     id: str
-    requested_at: UTCDateTime
+    requested_at: datetime
     request_id: str
-    only_if_merged_into: list[str] | None = Field(
-        default=None,
-        description="Cascaded erase of a merged id: erase it only if it is still merged into one of these ids.",
-    )
+    # A cascaded erase of a merged id: erase it only if it is still merged into one of these ids.
+    only_if_merged_into: list[str] | None = None
 
     @property
     def contact_id(self) -> str:
         return self.id
 
 
-class DedupeSweep(Model):
+class DedupeSweep(Tagged, tag="dedupe_sweep", kw_only=True):
     """Timer-driven: drop this contact's messageId dedupe entries older than the window."""
 
-    type: Literal["dedupe_sweep"] = "dedupe_sweep"
+    type: ClassVar[str] = "dedupe_sweep"
     project_id: str
     id: str
 
@@ -116,28 +112,28 @@ class DedupeSweep(Model):
         return self.id
 
 
-class JourneyEntry(Model):
+class JourneyEntry(Tagged, tag="journey_entry", kw_only=True):
     """Enter a contact into a journey: the API (``/journeys/{id}/enter``), a ``link`` step, a
     schedule. ``entry_id`` makes the run id, so a replayed entry starts nothing twice (a
     schedule's: ``schedule:<journey id>:<occurrence>``, the trigger key itself)."""
 
-    type: Literal["journey_entry"] = "journey_entry"
+    type: ClassVar[str] = "journey_entry"
     project_id: str
     id: str
     journey_id: str
     entry_id: str
-    payload: JSONObject | None = None  # API: ``event.properties`` for templates
-    event: JSONObject | None = None  # a link: the linking run's triggering event, as it was
+    payload: dict[str, Any] | None = None  # API: ``event.properties`` for templates
+    event: dict[str, Any] | None = None  # a link: the linking run's triggering event, as it was
     create_contact: bool = True  # API entries create missing contacts; a link or a schedule never does
-    at: UTCDateTime
-    occurrence: UTCDateTime | None = None  # a schedule's entry: the occurrence it is for
+    at: datetime
+    occurrence: datetime | None = None  # a schedule's entry: the occurrence it is for
 
     @property
     def contact_id(self) -> str:
         return self.id
 
 
-class JourneyBarrier(Model):
+class JourneyBarrier(Tagged, tag="journey_barrier", kw_only=True):
     """A journey as it was just written, appended to every partition after the write.
 
     Workers also learn definitions from the ``definitions`` topic, but only eventually; this
@@ -145,19 +141,30 @@ class JourneyBarrier(Model):
     triggers it, an API entry), so no worker drops such a record as "not live" (the registry keeps
     the newest of what it saw: a replayed, older barrier changes nothing)."""
 
-    type: Literal["journey_barrier"] = "journey_barrier"
+    type: ClassVar[str] = "journey_barrier"
     project_id: str
-    definition: JourneyDefinition
+    definition: msgspec.Raw  # the JourneyDefinition's JSON, validated by pydantic when applied (rare)
+
+    @classmethod
+    def of(cls, definition: JourneyDefinition) -> JourneyBarrier:
+        return cls(project_id=definition.project_id, definition=msgspec.Raw(definition.model_dump_json().encode()))
+
+    def parsed(self) -> JourneyDefinition:
+        return JourneyDefinition.model_validate_json(bytes(self.definition))
 
     @property
     def contact_id(self) -> str:  # a synthetic key part, never a contact
-        return f"journey:{self.definition.id}"
+        return f"journey:{decode(_Identified, self.definition).id}"
 
 
-class JourneyWake(Model):
+class _Identified(msgspec.Struct):
+    id: str
+
+
+class JourneyWake(Tagged, tag="journey_wake", kw_only=True):
     """A run's timer fired (the step and visit it was set for)."""
 
-    type: Literal["journey_wake"] = "journey_wake"
+    type: ClassVar[str] = "journey_wake"
     project_id: str
     id: str
     run_id: str
@@ -169,7 +176,7 @@ class JourneyWake(Model):
         return self.id
 
 
-EventsRecord = Annotated[
+EventsRecord = (
     IngestedMessage
     | MergeRequest
     | MergeIn
@@ -182,10 +189,14 @@ EventsRecord = Annotated[
     | ListMembership
     | JourneyEntry
     | JourneyBarrier
-    | JourneyWake,
-    Field(discriminator="type"),
-]
-events_record_adapter: TypeAdapter[EventsRecord] = TypeAdapter(EventsRecord)
+    | JourneyWake
+)
+
+
+def decode_record(data: bytes) -> EventsRecord:
+    """One record of the ``events`` topic, as written by Spotzee (no re-validation)."""
+    return decode(EventsRecord, data)  # type: ignore[arg-type]
+
 
 
 def record_key(record: EventsRecord) -> str:

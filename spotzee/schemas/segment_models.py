@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 from pydantic import Field
 
-from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
+from spotzee.schemas.common import Identifier, Model, UTCDateTime
 from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.rules import SegmentCreate, SegmentRule
+from spotzee.schemas.structs import Struct, Tagged
 
 # -- definitions ------------------------------------------------------------------------------
 
@@ -155,40 +157,49 @@ class ImportResult(Model):
 # -- records on the events topic ----------------------------------------------------------------
 
 
-class HistoryFact(Model):
+class HistoryFact(Tagged, tag="segment_barrier", kw_only=True):
     """One past or live event as segments see it, with its messageId (dedupes seed vs live)."""
 
     message_id: str
     name: str
-    timestamp: UTCDateTime
-    properties: JSONObject = Field(default_factory=dict)
+    timestamp: datetime
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class SegmentBarrier(Model):
+class SegmentBarrier(Struct, kw_only=True):
     """Sent to every partition after a definition changed: from here on the partition's processor
     evaluates ``definition`` (a processor may learn it earlier from the definitions store)."""
 
-    type: Literal["segment_barrier"] = "segment_barrier"
+    type: ClassVar[str] = "segment_barrier"
     project_id: str
     id: str  # a synthetic key part, never a contact
-    definition: SegmentDefinition
+    definition: msgspec.Raw  # the SegmentDefinition's JSON, validated by pydantic when applied (rare)
+
+    @classmethod
+    def of(cls, definition: SegmentDefinition, key: str) -> SegmentBarrier:
+        return cls(
+            project_id=definition.project_id, id=key, definition=msgspec.Raw(definition.model_dump_json().encode())
+        )
+
+    def parsed(self) -> SegmentDefinition:
+        return SegmentDefinition.model_validate_json(bytes(self.definition))
 
     @property
     def contact_id(self) -> str:
         return self.id
 
 
-class SegmentRefresh(Model):
+class SegmentRefresh(Tagged, tag="segment_refresh", kw_only=True):
     """Backfill of one contact for one segment version: its past events from ClickHouse, in
     chunks; on the ``last`` chunk the segment's missing trackers are built and it is evaluated."""
 
-    type: Literal["segment_refresh"] = "segment_refresh"
+    type: ClassVar[str] = "segment_refresh"
     project_id: str
     id: str
     segment_id: str
     version: int
     tracker_keys: list[str]
-    facts: list[HistoryFact] = Field(default_factory=list)
+    facts: list[HistoryFact] = msgspec.field(default_factory=list)
     last: bool = True
 
     @property
@@ -196,10 +207,10 @@ class SegmentRefresh(Model):
         return self.id
 
 
-class SegmentWake(Model):
+class SegmentWake(Tagged, tag="segment_wake", kw_only=True):
     """Timer-driven: re-evaluate this contact's time-dependent segments."""
 
-    type: Literal["segment_wake"] = "segment_wake"
+    type: ClassVar[str] = "segment_wake"
     project_id: str
     id: str
 
@@ -208,16 +219,16 @@ class SegmentWake(Model):
         return self.id
 
 
-class ListMembership(Model):
+class ListMembership(Tagged, tag="list_membership", kw_only=True):
     """Add a contact to a list (creating the contact when missing) or remove it."""
 
-    type: Literal["list_membership"] = "list_membership"
+    type: ClassVar[str] = "list_membership"
     project_id: str
     id: str
     list_id: str
     member: bool
-    traits: JSONObject = Field(default_factory=dict)  # from an import row
-    requested_at: UTCDateTime
+    traits: dict[str, Any] = msgspec.field(default_factory=dict)  # from an import row
+    requested_at: datetime
     request_id: str
 
     @property
@@ -228,24 +239,24 @@ class ListMembership(Model):
 # -- outputs ------------------------------------------------------------------------------------
 
 
-class SegmentChange(Model):
+class SegmentChange(Tagged, tag="segment_change", kw_only=True):
     """``segment-changes``: a contact entered or exited a segment (version that decided it)."""
 
-    type: Literal["segment_change"] = "segment_change"
+    type: ClassVar[str] = "segment_change"
     project_id: str
     contact_id: str
     segment_id: str
     version: int
     change: Literal["entered", "exited"]
-    at: UTCDateTime
+    at: datetime
     cause: str
     change_id: str  # "<contact id>#<n>": the contact's n-th transition; equal on a replayed batch
 
 
-class Member(Model):
+class Member(Struct, kw_only=True):
     """Value of a ``segment_members`` row (key ``project:segment_id\\x00contact_id``)."""
 
-    since: UTCDateTime
+    since: datetime
     version: int
 
 

@@ -148,7 +148,7 @@ class Journeys(Definitions[JourneyDefinition, JourneyDefinition]):
     async def write(self, actor: ApiKey, verb: str, item: JourneyDefinition, before: JourneyDefinition | None) -> None:
         await super().write(actor, verb, item, before)
         if item.status != JourneyStatus.draft:  # what is appended from now on sees this version
-            barrier = JourneyBarrier(project_id=item.project_id, definition=item)
+            barrier = JourneyBarrier.of(item)
             try:
                 await self.runtime.broadcast(f"{item.project_id}:journey:{item.id}", dumps(barrier))
             except LogUnavailable as exc:  # the write stands: workers get it from the definitions store

@@ -324,9 +324,7 @@ class Segments:
 
     async def _barrier(self, definition: SegmentDefinition, timeout: float) -> None:
         """The definition's barrier processed on every partition, and the sink caught up with it."""
-        barrier = SegmentBarrier(
-            project_id=definition.project_id, id=f"__segment__{definition.id}", definition=definition
-        )
+        barrier = SegmentBarrier.of(definition, f"__segment__{definition.id}")
         positions = await self.runtime.broadcast(f"{definition.project_id}:{barrier.id}", dumps(barrier))
         if not await self.runtime.wait_processed(positions, timeout):
             raise SpotzeeError("segment barrier not processed in time")
@@ -339,7 +337,7 @@ class Segments:
         if definition.status == SegmentStatus.deleted:
             prefix = member_prefix(pid, definition.id)
             return [key[len(prefix) :] for key, _ in self.runtime.scan(SEGMENT_MEMBERS, prefix)], [], []
-        contacts = [key[len(pid) + 1 :] for key, _ in self.runtime.scan(CONTACTS, f"{pid}:")]
+        contacts = [key[len(pid) + 1 :] for key, _ in self.runtime.scan(CONTACTS.name, f"{pid}:")]
         compiled = compile(definition.rule)
         return contacts, sorted(compiled.trackers), sorted({t.event for t in compiled.trackers.values()})
 
@@ -466,7 +464,7 @@ class Segments:
                         picked.append(contact.id)
             batch.clear()
 
-        for _, raw in self.runtime.scan(CONTACTS, f"{project_id}:"):
+        for _, raw in self.runtime.scan(CONTACTS.name, f"{project_id}:"):
             try:
                 batch.append(loads(ContactState, raw))
             except ValidationError:

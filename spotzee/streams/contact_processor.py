@@ -26,7 +26,7 @@ from spotzee.domain.traits import TraitError, normalize_traits
 from spotzee.schemas.analytics_models import AliasRow, ContactChangeRow, EraseHistory, EventRow
 from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contact_models import AliasState, ContactState, FieldChange
-from spotzee.schemas.events import IdentifyMessage, TrackMessage, event_name
+from spotzee.schemas.message_data import IdentifyData, TrackData, event_name
 from spotzee.schemas.records import (
     ContactErase,
     ContactPatch,
@@ -38,33 +38,45 @@ from spotzee.schemas.records import (
     JourneyWake,
     MergeIn,
     MergeRequest,
-    events_record_adapter,
+    decode_record,
     record_key,
 )
 from spotzee.schemas.segment_models import HistoryFact, ListMembership, SegmentBarrier, SegmentRefresh, SegmentWake
+from spotzee.schemas.structs import replace
 from spotzee.streams import topics
 from spotzee.streams.interface import Context
+from spotzee.streams.journey_processor import CACHED_TABLES as JOURNEY_CACHED
 from spotzee.streams.journey_processor import TABLES as JOURNEY_TABLES
 from spotzee.streams.journey_processor import JourneyRegistry, JourneyRunner, SegmentTransition
-from spotzee.streams.record_codec import dumps, loads
+from spotzee.streams.record_codec import dumps
+from spotzee.streams.segment_processor import CACHED_TABLES as SEGMENT_CACHED
 from spotzee.streams.segment_processor import TABLES as SEGMENT_TABLES
 from spotzee.streams.segment_processor import SegmentMemberships, SegmentRegistry
+from spotzee.tables.keyspace import contact_key, sub_key, sub_prefix
+from spotzee.tables.table_specs import TableSpec, typed
 
 log = logging.getLogger(__name__)
 
-CONTACTS = "contacts"
-ALIASES = "aliases"
-DEDUPE = "dedupe"
-SEP = "\x00"
+
+def _iso(moment: datetime) -> bytes:
+    return moment.isoformat().encode()
 
 
-def contact_key(project_id: str, contact_id: str) -> str:
-    return f"{project_id}:{contact_id}"
+def _from_iso(data: bytes) -> datetime:
+    return datetime.fromisoformat(data.decode())
+
+
+CONTACTS = TableSpec("contacts", ContactState)
+ALIASES = TableSpec("aliases", AliasState)
+# key -> when the messageId was first seen; stored as ISO text (the format it always had)
+DEDUPE = TableSpec("dedupe", datetime, encoder=_iso, decoder=_from_iso)
 
 
 class ContactProcessor:
     topic = topics.EVENTS
-    tables: tuple[str, ...] = (CONTACTS, ALIASES, DEDUPE, *SEGMENT_TABLES, *JOURNEY_TABLES)
+    tables: tuple[str, ...] = (CONTACTS.name, ALIASES.name, DEDUPE.name, *SEGMENT_TABLES, *JOURNEY_TABLES)
+    # Read on (almost) every record of a contact: worth keeping decoded across batches.
+    cached_tables: tuple[str, ...] = (CONTACTS.name, ALIASES.name, *SEGMENT_CACHED, *JOURNEY_CACHED)
 
     def __init__(
         self,
@@ -97,12 +109,12 @@ class ContactProcessor:
         }
 
     def process(self, ctx: Context, key: str, value: bytes) -> None:
-        record: EventsRecord = events_record_adapter.validate_json(value)
+        record: EventsRecord = decode_record(value)
         if isinstance(record, SegmentBarrier):
-            self.segments.barrier(ctx, record.definition)
+            self.segments.barrier(ctx, record.parsed())
             return
         if isinstance(record, JourneyBarrier):
-            self.journey_registry.apply(record.definition)
+            self.journey_registry.apply(record.parsed())
             return
         self.segments.sync(ctx, record.project_id)
         handle = self._handlers.get(type(record))
@@ -129,8 +141,8 @@ class ContactProcessor:
         self._remember(ctx, record.project_id, record.contact_id, record.message_id, now)
         if self._forward_if_merged(ctx, key, record, "forwarded_to"):
             return
-        contacts = ctx.table(CONTACTS)
-        state = self._state(ctx, key)
+        contacts = typed(ctx, CONTACTS)
+        state = contacts.get(key)
         outcome = domain.apply_message(
             state,
             record.message,
@@ -140,14 +152,14 @@ class ContactProcessor:
             received_at=record.received_at,
             recent_limit=self.recent_limit,
         )
-        contacts.set(key, dumps(outcome.state))
+        contacts.put(key, outcome.state)
         for source in outcome.merge_sources:
             request = MergeRequest(
                 project_id=record.project_id, source_id=source, target_id=record.contact_id, requested_at=now
             )
             ctx.emit(topics.EVENTS, record_key(request), dumps(request))
         ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
-        source = "identify" if isinstance(record.message, IdentifyMessage) else record.message.type
+        source = "identify" if isinstance(record.message, IdentifyData) else record.message.type
         rows = change_rows(record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
         _emit_changes(ctx, rows)
         message = record.message
@@ -158,7 +170,7 @@ class ContactProcessor:
                 timestamp=effective_timestamp(message, record.received_at),
                 properties=message.properties,
             )
-            if isinstance(message, TrackMessage)
+            if isinstance(message, TrackData)
             else None
         )
         self.segments.after_message(
@@ -170,7 +182,7 @@ class ContactProcessor:
             cause=f"event:{record.message_id}",
         )
         if fact is not None:
-            self.journeys.on_event(ctx, self._state(ctx, key) or outcome.state, fact)
+            self.journeys.on_event(ctx, contacts.get(key) or outcome.state, fact)
 
     def _merge_request(self, ctx: Context, record: MergeRequest) -> None:
         key = record_key(record)
@@ -187,12 +199,12 @@ class ContactProcessor:
         state = self._state(ctx, key)
         if state is not None:
             self.journeys.on_leave(ctx, state, f"merged:{record.target_id}")
-        ctx.table(CONTACTS).delete(key)
+        typed(ctx, CONTACTS).delete(key)
         source_segments = self.segments.leave(ctx, record.project_id, record.source_id, f"merged:{record.target_id}")
         merged = AliasState(
             project_id=record.project_id, id=record.source_id, merged_into=record.target_id, merged_at=ctx.clock.now()
         )
-        ctx.table(ALIASES).set(key, dumps(merged))
+        typed(ctx, ALIASES).put(key, merged)
         hand_over = MergeIn(
             project_id=record.project_id,
             source_id=record.source_id,
@@ -220,7 +232,7 @@ class ContactProcessor:
             now=now,
             recent_limit=self.recent_limit,
         )
-        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        typed(ctx, CONTACTS).put(key, outcome.state)
         pid = record.project_id
         # History is re-attributed by mapping, not by rewriting rows: every id now merged into the
         # target (the source and whatever was merged into it before) maps to it in contact_aliases.
@@ -237,7 +249,7 @@ class ContactProcessor:
         key = record_key(record)
         # Merged since the link was made: the contact lives on under the target, created at another
         # time, so only "it exists" still applies there.
-        if self._forward_if_merged(ctx, key, record.model_copy(update={"only_created_ms": None}), "id"):
+        if self._forward_if_merged(ctx, key, replace(record, only_created_ms=None), "id"):
             return
         state = self._state(ctx, key)
         if record.only_existing and (
@@ -247,7 +259,7 @@ class ContactProcessor:
             return  # an unsubscribe link of an erased contact: it names nobody any more
         now = ctx.clock.now()
         outcome = domain.apply_patch(state, record.traits, project_id=record.project_id, contact_id=record.id, now=now)
-        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        typed(ctx, CONTACTS).put(key, outcome.state)
         _emit_changes(ctx, change_rows(record.project_id, record.id, outcome.changes, now, "api", record.request_id))
         self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")
 
@@ -261,7 +273,7 @@ class ContactProcessor:
             return  # a delayed link for a contact erased meanwhile
         if state is None:  # entering a journey by id creates the contact, like a list import
             outcome = domain.apply_patch(None, {}, project_id=record.project_id, contact_id=record.id, now=now)
-            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            typed(ctx, CONTACTS).put(key, outcome.state)
             self.segments.after_change(ctx, outcome.state, outcome.changes, f"journey_entry:{record.entry_id}")
             state = self._state(ctx, key) or outcome.state
         self.journeys.on_entry(ctx, state, record)
@@ -282,7 +294,7 @@ class ContactProcessor:
         outcome = domain.apply_patch(
             self._state(ctx, key), traits, project_id=contact.project_id, contact_id=contact.id, now=now
         )
-        ctx.table(CONTACTS).set(key, dumps(outcome.state))
+        typed(ctx, CONTACTS).put(key, outcome.state)
         _emit_changes(ctx, change_rows(contact.project_id, contact.id, outcome.changes, now, "journey", cause))
         self.segments.after_change(ctx, outcome.state, outcome.changes, cause)
         return outcome.state
@@ -307,7 +319,7 @@ class ContactProcessor:
             outcome = domain.apply_patch(
                 state, record.traits, project_id=record.project_id, contact_id=record.id, now=now
             )
-            ctx.table(CONTACTS).set(key, dumps(outcome.state))
+            typed(ctx, CONTACTS).put(key, outcome.state)
             rows = change_rows(record.project_id, record.id, outcome.changes, now, "import", record.request_id)
             _emit_changes(ctx, rows)
             self.segments.after_change(ctx, outcome.state, outcome.changes, f"import:{record.request_id}")
@@ -326,11 +338,11 @@ class ContactProcessor:
         state = self._state(ctx, key)
         if state is not None:
             self.journeys.on_leave(ctx, state, "erased")
-        ctx.table(CONTACTS).delete(key)  # first: its segment exits must not trigger journeys
+        typed(ctx, CONTACTS).delete(key)  # first: its segment exits must not trigger journeys
         self.segments.leave(ctx, record.project_id, record.id, "erased")
-        ctx.table(ALIASES).delete(key)
-        dedupe = ctx.table(DEDUPE)
-        for entry, _ in list(dedupe.scan_prefix(key + SEP)):
+        typed(ctx, ALIASES).delete(key)
+        dedupe = typed(ctx, DEDUPE)
+        for entry, _ in list(dedupe.scan_prefix(sub_prefix(key))):
             dedupe.delete(entry)
         ctx.cancel(self._sweep_timer(key))
         if record.only_if_merged_into is not None:
@@ -351,10 +363,9 @@ class ContactProcessor:
     def _sweep(self, ctx: Context, record: DedupeSweep) -> None:
         key = record_key(record)
         now = ctx.clock.now()
-        dedupe = ctx.table(DEDUPE)
+        dedupe = typed(ctx, DEDUPE)
         oldest: datetime | None = None
-        for entry, seen_raw in list(dedupe.scan_prefix(key + SEP)):
-            seen = datetime.fromisoformat(seen_raw.decode())
+        for entry, seen in list(dedupe.scan_prefix(sub_prefix(key))):
             if seen <= now - self.dedupe_window:
                 dedupe.delete(entry)
             else:
@@ -364,9 +375,9 @@ class ContactProcessor:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _state(self, ctx: Context, key: str) -> ContactState | None:
-        raw = ctx.table(CONTACTS).get(key)
-        return loads(ContactState, raw) if raw is not None else None
+    @staticmethod
+    def _state(ctx: Context, key: str) -> ContactState | None:
+        return typed(ctx, CONTACTS).get(key)
 
     def _forward_if_merged(
         self,
@@ -379,21 +390,21 @@ class ContactProcessor:
         alias = self._alias(ctx, key)
         if alias is None:
             return False
-        forwarded = record.model_copy(update={field: alias.merged_into})
+        forwarded = replace(record, **{field: alias.merged_into})
         ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
         return True
 
-    def _alias(self, ctx: Context, key: str) -> AliasState | None:
-        raw = ctx.table(ALIASES).get(key)
-        return loads(AliasState, raw) if raw is not None else None
+    @staticmethod
+    def _alias(ctx: Context, key: str) -> AliasState | None:
+        return typed(ctx, ALIASES).get(key)
 
     def _is_duplicate(self, ctx: Context, key: str, message_id: str, now: datetime) -> bool:
-        seen = ctx.table(DEDUPE).get(key + SEP + message_id)
-        return seen is not None and datetime.fromisoformat(seen.decode()) > now - self.dedupe_window
+        seen = typed(ctx, DEDUPE).get(sub_key(key, message_id))
+        return seen is not None and seen > now - self.dedupe_window
 
     def _remember(self, ctx: Context, project_id: str, contact_id: str, message_id: str, now: datetime) -> None:
         key = contact_key(project_id, contact_id)
-        ctx.table(DEDUPE).set(key + SEP + message_id, now.isoformat().encode())
+        typed(ctx, DEDUPE).put(sub_key(key, message_id), now)
         sweep = DedupeSweep(project_id=project_id, id=contact_id)
         ctx.schedule(
             self._sweep_timer(key), now + self.dedupe_window, topics.EVENTS, key, dumps(sweep), keep_existing=True

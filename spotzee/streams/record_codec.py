@@ -1,21 +1,30 @@
-"""Bytes <-> pydantic models for topics and tables. The schemas are the wire format (JSON)."""
+"""Bytes <-> values for topics and tables: msgspec Structs inside the hot path, pydantic models for
+definitions (JSON either way; see schemas/structs.py)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 from pydantic import BaseModel, TypeAdapter
 
-M = TypeVar("M", bound=BaseModel)
+from spotzee.schemas import structs
+
 T = TypeVar("T")
 
 
-def dumps(model: BaseModel) -> bytes:
-    return model.model_dump_json(by_alias=False, exclude_none=False).encode()
+def dumps(value: msgspec.Struct | BaseModel) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(by_alias=False, exclude_none=False).encode()
+    return structs.encode(value)
 
 
-def loads(model: type[M], data: bytes) -> M:
-    return model.model_validate_json(data)
+def loads(kind: type[T], data: bytes) -> T:
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        model: Any = kind
+        result: T = model.model_validate_json(data)
+        return result
+    return structs.decode(kind, data)
 
 
 def loads_union(adapter: TypeAdapter[T], data: bytes) -> T:

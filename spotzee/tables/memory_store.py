@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
+
+from spotzee.tables.table_specs import TableSpec
+
+V = TypeVar("V")
 
 
 class MemoryTable:
@@ -28,6 +33,18 @@ class MemoryTable:
         for key in sorted(self.data):
             if key.startswith(prefix):
                 yield key, self.data[key]
+
+    def get_value(self, key: str, spec: TableSpec[V]) -> V | None:
+        """Decoded on every read: tests run the codec each time, as a store without a cache would."""
+        raw = self.data.get(key)
+        return None if raw is None else spec.decode(raw)
+
+    def put_value(self, key: str, value: V, spec: TableSpec[V]) -> None:
+        self.set(key, spec.encode(value))
+
+    def scan_values(self, prefix: str, spec: TableSpec[V]) -> Iterator[tuple[str, V]]:
+        for key, raw in self.scan_prefix(prefix):
+            yield key, spec.decode(raw)
 
     def fold(self) -> None:
         """Keep the writes made since the last fold."""

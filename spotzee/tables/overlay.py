@@ -13,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
 
 from rocksdict import Rdict
 
 from spotzee.streams.interface import Clock
 from spotzee.tables.rocksdb_store import TABLE_PREFIX, TIMER_INDEX, RocksDB
+from spotzee.tables.table_specs import StateCache, TableSpec
+
+V = TypeVar("V")
 
 _DELETED = None
 
@@ -31,19 +35,38 @@ class TimerOp:
     value: bytes = b""
 
 
+class Decoded(NamedTuple):
+    """A value held decoded in an overlay: encoded with its spec only when the batch commits."""
+
+    value: Any
+    spec: TableSpec[Any]
+
+
+Entry = bytes | Decoded | None  # None: deleted
+
+
 class OverlayTable:
-    def __init__(self, cf: Rdict) -> None:
+    """One table of a batch: the record's writes over the batch's over the store (and its cache).
+
+    Values are kept as the processor handed them (``Decoded``) until the batch commits, and values
+    read from the store are decoded once per batch (``_read``); ``encoded_batch`` gives the bytes to
+    commit and ``publish`` passes the committed values to the ``StateCache`` afterwards."""
+
+    def __init__(self, cf: Rdict, cache: StateCache | None = None) -> None:
         self.cf = cf
-        self.batch: dict[str, bytes | None] = {}
-        self.record: dict[str, bytes | None] = {}
+        self.cache = cache
+        self.batch: dict[str, Entry] = {}
+        self.record: dict[str, Entry] = {}
+        self._read: dict[str, Any] = {}  # key -> value decoded from the store (or the cache) this batch
+
+    # -- bytes ---------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        if key in self.record:
-            return self.record[key]
-        if key in self.batch:
-            return self.batch[key]
-        value = self.cf.get(key.encode())
-        return value if value is None else bytes(value)
+        entry = self._staged(key)
+        if entry is _UNSTAGED:
+            value = self.cf.get(key.encode())
+            return value if value is None else bytes(value)
+        return _bytes(entry)  # type: ignore[arg-type]
 
     def set(self, key: str, value: bytes) -> None:
         self.record[key] = value
@@ -52,7 +75,74 @@ class OverlayTable:
         self.record[key] = _DELETED
 
     def scan_prefix(self, prefix: str) -> Iterator[tuple[str, bytes]]:
-        found: dict[str, bytes | None] = {}
+        for key, entry in self._scan(prefix):
+            yield key, _bytes(entry)  # type: ignore[misc]
+
+    # -- values --------------------------------------------------------------------------------
+
+    def get_value(self, key: str, spec: TableSpec[V]) -> V | None:
+        entry = self._staged(key)
+        if entry is not _UNSTAGED:
+            return _value(entry, spec)  # type: ignore[arg-type]
+        try:
+            return self._read[key]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        found, value = self.cache.get(key) if self.cache is not None else (False, None)
+        if not found:
+            raw = self.cf.get(key.encode())
+            value = None if raw is None else spec.decode(bytes(raw))
+        self._read[key] = value
+        return value  # type: ignore[no-any-return]
+
+    def put_value(self, key: str, value: V, spec: TableSpec[V]) -> None:
+        self.record[key] = Decoded(value, spec)
+
+    def scan_values(self, prefix: str, spec: TableSpec[V]) -> Iterator[tuple[str, V]]:
+        for key, entry in self._scan(prefix):
+            value = _value(entry, spec)
+            if value is not None:
+                yield key, value
+
+    # -- the batch -----------------------------------------------------------------------------
+
+    def fold(self) -> None:
+        self.batch.update(self.record)
+        self.record.clear()
+
+    def rollback(self) -> None:
+        self.record.clear()
+
+    def encoded_batch(self) -> Iterator[tuple[str, bytes | None]]:
+        """Every key the batch changed and its final bytes (None: deleted), each encoded once."""
+        for key, entry in self.batch.items():
+            yield key, _bytes(entry)
+
+    def publish(self) -> None:
+        """After the batch committed: the cache learns what the store now holds."""
+        if self.cache is None:
+            return
+        for key, value in self._read.items():
+            self.cache.put(key, value)
+        for key, entry in self.batch.items():
+            if isinstance(entry, Decoded):
+                self.cache.put(key, entry.value)
+            elif entry is None:
+                self.cache.put(key, None)
+            else:
+                self.cache.discard(key)  # written as bytes: decoded on its next read
+
+    def _staged(self, key: str) -> Entry | object:
+        record = self.record
+        if key in record:
+            return record[key]
+        batch = self.batch
+        if key in batch:
+            return batch[key]
+        return _UNSTAGED
+
+    def _scan(self, prefix: str) -> Iterator[tuple[str, Entry]]:
+        found: dict[str, Entry] = {}
         it = self.cf.iter()
         it.seek(prefix.encode())
         encoded = prefix.encode()
@@ -63,20 +153,30 @@ class OverlayTable:
             found[raw_key.decode()] = bytes(it.value())
             it.next()
         for overlay in (self.batch, self.record):
-            for key, value in overlay.items():
+            for key, entry in overlay.items():
                 if key.startswith(prefix):
-                    found[key] = value
+                    found[key] = entry
         for key in sorted(found):
-            value = found[key]
-            if value is not None:
-                yield key, value
+            entry = found[key]
+            if entry is not None:
+                yield key, entry
 
-    def fold(self) -> None:
-        self.batch.update(self.record)
-        self.record.clear()
 
-    def rollback(self) -> None:
-        self.record.clear()
+_UNSTAGED = object()
+
+
+def _bytes(entry: Entry) -> bytes | None:
+    if isinstance(entry, Decoded):
+        return entry.spec.encode(entry.value)
+    return entry
+
+
+def _value(entry: Entry, spec: TableSpec[V]) -> V | None:
+    if entry is None:
+        return None
+    if isinstance(entry, Decoded):
+        return entry.value  # type: ignore[no-any-return]
+    return spec.decode(entry)
 
 
 @dataclass
@@ -89,14 +189,20 @@ class BatchContext:
     """One partition's batch in progress."""
 
     def __init__(
-        self, db: RocksDB, tables: tuple[str, ...], clock: Clock, timer_exists: Callable[[str], bool] | None = None
+        self,
+        db: RocksDB,
+        tables: tuple[str, ...],
+        clock: Clock,
+        timer_exists: Callable[[str], bool] | None = None,
+        caches: dict[str, StateCache] | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._stored_timer_exists = timer_exists or (
             lambda timer_id: db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
         )
-        self.tables = {name: OverlayTable(db.cf(TABLE_PREFIX + name)) for name in tables}
+        caches = caches or {}
+        self.tables = {name: OverlayTable(db.cf(TABLE_PREFIX + name), caches.get(name)) for name in tables}
         self.batch = Staged()
         self._record = Staged()
         # Whether each timer touched in this batch exists after the batch (folded) / the record.
@@ -130,6 +236,11 @@ class BatchContext:
             if timer_id in staged:
                 return staged[timer_id]
         return self._stored_timer_exists(timer_id)
+
+    def publish(self) -> None:
+        """The batch committed: hand its values to the state caches."""
+        for table in self.tables.values():
+            table.publish()
 
     def commit_record(self) -> None:
         for table in self.tables.values():

@@ -9,7 +9,11 @@ over each of them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from spotzee.tables.table_specs import TableSpec
+
+V = TypeVar("V")
 
 
 class Table(Protocol):
@@ -23,3 +27,10 @@ class Table(Protocol):
 
     def scan_prefix(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         """Live entries whose key starts with ``prefix``, in key order, uncommitted writes included."""
+
+    # Values of a typed table (``tables/table_specs.py``): what processors use, through ``typed``.
+    def get_value(self, key: str, spec: TableSpec[V]) -> V | None: ...
+
+    def put_value(self, key: str, value: V, spec: TableSpec[V]) -> None: ...
+
+    def scan_values(self, prefix: str, spec: TableSpec[V]) -> Iterator[tuple[str, V]]: ...

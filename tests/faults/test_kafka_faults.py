@@ -80,7 +80,7 @@ def recompute(settings: Settings) -> dict[str, bytes]:
     for _, _, key, value in read_topic(settings, topics.EVENTS):
         if value.startswith(b'{"type":"ingest"'):
             memory.send(key.decode(), value)
-    return dict(memory.table(CONTACTS).data)
+    return dict(memory.table(CONTACTS.name).data)
 
 
 def comparable(raw: bytes) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(tmp_path: Path, ka
         expected = recompute(settings)
         assert len(expected) == USERS
         for key, raw in expected.items():
-            actual = stack.services.runtime.read(CONTACTS, key)
+            actual = stack.services.runtime.read(CONTACTS.name, key)
             assert actual is not None, key
             assert comparable(actual) == comparable(raw), key
         assert stack.scalar("SELECT count() FROM events FINAL") == total_batches * 500
@@ -209,7 +209,7 @@ def test_a_stopped_broker_answers_503_and_keeps_every_acknowledged_event(tmp_pat
 def _replica(stack: Stack) -> dict[str, bytes]:
     runtime = stack.services.runtime
     out: dict[str, bytes] = {}
-    it = runtime.replica.cf("t_" + CONTACTS).iter()
+    it = runtime.replica.cf("t_" + CONTACTS.name).iter()
     it.seek_to_first()
     while it.valid():
         out[bytes(it.key()).decode()] = bytes(it.value())
@@ -219,7 +219,7 @@ def _replica(stack: Stack) -> dict[str, bytes]:
 
 def _scan(store: PartitionStore) -> list[tuple[str, bytes]]:
     out = []
-    it = store.db.cf("t_" + CONTACTS).iter()
+    it = store.db.cf("t_" + CONTACTS.name).iter()
     it.seek_to_first()
     while it.valid():
         out.append((bytes(it.key()).decode(), bytes(it.value())))

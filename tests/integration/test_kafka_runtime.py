@@ -73,9 +73,9 @@ def test_timers_fire_on_the_workers(short_dedupe_stack: Stack) -> None:
     stack.settle()
     assert stack.project.get("/api/v1/contacts/u1").json()["events"]["e"]["count"] == 1
     runtime = stack.services.runtime
-    assert runtime.read(DEDUPE, f"{stack.keys.project_id}:u1\x00same") is not None
+    assert runtime.read(DEDUPE.name, f"{stack.keys.project_id}:u1\x00same") is not None
     # the 3 s dedupe window passes: the sweep timer removes the entry; the same id counts again
-    wait_until(lambda: runtime.read(DEDUPE, f"{stack.keys.project_id}:u1\x00same") is None, timeout=30)
+    wait_until(lambda: runtime.read(DEDUPE.name, f"{stack.keys.project_id}:u1\x00same") is None, timeout=30)
     stack.ingest.post("/v1/track", json={"userId": "u1", "event": "e", "messageId": "same"})
     stack.settle()
     assert stack.project.get("/api/v1/contacts/u1").json()["events"]["e"]["count"] == 2

@@ -71,7 +71,13 @@ class EmbeddedRuntime:
         self.timers = Timers(self.inbound, self.outbox, clock)
         self.appender = Appender(self.inbound, self.outbox, settings)
         self.processor_loop = ProcessorLoop(
-            self.inbound, self.outbox, self.timers, processor, clock, settings.process_batch_size
+            self.inbound,
+            self.outbox,
+            self.timers,
+            processor,
+            clock,
+            settings.process_batch_size,
+            settings.state_cache_entries,
         )
         self._sink = None if clickhouse is None else self._sink_loop(clickhouse)
         self._deliverer = deliverer

@@ -27,6 +27,7 @@ from spotzee.streams.interface import Clock, Processor
 from spotzee.streams.record_codec import dumps
 from spotzee.tables.overlay import BatchContext
 from spotzee.tables.rocksdb_store import LOG, LOG_KEY, META, TABLE_PREFIX, U64
+from spotzee.tables.table_specs import state_caches
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,20 @@ log = logging.getLogger(__name__)
 def stage_tables(commit: Commit, ctx: BatchContext) -> None:
     """Step 8: every table write of the batch (``None``: a delete) into its column family."""
     for name, table in ctx.tables.items():
-        for key, value in table.batch.items():
+        for key, value in table.encoded_batch():
             commit.put(TABLE_PREFIX + name, key.encode(), value)
 
 
 class ProcessorLoop:
-    def __init__(
-        self, inbound: InboundLog, outbox: Outbox, timers: Timers, processor: Processor, clock: Clock, batch_size: int
+    def __init__(  # noqa: PLR0913 -- the loop's collaborators, each used on every batch
+        self,
+        inbound: InboundLog,
+        outbox: Outbox,
+        timers: Timers,
+        processor: Processor,
+        clock: Clock,
+        batch_size: int,
+        cache_entries: int = 0,
     ) -> None:
         self.inbound = inbound
         self.outbox = outbox
@@ -48,6 +56,7 @@ class ProcessorLoop:
         self.processor = processor
         self.clock = clock
         self.batch_size = batch_size
+        self.caches = state_caches(processor, cache_entries)  # one store holds every partition
         self.running = False
         self.paused = threading.Event()
         self.processed_total = 0
@@ -87,7 +96,7 @@ class ProcessorLoop:
         records = self.inbound.read(partition, start, self.batch_size)
         if not records:
             return
-        ctx = BatchContext(self.inbound.db, self.processor.tables, self.clock)
+        ctx = BatchContext(self.inbound.db, self.processor.tables, self.clock, caches=self.caches)
         dead = 0
         for offset, key, value in records:
             try:
@@ -109,6 +118,7 @@ class ProcessorLoop:
             self.timers.stage(commit, ctx.batch.timers)
             commit.write()
             self.inbound.committed[partition] = last + 1
+        ctx.publish()
         self.processed_total += len(records)
         self.dead_lettered_total += dead
         self.outbox.wakeup.set()

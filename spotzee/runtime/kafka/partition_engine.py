@@ -29,6 +29,7 @@ from spotzee.tables.changelog import MARKER, Replay, changelog_key, marker_value
 from spotzee.tables.overlay import BatchContext
 from spotzee.tables.partition_store import DUE, TIMERS, PartitionStore
 from spotzee.tables.rocksdb_store import TABLE_PREFIX, decode_timer_value, encode_timer_value
+from spotzee.tables.table_specs import StateCache, state_caches
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def batch_changes(store: PartitionStore, ctx: BatchContext, tables: tuple[str, .
     (``None`` deletes), and its timer operations as ``__timers``/``__due`` changes."""
     changes: Changes = {}
     for name in tables:
-        for key, value in ctx.tables[name].batch.items():
+        for key, value in ctx.tables[name].encoded_batch():
             changes[changelog_key(name, key)] = value
     timers: dict[str, str | None] = {}
     for op in ctx.batch.timers:
@@ -71,9 +72,13 @@ def batch_changes(store: PartitionStore, ctx: BatchContext, tables: tuple[str, .
     return changes
 
 
-def batch_context(store: PartitionStore, tables: tuple[str, ...], clock: Clock) -> BatchContext:
+def batch_context(
+    store: PartitionStore, tables: tuple[str, ...], clock: Clock, caches: dict[str, StateCache] | None = None
+) -> BatchContext:
     """A batch of ``store``'s partition in progress; its timers are the store's ``__timers``."""
-    return BatchContext(store.db, tables, clock, timer_exists=lambda t: store.get(TIMERS, t) is not None)
+    return BatchContext(
+        store.db, tables, clock, timer_exists=lambda t: store.get(TIMERS, t) is not None, caches=caches
+    )
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,14 @@ class KafkaClients:
 
 
 class Engine:
-    def __init__(self, processor: Processor, clock: Clock, root: Path, kafka: KafkaClients) -> None:
+    def __init__(
+        self, processor: Processor, clock: Clock, root: Path, kafka: KafkaClients, cache_entries: int = 0
+    ) -> None:
+        """``cache_entries``: decoded values kept per cached table per partition (``StateCache``)."""
         self.processor = processor
+        self.cache_entries = cache_entries
+        # A partition's caches live as long as its store: a store restored anew starts cold.
+        self.caches: dict[int, dict[str, StateCache]] = {}
         self.clock = clock
         self.root = root
         self.kafka = kafka
@@ -127,6 +138,7 @@ class Engine:
         if store is None:
             store = PartitionStore(self.root, partition, self.processor.tables)
             self.stores[partition] = store
+            self.caches[partition] = state_caches(self.processor, self.cache_entries)
             async with store.lock:
                 await self._restore(store)
                 store.ready.set()
@@ -135,6 +147,7 @@ class Engine:
 
     async def revoke(self, partition: int) -> None:
         store = self.stores.pop(partition, None)
+        self.caches.pop(partition, None)
         if store is not None:
             async with store.lock:  # an in-flight batch finishes before another worker takes over
                 store.close()
@@ -250,7 +263,7 @@ class Engine:
         return True
 
     def _context(self, store: PartitionStore) -> BatchContext:
-        return batch_context(store, self.processor.tables, self.clock)
+        return batch_context(store, self.processor.tables, self.clock, self.caches.get(store.partition))
 
     def _dead_letter(self, ctx: BatchContext, partition: int, record: InputRecord, exc: Exception) -> None:
         log.warning("record %d/%d (key %s) dead-lettered: %s", partition, record.offset, record.key, exc)
@@ -271,6 +284,8 @@ class Engine:
     async def _commit(self, store: PartitionStore, ctx: BatchContext, next_input_offset: int) -> None:
         changes = batch_changes(store, ctx, self.processor.tables)
         await self._flush(store, ctx.batch.emits, changes, next_input_offset)
+        if self.stores.get(store.partition) is store:  # still ours: its cache may learn the batch
+            ctx.publish()
 
     async def _flush(
         self, store: PartitionStore, emits: Sequence[Emit], changes: Changes, next_input_offset: int | None
