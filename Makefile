@@ -51,5 +51,8 @@ bench-journeys: $(VENV)/.installed-dev ## Journeys benchmark: event -> email lat
 bench-processor: $(VENV)/.installed-dev ## Processor cost model: CPU µs per event by stage, in-process (ARGS="--events N --json")
 	$(BIN)/python bench/processor.py $(ARGS)
 
+bench-sink: $(VENV)/.installed-dev ## Analytics sink: rows/s from encoded records into chDB, decode vs insert (ARGS="--records N --json")
+	$(BIN)/python bench/sink.py $(ARGS)
+
 clean: ## Remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -97,6 +97,31 @@ class ClickHouse:
         *,
         settings: dict[str, Any] | None = None,
     ) -> None:
+        """Rows, each a sequence of values in ``columns``' order."""
+        self._insert(table, rows, columns, settings=settings, column_oriented=False)
+
+    def insert_columns(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        *,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """Columns, one sequence of values per name in ``columns``: clickhouse-connect writes each
+        straight into the Native block, without pivoting rows first (the sink's bulk path).
+        ``DateTime64`` columns take epoch ticks (ints) as they are."""
+        self._insert(table, data, columns, settings=settings, column_oriented=True)
+
+    def _insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        *,
+        settings: dict[str, Any] | None,
+        column_oriented: bool,
+    ) -> None:
         with self._lock, _mapped():
             key = (table, tuple(columns))
             types = self._column_types.get(key)
@@ -104,7 +129,14 @@ class ClickHouse:
                 context = self.client.create_insert_context(table, list(columns))
                 types = self._column_types[key] = list(context.column_types)
             try:
-                self.client.insert(table, list(rows), column_names=list(columns), column_types=types, settings=settings)
+                self.client.insert(
+                    table,
+                    data if isinstance(data, list) else list(data),
+                    column_names=list(columns),
+                    column_types=types,
+                    settings=settings,
+                    column_oriented=column_oriented,
+                )
             except Exception:
                 self._column_types.pop(key, None)  # the table may have changed: describe it again next time
                 raise

@@ -12,7 +12,7 @@ import threading
 import time
 
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.schemas.analytics_models import AnalyticsRecord, analytics_record_adapter
+from spotzee.schemas.analytics_models import AnalyticsRecord, decode_analytics
 from spotzee.tables.rocksdb_store import META, OUTBOX, U64, RocksDB
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class SinkLoop:
                 if not full and remaining > 0 and self._running:
                     time.sleep(min(remaining, 0.05))  # let the batch fill; nothing is parsed meanwhile
                     continue
-                records = [(seq, analytics_record_adapter.validate_json(value)) for seq, value in raw]
+                records = _decoded(raw)
                 self._write_range(self._cut(records))
                 waiting_since = None
                 self.last_error = None
@@ -130,7 +130,7 @@ class SinkLoop:
         self.offset = last + 1
 
     def _read(self, start: int, limit: int) -> list[tuple[int, AnalyticsRecord]]:
-        return [(seq, analytics_record_adapter.validate_json(value)) for seq, value in self._read_raw(start, limit)]
+        return _decoded(self._read_raw(start, limit))
 
     def _read_raw(self, start: int, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
@@ -140,6 +140,12 @@ class SinkLoop:
             out.append((int(U64.unpack(bytes(it.key()))[0]), bytes(it.value())))
             it.next()
         return out
+
+
+def _decoded(raw: list[tuple[int, bytes]]) -> list[tuple[int, AnalyticsRecord]]:
+    """msgspec decodes each record into its row Struct: Spotzee wrote them, nothing is re-validated."""
+    decode = decode_analytics
+    return [(seq, decode(value)) for seq, value in raw]
 
 
 _MUTATION_PREFIXES = (b'{"type":"erase_history"',)

@@ -1,19 +1,25 @@
 """Records on the ``analytics`` topic: rows for ClickHouse history and history mutations.
 
-The sink turns these into inserts (rows) or idempotent statements (mutations), in order.
+The sink turns these into inserts (rows) or idempotent statements (mutations), in order. The records
+are msgspec Structs (schemas/structs.py): the sink decodes every one of them, so they carry no
+per-row validation; their JSON is the one the pydantic models wrote (``type`` first, datetimes in
+RFC 3339 with ``Z``). Datetimes are built tz-aware in UTC by the processors.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, TypeAlias
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
-from spotzee.schemas.common import Model, UTCDateTime
+from spotzee.schemas.common import Model
+from spotzee.schemas.structs import Tagged, convert, decoder, encode
 
 
-class EventRow(Model):
-    type: Literal["event"] = "event"
+class EventRow(Tagged, tag="event", gc=False):
+    type: ClassVar[str] = "event"
     project_id: str
     message_id: str
     event_type: str
@@ -21,53 +27,53 @@ class EventRow(Model):
     contact_id: str
     user_id: str
     anonymous_id: str
-    timestamp: UTCDateTime
-    original_timestamp: UTCDateTime | None
-    sent_at: UTCDateTime | None
-    received_at: UTCDateTime
+    timestamp: datetime
+    original_timestamp: datetime | None
+    sent_at: datetime | None
+    received_at: datetime
     properties: str
     traits: str
     context: str
     raw: str
 
 
-class ContactChangeRow(Model):
-    type: Literal["contact_change"] = "contact_change"
+class ContactChangeRow(Tagged, tag="contact_change", gc=False):
+    type: ClassVar[str] = "contact_change"
     project_id: str
     contact_id: str
     change_id: str
-    changed_at: UTCDateTime
+    changed_at: datetime
     source: str
     path: str
     old_value: str
     new_value: str
 
 
-class AliasRow(Model):
+class AliasRow(Tagged, tag="alias", gc=False):
     """``alias_id`` now belongs to ``contact_id`` (the latest row per alias wins)."""
 
-    type: Literal["alias"] = "alias"
+    type: ClassVar[str] = "alias"
     project_id: str
     alias_id: str
     contact_id: str
-    merged_at: UTCDateTime
+    merged_at: datetime
 
 
-class AuditRow(Model):
-    type: Literal["audit"] = "audit"
+class AuditRow(Tagged, tag="audit", gc=False):
+    type: ClassVar[str] = "audit"
     audit_id: str
     organisation_id: str
     project_id: str
     actor_key_id: str
     action: str
     target: str
-    at: UTCDateTime
+    at: datetime
     before: str
     after: str
 
 
-class DeadLetterRow(Model):
-    type: Literal["dead_letter"] = "dead_letter"
+class DeadLetterRow(Tagged, tag="dead_letter", gc=False):
+    type: ClassVar[str] = "dead_letter"
     project_id: str
     dead_letter_id: str
     topic: str
@@ -76,27 +82,27 @@ class DeadLetterRow(Model):
     key: str
     error: str
     payload: str
-    at: UTCDateTime
+    at: datetime
 
 
-class SegmentChangeRow(Model):
+class SegmentChangeRow(Tagged, tag="segment_membership", gc=False):
     """History of segment membership (``segment_changes``): one row per entered/exited."""
 
-    type: Literal["segment_membership"] = "segment_membership"
+    type: ClassVar[str] = "segment_membership"
     project_id: str
     segment_id: str
     contact_id: str
     version: int
     change: str  # entered | exited
-    at: UTCDateTime
+    at: datetime
     cause: str
     change_id: str
 
 
-class JourneyStepRow(Model):
+class JourneyStepRow(Tagged, tag="journey_step", gc=False):
     """``journey_steps``: every transition of every run (entered/completed/waiting/exited ...)."""
 
-    type: Literal["journey_step"] = "journey_step"
+    type: ClassVar[str] = "journey_step"
     project_id: str
     journey_id: str
     journey_version: int
@@ -105,15 +111,15 @@ class JourneyStepRow(Model):
     step_id: str
     visit: int
     kind: str
-    at: UTCDateTime
+    at: datetime
     seq: int  # order among the rows of one transition (they share ``at``)
     detail: str  # JSON
 
 
-class MessageRow(Model):
+class MessageRow(Tagged, tag="message", gc=False):
     """``messages``: one row per send and status change (queued, sent, failed, suppressed)."""
 
-    type: Literal["message"] = "message"
+    type: ClassVar[str] = "message"
     project_id: str
     send_id: str
     contact_id: str
@@ -123,19 +129,19 @@ class MessageRow(Model):
     run_id: str
     step_id: str
     status: str
-    at: UTCDateTime
+    at: datetime
     detail: str  # JSON
 
 
-class EraseHistory(Model):
+class EraseHistory(Tagged, tag="erase_history", gc=False):
     """Delete every history row of these contact ids (GDPR erase)."""
 
-    type: Literal["erase_history"] = "erase_history"
+    type: ClassVar[str] = "erase_history"
     project_id: str
     contact_ids: list[str]
 
 
-AnalyticsRecord = Annotated[
+AnalyticsRecord: TypeAlias = (
     EventRow
     | ContactChangeRow
     | AliasRow
@@ -144,11 +150,55 @@ AnalyticsRecord = Annotated[
     | SegmentChangeRow
     | JourneyStepRow
     | MessageRow
-    | EraseHistory,
-    Field(discriminator="type"),
-]
-analytics_record_adapter: TypeAdapter[AnalyticsRecord] = TypeAdapter(AnalyticsRecord)
+    | EraseHistory
+)
+_record = decoder(AnalyticsRecord)
+_records = decoder(list[AnalyticsRecord])
 
+
+def decode_analytics(data: bytes | str) -> AnalyticsRecord:
+    """One record from its JSON (the ``type`` field picks the class)."""
+    record: AnalyticsRecord = _record.decode(data)
+    return record
+
+
+def decode_analytics_many(values: Sequence[bytes]) -> list[AnalyticsRecord]:
+    """Many records at once: one decode of the values joined into a JSON array, which saves msgspec's
+    per-call set-up (the sink decodes thousands per batch)."""
+    if not values:
+        return []
+    records: list[AnalyticsRecord] = _records.decode(b"[" + b",".join(values) + b"]")
+    return records
+
+
+class _AnalyticsRecordAdapter:
+    """The part of pydantic's ``TypeAdapter`` that callers of the old ``analytics_record_adapter`` use."""
+
+    def validate_json(self, data: bytes | str) -> AnalyticsRecord:
+        return decode_analytics(data)
+
+    def validate_python(self, value: Any) -> AnalyticsRecord:
+        if isinstance(value, RECORD_CLASSES):
+            return value
+        return convert(value, AnalyticsRecord)  # type: ignore[arg-type]
+
+    def dump_json(self, record: AnalyticsRecord) -> bytes:
+        return encode(record)
+
+
+analytics_record_adapter = _AnalyticsRecordAdapter()
+
+RECORD_CLASSES = (
+    EventRow,
+    ContactChangeRow,
+    AliasRow,
+    AuditRow,
+    DeadLetterRow,
+    SegmentChangeRow,
+    JourneyStepRow,
+    MessageRow,
+    EraseHistory,
+)
 ROW_TYPES = (
     "event",
     "contact_change",

@@ -11,6 +11,7 @@ from kafka import KafkaProducer
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.schemas.analytics_models import DeadLetterRow
+from spotzee.schemas.structs import decode
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import DEDUPE
 from tests.faults.test_kafka_faults import read_topic
@@ -40,7 +41,7 @@ def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_moves_o
     stack.settle()
     assert stack.project.get("/api/v1/contacts/u1").json()["events"]["after"]["count"] == 1
     (dead,) = read_topic(settings, topics.DEAD_LETTER)
-    row = DeadLetterRow.model_validate_json(dead[3])
+    row = decode(DeadLetterRow, dead[3])
     assert row.key == key
     assert row.payload == "{not a record"
     assert "ValidationError" in row.error

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import MIGRATIONS, migrate
-from spotzee.analytics.sink import AnalyticsSink, is_mutation
+from spotzee.analytics.sink import TABLES, AnalyticsSink, is_mutation
 from spotzee.runtime.sink_loop import SINK_INFLIGHT, SinkLoop, _is_mutation_raw
 from spotzee.schemas.analytics_models import (
     AliasRow,
@@ -21,6 +21,9 @@ from spotzee.schemas.analytics_models import (
     DeadLetterRow,
     EraseHistory,
     EventRow,
+    JourneyStepRow,
+    MessageRow,
+    SegmentChangeRow,
 )
 from spotzee.streams.record_codec import dumps
 from spotzee.tables.rocksdb_store import META, OUTBOX, U64, RocksDB
@@ -138,3 +141,55 @@ def test_sink_loop_rewrites_the_in_flight_range_after_a_crash(tmp_path: Path, cl
         assert db.cf(META).get(SINK_INFLIGHT) is None
     finally:
         db.close()
+
+
+def test_every_row_type_lands_in_its_table_with_its_datetimes_to_the_millisecond(clickhouse: ClickHouse) -> None:
+    at = datetime(2026, 3, 1, 12, 30, 15, 123999, tzinfo=UTC)  # DateTime64(3) keeps .123 (floored, as before)
+    rows: list[AnalyticsRecord] = [
+        EventRow(
+            project_id="p", message_id="m", event_type="track", event="e", contact_id="c", user_id="c",
+            anonymous_id="", timestamp=at, original_timestamp=at - timedelta(milliseconds=5), sent_at=None,
+            received_at=at.replace(tzinfo=None),  # naive: taken as UTC, as the pydantic rows did
+            properties='{"a":1}', traits="{}", context="{}", raw="{}",
+        ),
+        ContactChangeRow(
+            project_id="p", contact_id="c", change_id="x", changed_at=at, source="s", path="a", old_value="1",
+            new_value="2",
+        ),
+        AliasRow(project_id="p", alias_id="a", contact_id="c", merged_at=at),
+        AuditRow(
+            audit_id="a", organisation_id="o", project_id="p", actor_key_id="k", action="x", target="t", at=at,
+            before="", after="",
+        ),
+        DeadLetterRow(
+            project_id="p", dead_letter_id="d", topic="t", partition=65535, offset=2**63, key="k", error="e",
+            payload="", at=at,
+        ),
+        SegmentChangeRow(
+            project_id="p", segment_id="s", contact_id="c", version=4_000_000_000, change="entered", at=at,
+            cause="x", change_id="y",
+        ),
+        JourneyStepRow(
+            project_id="p", journey_id="j", journey_version=1, run_id="r", contact_id="c", step_id="s", visit=1,
+            kind="entered", at=at, seq=0, detail="{}",
+        ),
+        MessageRow(
+            project_id="p", send_id="s", contact_id="c", channel="email", template_id="t", journey_id="",
+            run_id="", step_id="", status="queued", at=at, detail="{}",
+        ),
+    ]  # fmt: skip
+    sink = AnalyticsSink(clickhouse)
+    sink.write(list(enumerate(rows)))
+    assert sink.rows_written == len(rows) == len(TABLES)
+    ms = int(at.timestamp()) * 1000 + 123
+    for row in rows:
+        table = TABLES[type(row)]
+        names = [table.columns[i] for i in table.datetimes]
+        select = ", ".join(f"toUnixTimestamp64Milli({name})" for name in names)
+        assert clickhouse.query(f"SELECT {select} FROM {table.name}")[1] == [
+            [None if getattr(row, name) is None else ms - (5 if name == "original_timestamp" else 0) for name in names]
+        ]
+    _, values = clickhouse.query("SELECT partition, offset FROM dead_letters")
+    assert values == [[65535, 2**63]]
+    _, values = clickhouse.query("SELECT version FROM segment_changes")
+    assert values == [[4_000_000_000]]

@@ -1,46 +1,55 @@
-"""A faust codec for the pydantic schemas: topics carry the same JSON as everywhere else."""
+"""The faust codecs of Spotzee's topics: they carry the same JSON as everywhere else.
+
+Values are msgspec Structs (records, analytics rows) or pydantic models, encoded by
+``record_codec.dumps``; decoding is msgspec's, into the topic's tagged union, without re-validation.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from faust.serializers import codecs
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
-from spotzee.schemas.analytics_models import AnalyticsRecord, analytics_record_adapter
-from spotzee.schemas.records import EventsRecord, events_record_adapter
+from spotzee.schemas.analytics_models import AnalyticsRecord
+from spotzee.schemas.analytics_models import decode_analytics as _decode_analytics
+from spotzee.schemas.records import EventsRecord, decode_record
+from spotzee.schemas.structs import encode
+from spotzee.streams.record_codec import dumps
 
 ANALYTICS_CODEC = "spotzee-analytics"
 EVENTS_CODEC = "spotzee-events"
 
 
-class PydanticCodec(codecs.Codec):
-    """Encodes pydantic models (or anything the adapter takes) as JSON; decodes to the model."""
+class RecordCodec(codecs.Codec):
+    """Encodes a Struct, a pydantic model or builtins as JSON (bytes pass through); decodes with ``decode``."""
 
-    def __init__(self, adapter: TypeAdapter[Any], **kwargs: Any) -> None:
+    def __init__(self, decode: Callable[[bytes], Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.adapter = adapter
+        self.decode = decode
 
     def _dumps(self, obj: Any) -> bytes:
         if isinstance(obj, bytes):
             return obj
-        if isinstance(obj, BaseModel):
-            return obj.model_dump_json().encode()
-        return self.adapter.dump_json(obj)
+        if isinstance(obj, msgspec.Struct | BaseModel):
+            return dumps(obj)
+        return encode(obj)
 
     def _loads(self, s: bytes) -> Any:
-        return self.adapter.validate_json(s)
+        return self.decode(s)
 
 
 def register() -> None:
     """Make the codecs available by name to faust topics (idempotent)."""
-    codecs.register(ANALYTICS_CODEC, PydanticCodec(analytics_record_adapter))
-    codecs.register(EVENTS_CODEC, PydanticCodec(events_record_adapter))
+    codecs.register(ANALYTICS_CODEC, RecordCodec(decode_analytics))
+    codecs.register(EVENTS_CODEC, RecordCodec(decode_events))
 
 
 def decode_analytics(raw: bytes) -> AnalyticsRecord:
-    return analytics_record_adapter.validate_json(raw)
+    return _decode_analytics(raw)
 
 
 def decode_events(raw: bytes) -> EventsRecord:
-    return events_record_adapter.validate_json(raw)
+    return decode_record(raw)
