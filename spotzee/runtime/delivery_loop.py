@@ -33,6 +33,7 @@ from typing import Protocol
 from spotzee.providers.delivery_service import Deliverer, DeliveryResult
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.structs import decode
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -128,7 +129,7 @@ class DeliveryLoop:
     async def _pass(self) -> bool:
         sends = list(islice(self.runtime.topic_records(topics.SENDS, self.offset), BATCH))
         if sends:
-            await self._handle([(loads(SendCommand, raw), None) for _, raw in sends], next_offset=sends[-1][0] + 1)
+            await self._handle([(decode(SendCommand, raw), None) for _, raw in sends], next_offset=sends[-1][0] + 1)
             self.offset = sends[-1][0] + 1
         now = self.clock.now()
         due: list[tuple[SendCommand, bytes | None]] = []
@@ -141,7 +142,7 @@ class DeliveryLoop:
             if raw_state is None:
                 orphans.append((DELIVERIES, key.encode(), None))
                 continue
-            due.append((loads(DeliveryState, bytes(raw_state)).command, key.encode()))
+            due.append((decode(DeliveryState, bytes(raw_state)).command, key.encode()))
         if orphans:
             self.runtime.commit_external(orphans, [])
         if due:
@@ -190,7 +191,7 @@ class DeliveryLoop:
                 continue
             seen.add(command.send_id)
             raw = self.runtime.db.cf(DELIVERIES).get(_state_key(command.send_id))
-            state = loads(DeliveryState, bytes(raw)) if raw is not None else None
+            state = decode(DeliveryState, bytes(raw)) if raw is not None else None
             action = next_action(state, from_retry_index=retry_key is not None)
             if action in ("skip", "wait"):  # replayed, or waiting for its retry: the index brings it back
                 continue
@@ -202,7 +203,7 @@ class DeliveryLoop:
 
     async def _call(self, command: SendCommand, limit: asyncio.Semaphore) -> DeliveryResult:
         async with limit:
-            contact_raw = self.runtime.read(CONTACTS, f"{command.project_id}:{command.contact_id}")
+            contact_raw = self.runtime.read(CONTACTS.name, f"{command.project_id}:{command.contact_id}")
             contact = loads(ContactState, contact_raw) if contact_raw is not None else None
             try:
                 return await self.deliverer.deliver(command, contact)

@@ -1,21 +1,28 @@
-"""Messages on their way: the ``sends`` topic, and transitions on ``journey-advance``."""
+"""Messages on their way: the ``sends`` topic, and transitions on ``journey-advance``.
+
+msgspec Structs (schemas/structs.py): written by the contact processor, decoded by the delivery
+agents and the sink without re-validation. Their JSON is the one the pydantic models wrote
+(``type`` first, snake_case, datetimes in RFC 3339 with ``Z``).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import orjson
 
 from spotzee.schemas.analytics_models import MessageRow
-from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+from spotzee.schemas.message_data import TrackData
+from spotzee.schemas.records import IngestedMessage
+from spotzee.schemas.structs import Tagged, encode
 
 
-class SendCommand(Model):
+class SendCommand(Tagged, tag="send", kw_only=True):
     """A message to deliver (``sends``, key ``project:contact``). ``send_id`` is deterministic
     (run, step, visit): a send_id reaches a provider at most once."""
 
-    type: Literal["send"] = "send"
+    type: ClassVar[str] = "send"
     project_id: str
     contact_id: str
     send_id: str
@@ -24,14 +31,14 @@ class SendCommand(Model):
     journey_id: str
     run_id: str
     step_id: str
-    variables: JSONObject  # ``event`` and ``journey`` for the template; ``contact`` is read at send time
-    queued_at: UTCDateTime
+    variables: dict[str, Any]  # ``event`` and ``journey`` for the template; ``contact`` is read at send time
+    queued_at: datetime
 
 
-class JourneyAdvance(Model):
+class JourneyAdvance(Tagged, tag="journey_advance", kw_only=True):
     """One transition of a run (``journey-advance``): what entered, completed, waits or exited."""
 
-    type: Literal["journey_advance"] = "journey_advance"
+    type: ClassVar[str] = "journey_advance"
     project_id: str
     contact_id: str
     journey_id: str
@@ -40,8 +47,8 @@ class JourneyAdvance(Model):
     step_id: str
     visit: int
     kind: str
-    at: UTCDateTime
-    detail: JSONObject
+    at: datetime
+    detail: dict[str, Any]
 
 
 def message_row(command: SendCommand, status: str, at: datetime, detail: dict[str, Any] | None = None) -> MessageRow:
@@ -58,4 +65,42 @@ def message_row(command: SendCommand, status: str, at: datetime, detail: dict[st
         status=status,
         at=at,
         detail=orjson.dumps(detail or {}, default=str).decode(),
+    )
+
+
+def track_record(  # noqa: PLR0913 -- the fields of a Segment track call Spotzee makes itself
+    *,
+    project_id: str,
+    message_id: str,
+    user_id: str,
+    event: str,
+    properties: dict[str, Any],
+    received_at: datetime,
+    forwarded_to: str,
+) -> IngestedMessage:
+    """A track event Spotzee sends its own contact (a journey's ``event`` step, a delivery outcome).
+
+    ``raw`` is the message as the ingestion API would have kept it: every field of a track call,
+    camelCase, in the API model's order (the ``raw`` column reads the same as for an API event)."""
+    raw = {
+        "messageId": None,
+        "userId": user_id,
+        "anonymousId": None,
+        "timestamp": None,
+        "originalTimestamp": None,
+        "sentAt": None,
+        "context": {},
+        "integrations": {},
+        "writeKey": None,
+        "type": "track",
+        "event": event,
+        "properties": properties,
+    }
+    return IngestedMessage(
+        project_id=project_id,
+        message_id=message_id,
+        received_at=received_at,
+        message=TrackData(user_id=user_id, event=event, properties=properties),
+        raw=encode(raw).decode(),
+        forwarded_to=forwarded_to,
     )

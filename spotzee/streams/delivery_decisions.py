@@ -27,10 +27,9 @@ from typing import Literal, TypedDict, Unpack
 from spotzee.providers.delivery_service import DeliveryResult
 from spotzee.providers.retry import next_delay, seeded_rng
 from spotzee.schemas.analytics_models import DeadLetterRow
-from spotzee.schemas.common import Model, UTCDateTime
-from spotzee.schemas.events import TrackMessage
-from spotzee.schemas.messages import SendCommand, message_row
+from spotzee.schemas.messages import SendCommand, message_row, track_record
 from spotzee.schemas.records import IngestedMessage
+from spotzee.schemas.structs import Struct, encode
 from spotzee.streams import topics
 from spotzee.streams.record_codec import dumps
 
@@ -44,10 +43,12 @@ Action = Literal["skip", "wait", "unknown", "attempt"]
 Emit = tuple[str, str, bytes]
 
 
-class DeliveryState(Model):
+class DeliveryState(Struct, kw_only=True):
+    """A send's state in the agent's ``deliveries`` store (a msgspec Struct: the JSON pydantic wrote)."""
+
     status: Literal["attempting", "retry", "sent", "failed", "suppressed"]
     attempts: int = 0
-    due_at: UTCDateTime | None = None
+    due_at: datetime | None = None
     command: SendCommand
 
 
@@ -120,7 +121,7 @@ def outcome(
             offset=read_at.get("offset", 0),
             key=key,
             error=str(detail.get("reason", ""))[:2000],
-            payload=command.model_dump_json(),
+            payload=encode(command).decode(),
             at=now,
         )
         emits += [(topics.DEAD_LETTER, key, dumps(dead)), (topics.ANALYTICS, key, dumps(dead))]
@@ -130,24 +131,18 @@ def outcome(
 
 def delivery_event(command: SendCommand, status: str, now: datetime) -> IngestedMessage:
     """The contact's track event for a final status (messageId ``<send_id>:<status>``: replays dedupe)."""
-    event = TrackMessage.model_validate(
-        {
-            "userId": command.contact_id,
-            "event": EVENT_NAMES[status],
-            "properties": {
-                "send_id": command.send_id,
-                "channel": command.channel,
-                "template_id": command.template_id,
-                "journey_id": command.journey_id,
-                "step_id": command.step_id,
-            },
-        }
-    )
-    return IngestedMessage(
+    return track_record(
         project_id=command.project_id,
         message_id=f"{command.send_id}:{status}",
+        user_id=command.contact_id,
+        event=EVENT_NAMES[status],
+        properties={
+            "send_id": command.send_id,
+            "channel": command.channel,
+            "template_id": command.template_id,
+            "journey_id": command.journey_id,
+            "step_id": command.step_id,
+        },
         received_at=now,
-        message=event,
-        raw=event.model_dump_json(by_alias=True),
         forwarded_to=command.contact_id,
     )

@@ -8,6 +8,7 @@ import orjson
 
 from spotzee.providers.delivery_service import DeliveryResult
 from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.structs import convert
 from spotzee.streams import topics
 from spotzee.streams.delivery_decisions import (
     OUTCOME_UNKNOWN,
@@ -35,7 +36,7 @@ COMMAND = SendCommand(
 
 
 def state(status: str, attempts: int = 1) -> DeliveryState:
-    return DeliveryState.model_validate({"status": status, "attempts": attempts, "command": COMMAND})
+    return convert({"status": status, "attempts": attempts, "command": COMMAND}, DeliveryState)
 
 
 def test_next_action_covers_every_state() -> None:

@@ -47,6 +47,7 @@ from spotzee.domain.journeys import (
 from spotzee.domain.segments.operators import holds, read_path
 from spotzee.schemas.journey_models import JourneyDefinition, ScheduledTrigger, SendStep, Variant
 from spotzee.schemas.rules import AttributeRule, EveryoneRule, RuleNode
+from spotzee.schemas.structs import to_builtins
 
 T0 = datetime(2025, 3, 3, 8, 0, tzinfo=UTC)  # a Monday
 HOUR = timedelta(hours=1)
@@ -245,9 +246,9 @@ def test_replays_and_stale_timers_change_nothing() -> None:
 def test_transition_does_not_modify_the_given_state() -> None:
     h = Harness(define(WELCOME), contact={"plan": "free"})
     h.enter()
-    before = h.run.model_dump()
+    before = to_builtins(h.run)
     transition(h.journey, h.run, Wake(step_id="wait", visit=1), T0 + HOUR, h.env())
-    assert h.run.model_dump() == before
+    assert to_builtins(h.run) == before
 
 
 def test_nobody_enters_a_journey_that_is_not_live() -> None:
@@ -875,11 +876,11 @@ class Checked(Harness):
     ids: list[str] = field(default_factory=list)
 
     def apply(self, event: JourneyInput) -> Outcome:
-        before = None if self.state is None else self.state.model_dump()
+        before = None if self.state is None else to_builtins(self.state)
         outcome = super().apply(event)
         if outcome.ignored is not None:
             assert outcome.effects == []
-            assert (None if outcome.state is None else outcome.state.model_dump()) == before
+            assert (None if outcome.state is None else to_builtins(outcome.state)) == before
             return outcome
         self.applied.append((event, self.now))
         state = outcome.state
@@ -980,7 +981,7 @@ def test_the_same_inputs_give_the_same_outcomes(
 ) -> None:
     first = play(journey, contact, start, script)
     second = play(journey, contact, start, script)
-    assert [o.model_dump() for o in first.outcomes] == [o.model_dump() for o in second.outcomes]
+    assert [to_builtins(o) for o in first.outcomes] == [to_builtins(o) for o in second.outcomes]
     assert first.ids == second.ids
 
 

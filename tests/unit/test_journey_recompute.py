@@ -48,6 +48,7 @@ from spotzee.domain.journeys import RunState
 from spotzee.schemas.analytics_models import JourneyStepRow, analytics_record_adapter
 from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.journey_models import JourneyDefinition
+from spotzee.schemas.message_data import message_data
 from spotzee.schemas.records import EventsRecord, IngestedMessage, JourneyBarrier, record_key
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor
@@ -164,14 +165,14 @@ class Incremental:
         self.clock = ManualClock(T0)
         processor = ContactProcessor(dedupe_window=timedelta(hours=24), recent_limit=10)
         self.ctx = MemoryContext(processor, self.clock)
-        self.send(JourneyBarrier(project_id=PROJECT, definition=journey))
+        self.send(JourneyBarrier.of(journey))
 
     def send(self, record: EventsRecord) -> None:
         """One record, then (the in-memory runtime's order) the timers due now, then what they cause."""
         self.ctx.send(record_key(record), dumps(record))
 
     def message(self, message_id: str, body: Body) -> None:
-        message = message_adapter.validate_python(body)
+        message = message_data(message_adapter.validate_python(body))
         self.send(
             IngestedMessage(
                 project_id=PROJECT, message_id=message_id, received_at=self.clock.now(), message=message, raw="{}"

@@ -15,6 +15,7 @@ from spotzee.domain.journeys import EntranceHistory
 from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.schemas.records import JourneyEntry, record_key
 from spotzee.schemas.segment_models import ListMembership
+from spotzee.schemas.structs import replace
 from spotzee.services.scheduler import Scheduler, ScheduleState, state_key
 from spotzee.streams.contact_processor import ContactProcessor
 from spotzee.streams.journey_processor import JOURNEY_ENTRIES, JOURNEY_RUNS, JourneyRegistry
@@ -261,7 +262,7 @@ def test_the_processor_refuses_a_repeated_occurrence_even_after_the_run_exited()
     assert world.history("ann").entries == 1
     for entry in first:  # the same occurrence emitted again (a crash, a second API process)
         world.ctx.send(record_key(entry), dumps(entry))
-    earlier = first[0].model_copy(update={"occurrence": NINE - DAY, "entry_id": "schedule:x"})
+    earlier = replace(first[0], occurrence=NINE - DAY, entry_id="schedule:x")
     world.ctx.send(record_key(earlier), dumps(earlier))  # an earlier occurrence, late
     assert (world.history("ann").entries, world.history("bob").entries) == (1, 1)
     assert world.runs("ann") == 0

@@ -7,43 +7,46 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from spotzee.domain.journeys.effects import Effect, StepKind, StepRecorded, position_id
 from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.runs import RunState
 from spotzee.domain.journeys.timing import resolve_zone
 from spotzee.schemas.journey_models import JourneyDefinition
 
+# What a step did. One per step visited: frozen msgspec Structs, cheaper to build than dataclasses.
 
-@dataclass(frozen=True)
-class Go:
+
+class Go(msgspec.Struct, frozen=True):
     """The step is done: continue at ``next`` in this same transition."""
 
     next: str
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Park:
+class Park(msgspec.Struct, frozen=True):
     """The run waits at this step until ``wake_at`` (or an event)."""
 
     wake_at: datetime
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class End:
+class End(msgspec.Struct, frozen=True):
     """The run ends here."""
 
     reason: str
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 Result = Go | Park | End
 
 
-@dataclass
+@dataclass(slots=True)
 class Walk:
-    """One transition in progress: a private copy of the run it may change, and the effects so far."""
+    """One transition in progress: a private (shallow) copy of the run it may change, and the effects
+    so far. The copy's lists and dicts may be shared with the stored run: replace them, never change
+    them in place."""
 
     journey: JourneyDefinition
     state: RunState

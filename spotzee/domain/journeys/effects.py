@@ -3,18 +3,21 @@
 Every effect can be carried out more than once without harm: sends and emitted events carry
 deterministic ids (``<run_id>:<step_id>:<visit>``), contact updates set values, counters are
 keyed by ``counter_key`` and the history rows (``StepRecorded``) by run, step, visit and kind.
+
+Effects live for one transition (the caller carries them out at once): msgspec Structs, cheap to
+build, compared by value in tests.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+import msgspec
 
 from spotzee.domain.journeys.inputs import EventData
-from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 from spotzee.schemas.journey_models import Channel
+from spotzee.schemas.structs import Tagged
 
 
 def position_id(run_id: str, step_id: str, visit: int) -> str:
@@ -30,41 +33,41 @@ def balancer_key(step_id: str, path: str | None = None, period_start: datetime |
     return f"{step_id}:{path}:{stamp}"
 
 
-class SendMessage(Model):
+class SendMessage(Tagged, tag="send_message", kw_only=True):
     """Hand a message to delivery; ``send_id`` is delivered at most once."""
 
-    type: Literal["send_message"] = "send_message"
+    type: ClassVar[str] = "send_message"
     send_id: str
     channel: Channel
     template_id: str
     step_id: str
-    variables: JSONObject  # ``event`` and ``journey`` for the template (``contact`` is read at send time)
+    variables: dict[str, Any]  # ``event`` and ``journey`` for the template (``contact`` is read at send time)
 
 
-class UpdateContact(Model):
-    type: Literal["update_contact"] = "update_contact"
-    set: JSONObject = Field(default_factory=dict)
-    unset: list[str] = Field(default_factory=list)
+class UpdateContact(Tagged, tag="update_contact", kw_only=True):
+    type: ClassVar[str] = "update_contact"
+    set: dict[str, Any] = msgspec.field(default_factory=dict)
+    unset: list[str] = msgspec.field(default_factory=list)
 
 
-class EmitEvent(Model):
+class EmitEvent(Tagged, tag="emit_event", kw_only=True):
     """Ingest a track event for the contact; ``message_id`` dedupes it at ingestion."""
 
-    type: Literal["emit_event"] = "emit_event"
+    type: ClassVar[str] = "emit_event"
     message_id: str
     name: str
-    properties: JSONObject = Field(default_factory=dict)
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class EnterJourney(Model):
+class EnterJourney(Tagged, tag="enter_journey", kw_only=True):
     """Enter the contact into another journey at ``at`` (through its entrance rules).
 
     ``entry_id`` is a stable trigger key for ``run_id_for``; ``event`` is this run's trigger.
     """
 
-    type: Literal["enter_journey"] = "enter_journey"
+    type: ClassVar[str] = "enter_journey"
     journey_id: str
-    at: UTCDateTime
+    at: datetime
     entry_id: str
     event: EventData | None = None
 
@@ -72,34 +75,31 @@ class EnterJourney(Model):
 StepKind = Literal["entered", "completed", "waiting", "exited"]
 
 
-class StepRecorded(Model):
+class StepRecorded(Tagged, tag="step_recorded", kw_only=True):
     """One line of the run's history (journey-advance topic, ClickHouse)."""
 
-    type: Literal["step_recorded"] = "step_recorded"
+    type: ClassVar[str] = "step_recorded"
     step_id: str
     visit: int
     kind: StepKind
-    at: UTCDateTime
-    detail: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class VariantAssigned(Model):
-    type: Literal["variant_assigned"] = "variant_assigned"
+class VariantAssigned(Tagged, tag="variant_assigned", kw_only=True):
+    type: ClassVar[str] = "variant_assigned"
     step_id: str
     variant: str
 
 
-class BalancerTaken(Model):
+class BalancerTaken(Tagged, tag="balancer_taken", kw_only=True):
     """A contact took ``path``: the caller adds 1 to the counter ``counter_key``."""
 
-    type: Literal["balancer_taken"] = "balancer_taken"
+    type: ClassVar[str] = "balancer_taken"
     step_id: str
     path: str
-    period_start: UTCDateTime | None = None  # None: round_robin
+    period_start: datetime | None = None  # None: round_robin
     counter_key: str
 
 
-Effect = Annotated[
-    SendMessage | UpdateContact | EmitEvent | EnterJourney | StepRecorded | VariantAssigned | BalancerTaken,
-    Field(discriminator="type"),
-]
+Effect = SendMessage | UpdateContact | EmitEvent | EnterJourney | StepRecorded | VariantAssigned | BalancerTaken

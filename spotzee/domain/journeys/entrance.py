@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+import msgspec
 
 from spotzee.domain.journeys.timing import utc
 from spotzee.domain.segments.operators import filters_pass
-from spotzee.schemas.common import Model, UTCDateTime
 from spotzee.schemas.journey_models import (
     EventTrigger,
     ExitNode,
@@ -27,18 +26,22 @@ from spotzee.schemas.journey_models import (
     SegmentTrigger,
     TriggerNode,
 )
+from spotzee.schemas.structs import Struct, replace
 
 
-class EntranceHistory(Model):
-    """Per (contact, journey): how often the contact entered and which runs are still going."""
+class EntranceHistory(Struct, kw_only=True):
+    """Per (contact, journey): how often the contact entered and which runs are still going.
+
+    A table value (``journey_entries``), shared with the runtime's cache once read: the functions
+    below return a new history, never change the one they are given."""
 
     entries: int = 0
-    active_run_ids: list[str] = Field(default_factory=list)
-    last_entered_at: UTCDateTime | None = None
-    last_exited_at: UTCDateTime | None = None
+    active_run_ids: list[str] = msgspec.field(default_factory=list)
+    last_entered_at: datetime | None = None
+    last_exited_at: datetime | None = None
     # The latest scheduled occurrence this contact was considered for (entered or refused by the
     # rules): an entry of that occurrence or an earlier one is a repeat, even after the run exited.
-    last_occurrence: UTCDateTime | None = None
+    last_occurrence: datetime | None = None
 
 
 def entrance_refusal(journey: JourneyDefinition, history: EntranceHistory, now: datetime) -> str | None:
@@ -66,12 +69,11 @@ def record_entry(history: EntranceHistory, run_id: str, at: datetime) -> Entranc
     """The history once ``run_id`` has entered (idempotent: an entry already counted stays one)."""
     if run_id in history.active_run_ids:
         return history
-    return history.model_copy(
-        update={
-            "entries": history.entries + 1,
-            "active_run_ids": [*history.active_run_ids, run_id],
-            "last_entered_at": utc(at),
-        }
+    return replace(
+        history,
+        entries=history.entries + 1,
+        active_run_ids=[*history.active_run_ids, run_id],
+        last_entered_at=utc(at),
     )
 
 
@@ -80,7 +82,7 @@ def record_exit(history: EntranceHistory, run_id: str, at: datetime) -> Entrance
     if run_id not in history.active_run_ids:
         return history
     remaining = [rid for rid in history.active_run_ids if rid != run_id]
-    return history.model_copy(update={"active_run_ids": remaining, "last_exited_at": utc(at)})
+    return replace(history, active_run_ids=remaining, last_exited_at=utc(at))
 
 
 def schedule_key(journey_id: str, occurrence: datetime) -> str:
@@ -100,7 +102,7 @@ def repeated_occurrence(history: EntranceHistory, occurrence: datetime) -> bool:
 def record_occurrence(history: EntranceHistory, occurrence: datetime) -> EntranceHistory:
     if repeated_occurrence(history, occurrence):
         return history
-    return history.model_copy(update={"last_occurrence": utc(occurrence)})
+    return replace(history, last_occurrence=utc(occurrence))
 
 
 def run_id_for(journey_id: str, contact_id: str, trigger_key: str) -> str:
@@ -115,7 +117,11 @@ def run_id_for(journey_id: str, contact_id: str, trigger_key: str) -> str:
 
 def event_triggers(trigger: TriggerNode, name: str, properties: Mapping[str, Any]) -> bool:
     """Whether a track event enters the contact (an ``event`` trigger with passing filters)."""
-    return isinstance(trigger, EventTrigger) and trigger.event == name and filters_pass(trigger.where, dict(properties))
+    return (
+        isinstance(trigger, EventTrigger)
+        and trigger.event == name
+        and (not trigger.where or filters_pass(trigger.where, dict(properties)))
+    )
 
 
 def segment_triggers(trigger: TriggerNode, segment_id: str, change: Literal["entered", "exited"]) -> bool:

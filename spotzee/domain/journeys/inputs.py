@@ -8,56 +8,68 @@ Each input is safe to deliver twice; the machine recognises a replay and ignores
   that comes before the run's ``wake_at``;
 - ``EventSeen`` whose ``message_id`` the run consumed already (kept in ``RunState.seen``);
 - anything for a run that has exited.
+
+Inputs and ``EventData`` are msgspec Structs (schemas/structs.py): built by the caller with
+tz-aware UTC datetimes, never re-validated.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Any, ClassVar
 
-from pydantic import Field
+import msgspec
 
-from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+from spotzee.schemas.structs import Struct, Tagged, to_builtins
+
+MAX_RUN_ID = 256
 
 
-class EventData(Model):
+class EventData(Struct, kw_only=True):
     """An event as runs keep it (the trigger, waited events) and templates read it."""
 
     name: str
-    properties: JSONObject = Field(default_factory=dict)
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
     message_id: str | None = None
-    timestamp: UTCDateTime | None = None
+    timestamp: datetime | None = None
 
     def as_variables(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """Plain JSON values (the timestamp in RFC 3339): what templates and the run's variables hold."""
+        variables: dict[str, Any] = to_builtins(self)
+        return variables
 
 
-class Enter(Model):
+class Enter(Tagged, tag="enter", kw_only=True):
     """Start a run (the caller has checked ``may_enter`` and the trigger)."""
 
-    type: Literal["enter"] = "enter"
-    run_id: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^:]+$")]
+    type: ClassVar[str] = "enter"
+    run_id: str  # 1-256 characters, no ``:`` (position ids join run, step and visit with it)
     contact_id: str
     event: EventData | None = None  # what triggered it: ``event`` in templates
-    at: UTCDateTime  # when the trigger happened (``RunState.entered_at``)
+    at: datetime  # when the trigger happened (``RunState.entered_at``)
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.run_id) <= MAX_RUN_ID or ":" in self.run_id:
+            raise ValueError(f"invalid run id {self.run_id!r}: 1-{MAX_RUN_ID} characters, no ':'")
 
 
-class Wake(Model):
+class Wake(Tagged, tag="wake", kw_only=True):
     """A timer fired. It names the position it was set for: a timer set for an earlier position
     (the run moved on, or came back to the same step later: another ``visit``) is stale."""
 
-    type: Literal["wake"] = "wake"
+    type: ClassVar[str] = "wake"
     step_id: str
     visit: int
 
 
-class EventSeen(Model):
+class EventSeen(Tagged, tag="event_seen", kw_only=True):
     """The contact performed an event: for ``wait_for_event`` steps and ``exit_when``."""
 
-    type: Literal["event_seen"] = "event_seen"
+    type: ClassVar[str] = "event_seen"
     name: str
-    properties: JSONObject = Field(default_factory=dict)
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
     message_id: str
-    timestamp: UTCDateTime
+    timestamp: datetime
 
     def data(self) -> EventData:
         return EventData(
@@ -65,18 +77,18 @@ class EventSeen(Model):
         )
 
 
-class SegmentExited(Model):
+class SegmentExited(Tagged, tag="segment_exited", kw_only=True):
     """The contact left a segment (for ``exit_when: segment_exited``)."""
 
-    type: Literal["segment_exited"] = "segment_exited"
+    type: ClassVar[str] = "segment_exited"
     segment_id: str
 
 
-class Exit(Model):
+class Exit(Tagged, tag="exit", kw_only=True):
     """End the run now (journey archived, contact erased, an operator's request)."""
 
-    type: Literal["exit"] = "exit"
+    type: ClassVar[str] = "exit"
     reason: str = "forced"
 
 
-JourneyInput = Annotated[Enter | Wake | EventSeen | SegmentExited | Exit, Field(discriminator="type")]
+JourneyInput = Enter | Wake | EventSeen | SegmentExited | Exit

@@ -13,6 +13,10 @@ How the caller keeps this exactly-once on at-least-once delivery:
 - an input applied twice is recognised (``Outcome.ignored``) and changes nothing; see
   ``inputs`` for how each kind is recognised.
 
+Copy on write: the ``state`` given may be shared (a table value in the runtime's cache), so a
+transition works on a shallow copy and replaces, never changes, the lists and dicts it touches
+(``visits``, ``seen``, ``assignments``, ``variables``).
+
 A definition edited while runs wait (``journey.version`` ahead of the run's): the run stays at
 its step when the new version still has that step with the same type, else it exits
 (``journey_changed``).
@@ -31,6 +35,7 @@ from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.steps import arrive, resume
 from spotzee.domain.journeys.timing import utc
 from spotzee.domain.segments.operators import filters_pass
+from spotzee.schemas import structs
 from spotzee.schemas.journey_models import (
     ExitOnSegmentExited,
     JourneyDefinition,
@@ -58,7 +63,7 @@ def transition(
         return _ignored(state, "run has exited")
     if state.journey_id != journey.id:
         raise ValueError(f"run {state.run_id} belongs to journey {state.journey_id}, not {journey.id}")
-    walk = Walk(journey, state.model_copy(deep=True), now, env)
+    walk = Walk(journey, structs.replace(state), now, env)  # a shallow copy: see the module's docstring
     if not _migrate(walk):
         return _finish(walk)
     reason = _on_input(walk, input)
@@ -120,7 +125,7 @@ def _on_event(walk: Walk, event: EventSeen) -> str | None:
     if state.wake_at is not None and walk.now >= state.wake_at:
         return "the wait has timed out"  # the timer is due and takes the timeout branch
     state.remember(event.message_id)
-    state.variables.journey[state.step_id] = event.data().as_variables()
+    state.variables = state.variables.with_step(state.step_id, event.data().as_variables())
     _settle_and_walk(walk, state.step_id, Go(step.yes, {"branch": "yes", "message_id": event.message_id}))
     return None
 
@@ -149,8 +154,9 @@ def _walk_from(walk: Walk, step_id: str) -> None:
             return
         budget -= 1
         state = walk.state
-        state.visits[current] = state.visits.get(current, 0) + 1
-        state.step_id, state.visit, state.status, state.wake_at = current, state.visits[current], "active", None
+        visit = state.visits.get(current, 0) + 1
+        state.visits = {**state.visits, current: visit}
+        state.step_id, state.visit, state.status, state.wake_at = current, visit, "active", None
         step = walk.journey.steps[current]
         state.step_type = step_kind(step)
         walk.record(current, "entered", {"type": step.type})
@@ -200,7 +206,7 @@ def _migrate(walk: Walk) -> bool:
 
 def step_kind(step: StepNode) -> str:
     """What a run waiting at ``step`` relies on: its type (and a balancer's mode)."""
-    if isinstance(step, RoundRobinBalancerStep | LimitedBalancerStep):
+    if type(step) is RoundRobinBalancerStep or type(step) is LimitedBalancerStep:  # no ABC isinstance per step
         return f"balancer:{step.mode}"
     return step.type
 

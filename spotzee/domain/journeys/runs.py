@@ -1,22 +1,27 @@
-"""A run: one contact's pass through one journey, and what a transition returns."""
+"""A run: one contact's pass through one journey, and what a transition returns.
+
+``RunState`` is a table value (``journey_runs``): a msgspec Struct whose JSON is the one the
+pydantic model wrote. Values read from a table are shared with the runtime's cache, so nothing
+here is changed in place once stored: a transition works on its own shallow copy and replaces the
+lists and dicts it changes (copy on write; ``machine.transition``).
+"""
 
 from __future__ import annotations
 
-import copy
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from pydantic import Field
+import msgspec
 
 from spotzee.domain.journeys.effects import Effect
 from spotzee.domain.journeys.inputs import Wake
-from spotzee.schemas.common import Model, UTCDateTime
+from spotzee.schemas.structs import Struct
 
 RunStatus = Literal["active", "waiting", "exited"]
 SEEN_LIMIT: Final = 100  # consumed message ids kept to recognise a redelivered event
 
 
-class RunVariables(Model):
+class RunVariables(Struct, kw_only=True):
     """What templates and Liquid values read about the run.
 
     - ``event``: the triggering event (``name``, ``properties``, ``message_id``, ``timestamp``),
@@ -25,15 +30,21 @@ class RunVariables(Model):
       received (same shape as ``event``), ``journey.<experiment step>.variant`` the variant drawn.
     """
 
-    event: dict[str, Any] = Field(default_factory=dict)
-    journey: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    event: dict[str, Any] = msgspec.field(default_factory=dict)
+    journey: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def template_data(self) -> dict[str, Any]:
-        """A copy: effects built from it must not change when the run moves on."""
-        return copy.deepcopy({"event": self.event, "journey": self.journey})
+        """``event`` and ``journey`` for templates. Shared, not copied: run variables are never
+        changed in place (a step that adds one builds new dicts), so effects built from them keep
+        their values when the run moves on."""
+        return {"event": self.event, "journey": self.journey}
+
+    def with_step(self, step_id: str, values: dict[str, Any]) -> RunVariables:
+        """The variables with ``journey.<step_id>`` set (a copy: these may be shared)."""
+        return RunVariables(event=self.event, journey={**self.journey, step_id: values})
 
 
-class RunState(Model):
+class RunState(Struct, kw_only=True):
     """Stored per (contact, run).
 
     ``status``: ``waiting`` at ``step_id`` (a delay, a wait, a full balancer) until ``wake_at`` or
@@ -51,14 +62,14 @@ class RunState(Model):
     step_id: str
     step_type: str = ""  # the step's type (``balancer:<mode>``): checked when the journey is edited
     visit: int = 0
-    entered_at: UTCDateTime
-    updated_at: UTCDateTime
-    wake_at: UTCDateTime | None = None
-    variables: RunVariables = Field(default_factory=RunVariables)
-    assignments: dict[str, str] = Field(default_factory=dict)  # experiment step -> variant
-    visits: dict[str, int] = Field(default_factory=dict)
-    seen: list[str] = Field(default_factory=list)  # message ids consumed, latest last (bounded)
-    exited_at: UTCDateTime | None = None
+    entered_at: datetime
+    updated_at: datetime
+    wake_at: datetime | None = None
+    variables: RunVariables = msgspec.field(default_factory=RunVariables)
+    assignments: dict[str, str] = msgspec.field(default_factory=dict)  # experiment step -> variant
+    visits: dict[str, int] = msgspec.field(default_factory=dict)
+    seen: list[str] = msgspec.field(default_factory=list)  # message ids consumed, latest last (bounded)
+    exited_at: datetime | None = None
     exit_reason: str | None = None
 
     def timer(self) -> Wake | None:
@@ -68,11 +79,12 @@ class RunState(Model):
         return Wake(step_id=self.step_id, visit=self.visit)
 
     def remember(self, message_id: str | None) -> None:
+        """Add a consumed message id (a new list: only ever called on a transition's own copy)."""
         if message_id is not None:
             self.seen = [*self.seen, message_id][-SEEN_LIMIT:]
 
 
-class Outcome(Model):
+class Outcome(Struct, kw_only=True):
     """What ``transition`` returns: the state to store, the effects to carry out, when to wake.
 
     ``ignored`` is set (and nothing changed) when the input did not apply: a replay, a stale
@@ -80,7 +92,7 @@ class Outcome(Model):
     """
 
     state: RunState | None
-    effects: list[Effect] = Field(default_factory=list)
+    effects: list[Effect] = msgspec.field(default_factory=list)
     wake_at: datetime | None = None
     ignored: str | None = None
 

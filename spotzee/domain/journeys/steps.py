@@ -24,6 +24,7 @@ from spotzee.domain.journeys.inputs import EventData
 from spotzee.domain.journeys.routing import Full, limited, round_robin, variant_for
 from spotzee.domain.journeys.timing import instant_of, next_time_of_day
 from spotzee.domain.segments.operators import read_path, shifted
+from spotzee.schemas import structs
 from spotzee.schemas.journey_models import (
     DelayStep,
     EventStep,
@@ -42,27 +43,7 @@ from spotzee.schemas.journey_models import (
 
 def arrive(walk: Walk, step_id: str, step: StepNode) -> Result:
     """The run has just entered ``step_id`` (its visit already counted)."""
-    if isinstance(step, SendStep):
-        return _send(walk, step_id, step)
-    if isinstance(step, DelayStep):
-        return _delay(walk, step)
-    if isinstance(step, GateStep):
-        matched = walk.env.evaluate_rule(step.rule)
-        return Go(step.yes if matched else step.no, {"branch": "yes" if matched else "no"})
-    if isinstance(step, ExperimentStep):
-        return _experiment(walk, step_id, step)
-    if isinstance(step, RoundRobinBalancerStep | LimitedBalancerStep):
-        return _balance(walk, step_id, step)
-    if isinstance(step, UpdateStep):
-        return _update(walk, step)
-    if isinstance(step, EventStep):
-        return _event(walk, step_id, step)
-    if isinstance(step, LinkStep):
-        return _link(walk, step_id, step)
-    if isinstance(step, WaitForEventStep):
-        return Park(walk.now + step.within.timedelta(), {"event": step.event})
-    assert isinstance(step, ExitStep)
-    return End("exit_step")
+    return _ARRIVALS[type(step)](walk, step_id, step)  # by class: one lookup, not a chain of isinstance
 
 
 def resume(walk: Walk, step_id: str, step: StepNode) -> Result:
@@ -78,6 +59,19 @@ def resume(walk: Walk, step_id: str, step: StepNode) -> Result:
     return End("not_a_waiting_step")
 
 
+def _gate(walk: Walk, step_id: str, step: GateStep) -> Result:
+    matched = walk.env.evaluate_rule(step.rule)
+    return Go(step.yes if matched else step.no, {"branch": "yes" if matched else "no"})
+
+
+def _wait(walk: Walk, step_id: str, step: WaitForEventStep) -> Result:
+    return Park(walk.now + step.within.timedelta(), {"event": step.event})
+
+
+def _exit(walk: Walk, step_id: str, step: ExitStep) -> Result:
+    return End("exit_step")
+
+
 def _send(walk: Walk, step_id: str, step: SendStep) -> Result:
     send_id = walk.position(step_id)
     variables = walk.state.variables.template_data()
@@ -89,7 +83,7 @@ def _send(walk: Walk, step_id: str, step: SendStep) -> Result:
     return Go(step.next, {"send_id": send_id})
 
 
-def _delay(walk: Walk, step: DelayStep) -> Result:
+def _delay(walk: Walk, step_id: str, step: DelayStep) -> Result:
     if step.duration is not None:
         target = walk.now + step.duration.timedelta()
     elif step.until_time is not None:
@@ -122,8 +116,9 @@ def _experiment(walk: Walk, step_id: str, step: ExperimentStep) -> Result:
     chosen = names.get(walk.state.assignments.get(step_id, ""))
     if chosen is None:  # first time here (or the variant was removed by an edit): draw
         chosen = variant_for(walk.state.journey_id, step_id, walk.state.contact_id, step.variants)
-        walk.state.assignments[step_id] = chosen.name
-        walk.state.variables.journey[step_id] = {"variant": chosen.name}
+        state = walk.state  # the walk's own copy; its dicts may be shared: replaced, not changed
+        state.assignments = {**state.assignments, step_id: chosen.name}
+        state.variables = state.variables.with_step(step_id, {"variant": chosen.name})
         walk.effects.append(VariantAssigned(step_id=step_id, variant=chosen.name))
     return Go(chosen.next, {"variant": chosen.name})
 
@@ -143,10 +138,29 @@ def _balance(walk: Walk, step_id: str, step: RoundRobinBalancerStep | LimitedBal
     return Go(choice.path, {"path": choice.path})
 
 
-def _rendered(value: Any, render: Callable[[str, Mapping[str, Any]], str], data: Mapping[str, Any]) -> Any:
-    """String values rendered as Liquid, at any depth; other values as they are."""
+Data = Callable[[], Mapping[str, Any]]
+
+
+def _lazy(build: Data) -> Data:
+    """``build``, called once on first use (a step's Liquid variables: most values hold no Liquid)."""
+    built: list[Mapping[str, Any]] = []
+
+    def data() -> Mapping[str, Any]:
+        if not built:
+            built.append(build())
+        return built[0]
+
+    return data
+
+
+def _rendered(value: Any, render: Callable[[str, Mapping[str, Any]], str], data: Data) -> Any:
+    """String values rendered as Liquid, at any depth; other values as they are.
+
+    A string without ``{`` holds no Liquid markup (outputs and tags all open with one): it is its
+    own rendering, so neither the renderer nor the variables (``data``, built on first use) are
+    needed for it."""
     if isinstance(value, str):
-        return render(value, data)
+        return render(value, data()) if "{" in value else value
     if isinstance(value, dict):
         return {key: _rendered(item, render, data) for key, item in value.items()}
     if isinstance(value, list):
@@ -154,15 +168,15 @@ def _rendered(value: Any, render: Callable[[str, Mapping[str, Any]], str], data:
     return value
 
 
-def _update(walk: Walk, step: UpdateStep) -> Result:
-    data = walk.liquid_data()
+def _update(walk: Walk, step_id: str, step: UpdateStep) -> Result:
+    data = _lazy(walk.liquid_data)
     values = {path: _rendered(value, walk.env.render, data) for path, value in step.set.items()}
     walk.effects.append(UpdateContact(set=values, unset=list(step.unset)))
     return Go(step.next)
 
 
 def _event(walk: Walk, step_id: str, step: EventStep) -> Result:
-    properties = _rendered(step.properties, walk.env.render, walk.liquid_data())
+    properties = _rendered(step.properties, walk.env.render, _lazy(walk.liquid_data))
     walk.effects.append(EmitEvent(message_id=walk.position(step_id), name=step.name, properties=properties))
     return Go(step.next)
 
@@ -175,7 +189,22 @@ def _link(walk: Walk, step_id: str, step: LinkStep) -> Result:
             journey_id=step.journey_id,
             at=at,
             entry_id=walk.position(step_id),
-            event=EventData.model_validate(trigger) if trigger else None,
+            event=structs.convert(trigger, EventData) if trigger else None,
         )
     )
     return End("link", {"journey_id": step.journey_id})
+
+
+_ARRIVALS: dict[type, Callable[[Walk, str, Any], Result]] = {
+    SendStep: _send,
+    DelayStep: _delay,
+    GateStep: _gate,
+    ExperimentStep: _experiment,
+    RoundRobinBalancerStep: _balance,
+    LimitedBalancerStep: _balance,
+    UpdateStep: _update,
+    EventStep: _event,
+    LinkStep: _link,
+    WaitForEventStep: _wait,
+    ExitStep: _exit,
+}

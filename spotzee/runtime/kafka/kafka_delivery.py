@@ -56,9 +56,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import ValidationError
 
 from spotzee.providers.delivery_service import Deliverer, DeliveryResult, DeliverySettings, Scan, definition_lookups
 from spotzee.providers.safety import OutboundPolicy
@@ -69,6 +69,7 @@ from spotzee.runtime.kafka.partition_engine import Changes, Emit, Engine, due_ke
 from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
+from spotzee.schemas.structs import decode
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -222,8 +223,8 @@ class PartitionDelivery:
             if self.stopping.is_set():
                 break
             try:
-                command = loads(SendCommand, message.value or b"")
-            except (ValidationError, ValueError) as exc:
+                command = decode(SendCommand, message.value or b"")
+            except (msgspec.DecodeError, ValueError) as exc:  # not a send command: dead-lettered
                 await self._handle(run)
                 run = []
                 await self._poison(message.offset, message.key or b"", message.value or b"", exc)
@@ -351,14 +352,14 @@ class PartitionDelivery:
         """The contact as the partition's store has it now (the last committed batch)."""
         if self.store.db.closed:
             raise Revoked
-        raw = self.store.get(CONTACTS, f"{command.project_id}:{command.contact_id}")
+        raw = self.store.get(CONTACTS.name, f"{command.project_id}:{command.contact_id}")
         return loads(ContactState, raw) if raw is not None else None
 
     def _state(self, send_id: str) -> DeliveryState | None:
         if self.store.db.closed:
             raise Revoked
         raw = self.store.get(DELIVERIES, send_id)
-        return loads(DeliveryState, raw) if raw is not None else None
+        return decode(DeliveryState, raw) if raw is not None else None
 
     def _scan(self, table: str, limit: int) -> list[tuple[str, bytes]]:
         if self.store.db.closed:
