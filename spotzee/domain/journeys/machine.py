@@ -63,6 +63,11 @@ def transition(
         return _ignored(state, "run has exited")
     if state.journey_id != journey.id:
         raise ValueError(f"run {state.run_id} belongs to journey {state.journey_id}, not {journey.id}")
+    if isinstance(input, EventSeen) and state.journey_version == journey.version:
+        # Most events leave a run as it is: told without copying it (an edited journey is migrated first).
+        refusal = _event_refusal(journey, state, input, now)
+        if refusal is not None:
+            return _ignored(state, refusal)
     walk = Walk(journey, structs.replace(state), now, env)  # a shallow copy: see the module's docstring
     if not _migrate(walk):
         return _finish(walk)
@@ -110,24 +115,40 @@ def _enter(journey: JourneyDefinition, state: RunState | None, enter: Enter, now
 def _on_event(walk: Walk, event: EventSeen) -> str | None:
     """Exit conditions first, then a wait for this event; the reason to ignore it otherwise."""
     state = walk.state
-    if event.message_id in state.seen:
-        return "event already consumed"
-    for condition in walk.journey.exit_when:
-        if exit_event_matches(condition, event.name, event.properties):
-            state.remember(event.message_id)
-            _exit(walk, f"event:{event.name}")
-            return None
+    refusal = _event_refusal(walk.journey, state, event, walk.now)
+    if refusal is not None:
+        return refusal
+    if _exits_on(walk.journey, event):
+        state.remember(event.message_id)
+        _exit(walk, f"event:{event.name}")
+        return None
     step = walk.journey.steps[state.step_id]
-    if state.status != "waiting" or not isinstance(step, WaitForEventStep):
-        return "not waiting for an event"
-    if event.name != step.event or not filters_pass(step.where, event.properties):
-        return "not the awaited event"
-    if state.wake_at is not None and walk.now >= state.wake_at:
-        return "the wait has timed out"  # the timer is due and takes the timeout branch
+    assert isinstance(step, WaitForEventStep)  # see _event_refusal
     state.remember(event.message_id)
     state.variables = state.variables.with_step(state.step_id, event.data().as_variables())
     _settle_and_walk(walk, state.step_id, Go(step.yes, {"branch": "yes", "message_id": event.message_id}))
     return None
+
+
+def _event_refusal(journey: JourneyDefinition, state: RunState, event: EventSeen, now: datetime) -> str | None:
+    """Why ``event`` leaves the run as it is; None when it ends the run (``exit_when``) or is the
+    event the run waits for. Reads only: ``transition`` asks before copying the run."""
+    if event.message_id in state.seen:
+        return "event already consumed"
+    if _exits_on(journey, event):
+        return None
+    step = journey.steps[state.step_id]
+    if state.status != "waiting" or type(step) is not WaitForEventStep:  # by class: no ABC isinstance
+        return "not waiting for an event"
+    if event.name != step.event or not filters_pass(step.where, event.properties):
+        return "not the awaited event"
+    if state.wake_at is not None and now >= state.wake_at:
+        return "the wait has timed out"  # the timer is due and takes the timeout branch
+    return None
+
+
+def _exits_on(journey: JourneyDefinition, event: EventSeen) -> bool:
+    return any(exit_event_matches(condition, event.name, event.properties) for condition in journey.exit_when)
 
 
 def _on_wake(walk: Walk, wake: Wake) -> str | None:
