@@ -52,6 +52,11 @@ class Proc:
                 return int(line.split()[1]) / 1024
         raise BenchError(f"no VmHWM in /proc/{self.process.pid}/status ({self.name})")
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         if self.process.poll() is not None:
             raise BenchError(f"{self.name} exited with code {self.process.returncode}:\n{log_tail(self.log_path)}")
@@ -67,6 +72,8 @@ class Stack:
     admin_key: str
     api: Proc
     workers: list[Proc] = field(default_factory=list)
+    kafka_bootstrap: str = ""  # Kafka runtime: the broker and this installation's topic prefix
+    topic_prefix: str = ""
 
     def check_alive(self) -> None:
         for proc in [self.api, *self.workers]:
@@ -226,6 +233,11 @@ def group_state(client: KafkaAdminClient, group: str) -> tuple[str, int]:
 
 def wait_group_stable(stack: Stack, bootstrap: str, group: str, members: int) -> None:
     """Until ``group`` is Stable with ``members`` members: every worker holds its partitions."""
+    wait_group(bootstrap, group, members, stack.check_alive)
+
+
+def wait_group(bootstrap: str, group: str, members: int, check_alive: Callable[[], None]) -> None:
+    """Until ``group`` is Stable with ``members`` members, calling ``check_alive`` between polls."""
     client = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="spotzee-bench")
     try:
         deadline = time.monotonic() + GROUP_TIMEOUT_S
@@ -233,7 +245,7 @@ def wait_group_stable(stack: Stack, bootstrap: str, group: str, members: int) ->
         while (state, count) != ("Stable", members):
             if time.monotonic() > deadline:
                 raise BenchError(f"group {group} is {state} with {count} members, not Stable with {members}")
-            stack.check_alive()
+            check_alive()
             time.sleep(0.5)
             state, count = group_state(client, group)
     finally:
@@ -286,6 +298,7 @@ def kafka_stack(
         api = start_kafka_api(root, env, port)
         procs.append(api)
         stack = open_stack(kafka_name(workers), api, port, root / "data", procs[:-1])
+        stack.kafka_bootstrap, stack.topic_prefix = bootstrap, prefix
         wait_group_stable(stack, bootstrap, prefix + PROCESSOR_GROUP, workers)
         yield stack
     finally:

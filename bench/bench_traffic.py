@@ -115,6 +115,8 @@ class Measurement:
     batch_latencies_ms: list[float]
     probe_latencies_ms: list[float]
     retries_429: int
+    started_at: float  # wall clock (time.time()) at the first send, for figures read from Kafka afterwards
+    accepted_at: float  # wall clock just after the last 2xx
 
 
 @dataclass
@@ -377,12 +379,14 @@ async def probe_poller(stack: Stack, client: httpx.AsyncClient, probes: Probes) 
 
 async def load_and_wait(stack: Stack, clients: Clients, bodies: list[bytes], events: int) -> Measurement:
     """Send the load, wait until ClickHouse holds it; times are from the first send."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     stats = await send_all(clients.load, bodies, clients.connections)
-    accepted_s = stats.last_ok - started
+    accepted_s, accepted_at = stats.last_ok - started, time.time()
     progress(f"{stack.name}: all {events:,} accepted after {accepted_s:.1f} s; waiting for ClickHouse")
     processed_s = await wait_processed(stack, clients.admin, events) - started
-    return Measurement(events, accepted_s, processed_s, stats.latencies_ms, [], stats.retries_429)
+    return Measurement(
+        events, accepted_s, processed_s, stats.latencies_ms, [], stats.retries_429, started_at, accepted_at
+    )
 
 
 async def measure_async(stack: Stack, bodies: list[bytes], events: int, connections: int) -> Measurement:
@@ -407,6 +411,8 @@ async def measure_async(stack: Stack, bodies: list[bytes], events: int, connecti
         result.batch_latencies_ms,
         probes.latencies_ms(),
         result.retries_429,
+        result.started_at,
+        result.accepted_at,
     )
 
 

@@ -19,6 +19,16 @@ from ``--clients`` concurrent clients, with a latency probe alongside, and repor
 - **batch latency** p50 / p99: wall time of each accepted ``POST /v1/batch``.
 - **peak RSS**: ``VmHWM`` of the API (or ``spotzee up``) process and of each worker, read before they stop.
 
+Kafka configurations also report, read from the broker afterwards (``bench_kafka.py``):
+
+- **worker events/s processed (state committed)**: N / (first record appended to ``events`` after the first send
+  -> the changelog marker that commits the state of every record appended before the last 2xx), from the
+  records' own timestamps.
+- **faust peer events/s processed** (``--peer``, the default): the textbook faust agent (``faust_peer.py``: one
+  ``Table`` counter per user, ``rocksdb://``) over the same events on the same broker, run once right after the
+  first Kafka configuration while its processes stay up, idle; timed the same way through its table's changelog.
+  And the **ratio** worker / peer.
+
 Any non-2xx other than 429, a process that dies, events not all in ClickHouse within 300 s, a probe that never
 shows up, or a final count other than exactly N rows and N distinct events prints a ``FAIL`` line and exits
 non-zero. Every process and broker started here is stopped and the temporary directory deleted.
@@ -35,10 +45,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bench_common import BenchError, percentile, progress
+from bench_kafka import CpuSampler, PeerResult, run_peer, worker_window
 from bench_stacks import PARTITIONS, Stack, embedded_stack, kafka_broker, kafka_stack
 from bench_traffic import Measurement, build_batches, measure
 
@@ -58,6 +69,7 @@ class Config:
     batch_size: int
     users: int
     seed: int
+    peer: bool
     as_json: bool
 
 
@@ -78,6 +90,11 @@ class Result:
     api_peak_rss_mib: float
     worker_peak_rss_mib: tuple[float, ...]
     retries_429: int
+    worker_processed_per_s: float = math.nan  # Kafka: N / (first event in the topic -> its state committed)
+    worker_cpu_us_per_event: float = math.nan  # the workers' CPU in that window / N
+    peer_processed_per_s: float = math.nan  # the faust peer of the same run, timed the same way
+    peer_cpu_us_per_event: float = math.nan
+    peer_ratio: float = math.nan  # worker_processed_per_s / peer_processed_per_s
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -111,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=500, help="events per /v1/batch (default 500)")
     parser.add_argument("--users", type=positive_int, default=50_000, help="distinct userIds (default 50000)")
     parser.add_argument("--seed", type=int, default=42, help="random seed for the generated data")
+    parser.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Kafka runs: also run the textbook faust agent (bench/faust_peer.py) on the same broker (default on)",
+    )
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -130,6 +153,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         batch_size=args.batch_size,
         users=args.users,
         seed=args.seed,
+        peer=args.peer,
         as_json=args.as_json,
     )
 
@@ -142,7 +166,9 @@ def batches(config: Config, events: int) -> list[bytes]:
     return build_batches(events, config.batch_size, config.users, config.seed)
 
 
-def result_of(config: Config, stack: Stack, measured: Measurement) -> Result:
+def result_of(
+    config: Config, stack: Stack, measured: Measurement, worker_s: float = math.nan, worker_cpu_s: float = math.nan
+) -> Result:
     """The row values of one configuration; RSS is read here, while the processes still run."""
     return Result(
         configuration=stack.name,
@@ -160,6 +186,8 @@ def result_of(config: Config, stack: Stack, measured: Measurement) -> Result:
         api_peak_rss_mib=stack.api.peak_rss_mib(),
         worker_peak_rss_mib=tuple(worker.peak_rss_mib() for worker in stack.workers),
         retries_429=measured.retries_429,
+        worker_processed_per_s=measured.events / worker_s,
+        worker_cpu_us_per_event=worker_cpu_s / measured.events * 1e6,
     )
 
 
@@ -169,25 +197,49 @@ def run_embedded(config: Config, root: Path) -> Result:
         return result_of(config, stack, measure(stack, bodies, config.events, config.clients))
 
 
-def run_kafka(config: Config, root: Path) -> list[Result]:
+def run_kafka(config: Config, root: Path) -> tuple[list[Result], PeerResult | None]:
+    """Each Kafka configuration; the faust peer runs once, right after the first one is measured, while that
+    configuration's API and workers stay up with nothing to do."""
     bodies = batches(config, config.kafka_events)
     results: list[Result] = []
+    peer: PeerResult | None = None
     with kafka_broker(root) as (bootstrap, own_broker):
         for workers in config.workers:
             with kafka_stack(root / f"kafka-{workers}", bootstrap, workers, own_broker=own_broker) as stack:
-                results.append(result_of(config, stack, measure(stack, bodies, config.kafka_events, config.clients)))
-    return results
+                with CpuSampler(stack.workers) as worker_cpu:
+                    measured = measure(stack, bodies, config.kafka_events, config.clients)
+                window = worker_window(stack, measured.started_at, measured.accepted_at)
+                progress(f"{stack.name}: state of all {measured.events:,} events committed in {window.seconds:.2f} s")
+                results.append(result_of(config, stack, measured, window.seconds, worker_cpu.between(window)))
+                if config.peer and peer is None:
+                    progress("faust peer: next, on the same broker; the Spotzee processes stay up, idle")
+                    idle = [stack.api, *stack.workers]
+                    peer = run_peer(root / "faust-peer", bootstrap, bodies, idle, own_broker=own_broker)
+    if peer is not None:
+        rate, cpu = peer.processed_per_s, peer.cpu_us_per_event
+        results = [
+            replace(
+                result,
+                peer_processed_per_s=rate,
+                peer_cpu_us_per_event=cpu,
+                peer_ratio=result.worker_processed_per_s / rate,
+            )
+            for result in results
+        ]
+    return results, peer
 
 
-def run(config: Config) -> list[Result]:
+def run(config: Config) -> tuple[list[Result], PeerResult | None]:
     root = Path(tempfile.mkdtemp(prefix="spotzee-bench-"))
     try:
         results: list[Result] = []
+        peer: PeerResult | None = None
         if "embedded" in config.runtimes:
             results.append(run_embedded(config, root / "embedded"))
         if "kafka" in config.runtimes:
-            results += run_kafka(config, root)
-        return results
+            kafka_results, peer = run_kafka(config, root)
+            results += kafka_results
+        return results, peer
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -214,6 +266,11 @@ def table_rows(results: list[Result]) -> list[tuple[str, list[str]]]:
         row("clients x batch size", lambda r: f"{r.clients} x {r.batch_size}"),
         row("events/s accepted (until last 2xx)", lambda r: number(r.accepted_per_s)),
         row("events/s processed (all in ClickHouse)", lambda r: number(r.processed_per_s)),
+        row("worker events/s processed (state committed)", lambda r: number(r.worker_processed_per_s)),
+        row("faust peer events/s processed (same run)", lambda r: number(r.peer_processed_per_s)),
+        row("ratio worker / faust peer", lambda r: number(r.peer_ratio, 2)),
+        row("worker CPU µs per event (workers' CPU / N)", lambda r: number(r.worker_cpu_us_per_event)),
+        row("faust peer CPU µs per event", lambda r: number(r.peer_cpu_us_per_event)),
         row("latency 2xx -> ClickHouse p50 ms", lambda r: number(r.latency_p50_ms)),
         row("latency 2xx -> ClickHouse p99 ms", lambda r: number(r.latency_p99_ms)),
         row("latency probes", lambda r: str(r.probes)),
@@ -225,7 +282,7 @@ def table_rows(results: list[Result]) -> list[tuple[str, list[str]]]:
     ]
 
 
-def format_table(results: list[Result]) -> str:
+def format_table(results: list[Result], peer: PeerResult | None) -> str:
     header = ("metric", [result.configuration for result in results])
     rows = [header, *table_rows(results)]
     names = max(len(name) for name, _ in rows)
@@ -235,10 +292,22 @@ def format_table(results: list[Result]) -> str:
         return "  ".join([f"{name:<{names}}", *(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))])
 
     separator = line("-" * names, ["-" * width for width in widths])
-    return "\n".join([line(*header), separator, *(line(*row) for row in rows[1:])])
+    lines = [line(*header), separator, *(line(*row) for row in rows[1:])]
+    if peer is not None:
+        lines += ["", peer_line(peer)]
+    return "\n".join(lines)
 
 
-def results_json(results: list[Result]) -> str:
+def peer_line(peer: PeerResult) -> str:
+    return (
+        f"faust peer (bench/faust_peer.py, same broker, after the first Kafka configuration): {peer.events:,} events, "
+        f"produced {number(peer.produced_per_s)}/s, processed {number(peer.processed_per_s)}/s, "
+        f"{peer.changelog_records:,} changelog records, peak RSS {number(peer.peak_rss_mib)} MiB; "
+        f"in {number(peer.processed_s, 1)} s the idle Spotzee processes used {number(peer.others_cpu_s, 1)} CPU s"
+    )
+
+
+def results_json(results: list[Result], peer: PeerResult | None) -> str:
     def rounded(value: object) -> object:
         if isinstance(value, float):
             return None if math.isnan(value) else round(value, 1)
@@ -247,21 +316,22 @@ def results_json(results: list[Result]) -> str:
         return value
 
     data = [{key: rounded(value) for key, value in asdict(result).items()} for result in results]
-    return json.dumps({"partitions": PARTITIONS, "results": data}, indent=2)
+    peer_data = None if peer is None else {key: rounded(value) for key, value in asdict(peer).items()}
+    return json.dumps({"partitions": PARTITIONS, "results": data, "faust_peer": peer_data}, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     wall = time.perf_counter()
     try:
-        results = run(config)
+        results, peer = run(config)
     except BenchError as exc:
         print(str(exc) if str(exc).startswith("FAIL") else f"FAIL: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("FAIL: interrupted (everything started was stopped)", file=sys.stderr)
         return 130
-    print(results_json(results) if config.as_json else format_table(results))
+    print(results_json(results, peer) if config.as_json else format_table(results, peer))
     progress(f"done in {time.perf_counter() - wall:.1f} s wall time")
     return 0
 
