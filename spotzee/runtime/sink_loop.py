@@ -143,7 +143,8 @@ class SinkLoop:
 
 
 def _decoded(raw: list[tuple[int, bytes]]) -> list[tuple[int, AnalyticsRecord]]:
-    """msgspec decodes each record into its row Struct: Spotzee wrote them, nothing is re-validated."""
+    """msgspec decodes each record into its row Struct: Spotzee wrote them, nothing is re-validated.
+    One call per record: a single decode of the batch joined into a JSON array measured ~40% slower."""
     decode = decode_analytics
     return [(seq, decode(value)) for seq, value in raw]
 

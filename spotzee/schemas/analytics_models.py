@@ -8,7 +8,6 @@ RFC 3339 with ``Z``). Datetimes are built tz-aware in UTC by the processors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, TypeAlias
 
@@ -153,22 +152,12 @@ AnalyticsRecord: TypeAlias = (
     | EraseHistory
 )
 _record = decoder(AnalyticsRecord)
-_records = decoder(list[AnalyticsRecord])
 
 
 def decode_analytics(data: bytes | str) -> AnalyticsRecord:
     """One record from its JSON (the ``type`` field picks the class)."""
     record: AnalyticsRecord = _record.decode(data)
     return record
-
-
-def decode_analytics_many(values: Sequence[bytes]) -> list[AnalyticsRecord]:
-    """Many records at once: one decode of the values joined into a JSON array, which saves msgspec's
-    per-call set-up (the sink decodes thousands per batch)."""
-    if not values:
-        return []
-    records: list[AnalyticsRecord] = _records.decode(b"[" + b",".join(values) + b"]")
-    return records
 
 
 class _AnalyticsRecordAdapter:

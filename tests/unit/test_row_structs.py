@@ -31,7 +31,6 @@ from spotzee.schemas.analytics_models import (
     SegmentChangeRow,
     analytics_record_adapter,
     decode_analytics,
-    decode_analytics_many,
 )
 from spotzee.schemas.structs import encode
 
@@ -69,13 +68,6 @@ def test_every_row_round_trips_through_its_json(record: AnalyticsRecord) -> None
     assert decoded == record
     assert analytics_record_adapter.validate_json(data) == record
     assert encode(decoded) == data
-
-
-@settings(max_examples=50)
-@given(st.lists(records, max_size=6))
-def test_a_batch_decodes_as_its_records_one_by_one(batch: list[AnalyticsRecord]) -> None:
-    encoded = [encode(record) for record in batch]
-    assert decode_analytics_many(encoded) == [decode_analytics(data) for data in encoded] == batch
 
 
 T = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
