@@ -426,10 +426,35 @@ class JourneyRunner:
         if outcome.ignored is not None or outcome.state is None:
             return contact
         state = outcome.state
+        self._keep(ctx, contact, owner, journey.id, run, outcome, now)
+        carrying = _Carrying(ctx, journey, state, now, owner)
+        for seq, effect in enumerate(outcome.effects):
+            if type(effect) is machine.StepRecorded:  # most effects: their history line, directly
+                self._record_step(
+                    carrying, contact, effect.step_id, effect.visit, effect.kind, effect.at, effect.detail, seq
+                )
+            else:
+                contact = self._carry_out(carrying, contact, effect, seq)
+        return contact
+
+    def _keep(  # noqa: PLR0913 -- the transition as ``_apply`` made it
+        self,
+        ctx: Context,
+        contact: ContactState,
+        owner: str,
+        journey_id: str,
+        run: machine.RunState | None,
+        outcome: machine.Outcome,
+        now: datetime,
+    ) -> None:
+        """The run as the transition left it: stored (or dropped when it exited), its timer armed or
+        cancelled."""
+        state = outcome.state
+        assert state is not None
         if state.status == "exited":
             if run is not None:  # a run that ends in its first transition was never stored
                 self._drop_run(ctx, owner, state.run_id)
-            self._record_exit(ctx, owner, journey.id, state.run_id, now)
+            self._record_exit(ctx, owner, journey_id, state.run_id, now)
         else:
             self._store_run(ctx, owner, state, new=run is None)
         wake = outcome.timer
@@ -437,10 +462,6 @@ class JourneyRunner:
             _arm(ctx, contact, owner, state.run_id, wake, outcome.wake_at)
         elif run is not None and run.wake_at is not None:
             ctx.cancel(_timer_id(owner, state.run_id))
-        carrying = _Carrying(ctx, journey, state, now, owner)
-        for seq, effect in enumerate(outcome.effects):
-            contact = self._carry_out(carrying, contact, effect, seq)
-        return contact
 
     def _record_exit(self, ctx: Context, owner: str, journey_id: str, run_id: str, now: datetime) -> None:
         entries = self._tables(ctx).entries
@@ -452,11 +473,7 @@ class JourneyRunner:
     # -- effects --------------------------------------------------------------------------------
 
     def _carry_out(self, carrying: _Carrying, contact: ContactState, effect: machine.Effect, seq: int) -> ContactState:
-        if isinstance(effect, machine.StepRecorded):
-            self._record_step(
-                carrying, contact, effect.step_id, effect.visit, effect.kind, effect.at, effect.detail, seq
-            )
-            return contact
+        """An effect other than a history line (``_apply`` records those)."""
         ctx, journey, run, now, key = carrying
         pid = contact.project_id
         if isinstance(effect, machine.SendMessage):
