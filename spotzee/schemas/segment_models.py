@@ -157,7 +157,7 @@ class ImportResult(Model):
 # -- records on the events topic ----------------------------------------------------------------
 
 
-class HistoryFact(Tagged, tag="segment_barrier", kw_only=True):
+class HistoryFact(Struct, kw_only=True):
     """One past or live event as segments see it, with its messageId (dedupes seed vs live)."""
 
     message_id: str
@@ -166,7 +166,7 @@ class HistoryFact(Tagged, tag="segment_barrier", kw_only=True):
     properties: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class SegmentBarrier(Struct, kw_only=True):
+class SegmentBarrier(Tagged, tag="segment_barrier", kw_only=True):
     """Sent to every partition after a definition changed: from here on the partition's processor
     evaluates ``definition`` (a processor may learn it earlier from the definitions store)."""
 
