@@ -71,7 +71,6 @@ TABLES: dict[type, Table] = {
         (MessageRow, "messages"),
     )
 }
-COLUMNS = {row: list(table.columns) for row, table in TABLES.items()}
 MUTATIONS = (EraseHistory,)
 
 
