@@ -1,10 +1,17 @@
-"""Segment-spec messages accepted by the ingestion API (a discriminated union on ``type``)."""
+"""Segment-spec messages accepted by the ingestion API (a discriminated union on ``type``).
+
+Two readings of the same messages: the pydantic models are the contract (OpenAPI, the 4xx with the
+field path); the msgspec ``*Wire`` Structs at the end are what ingestion reads a request with first,
+a strict subset of what the models accept (see ``_Wire``).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
+import msgspec
+from msgspec import UNSET, UnsetType
 from pydantic import Field, model_validator
 
 from spotzee.schemas.common import CamelModel, Identifier, JSONObject, UTCDateTime
@@ -135,3 +142,88 @@ def event_name(message: SegmentMessage) -> str:
     if isinstance(message, TrackMessage):
         return message.event
     return message.type
+
+
+# -- the wire form: what ingestion's fast path decodes (api/ingest_routes.py) ---------------------
+
+_WireId = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)] | int
+_WireName = Annotated[str, msgspec.Meta(max_length=512)]
+
+
+class _Wire(msgspec.Struct, rename="camel", tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """A message as msgspec reads it from its bytes, in one C pass, before any pydantic model.
+
+    Everything it accepts the models accept, with the same values; what it refuses goes to the models,
+    which accept it or name the error. So it is stricter: a number is an id only when it is an integer
+    (the models also take an integral float), times are text (parsed by ingestion, RFC 3339 only), and
+    a key it does not declare is refused rather than skipped -- the snake_case spellings the models also
+    take (``user_id``), or a field msgspec would not read at all: every byte of an accepted message has
+    been decoded, so it is valid JSON by the same rules as the models' reader. The fields of other
+    message types and Segment's common fields Spotzee does not use are declared (``Any``, then dropped,
+    as the models drop their extras) so that the messages SDKs send stay on the fast path.
+    ``tests/unit/test_ingest_fast_path.py`` checks the subset property on generated messages."""
+
+    message_id: _WireId | None = None
+    user_id: _WireId | None = None
+    anonymous_id: _WireId | None = None
+    timestamp: str | None = None
+    original_timestamp: str | None = None
+    sent_at: str | UnsetType | None = UNSET  # absent, the batch's ``sentAt`` applies; null stays null
+    context: dict[str, Any] = {}
+    integrations: dict[str, Any] = {}
+    write_key: str | None = None
+    # another message type's fields (overridden by the type that has them)
+    event: Any = None
+    properties: Any = None
+    traits: Any = None
+    name_: Any = msgspec.field(default=None, name="name")
+    category: Any = None
+    group_id: Any = None
+    previous_id: Any = None
+    # Segment's common fields that Spotzee keeps only in the event's raw bytes
+    channel: Any = None
+    version: Any = None
+    received_at: Any = None
+    options: Any = None
+    metadata: Any = msgspec.field(default=None, name="_metadata")
+
+
+class TrackWire(_Wire, tag="track", kw_only=True):
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    properties: dict[str, Any] = {}
+
+
+class IdentifyWire(_Wire, tag="identify", kw_only=True):
+    traits: dict[str, Any] = {}
+
+
+class PageWire(_Wire, tag="page", kw_only=True):
+    name_: _WireName | None = msgspec.field(default=None, name="name")
+    category: str | None = None
+    properties: dict[str, Any] = {}
+
+
+class ScreenWire(_Wire, tag="screen", kw_only=True):
+    name_: _WireName | None = msgspec.field(default=None, name="name")
+    category: str | None = None
+    properties: dict[str, Any] = {}
+
+
+class GroupWire(_Wire, tag="group", kw_only=True):
+    group_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)] | int
+    traits: dict[str, Any] = {}
+
+
+class AliasWire(_Wire, tag="alias", kw_only=True):
+    previous_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)] | int
+
+
+WireMessage = TrackWire | IdentifyWire | PageWire | ScreenWire | GroupWire | AliasWire
+WIRE_TYPES: Final[dict[str, type[WireMessage]]] = {
+    "track": TrackWire,
+    "identify": IdentifyWire,
+    "page": PageWire,
+    "screen": ScreenWire,
+    "group": GroupWire,
+    "alias": AliasWire,
+}
