@@ -1,1 +1,1 @@
-"""The single contract: pydantic models for every record, row and API body."""
+"""The single contract: pydantic models at the edges, msgspec Structs for records, table values and rows."""

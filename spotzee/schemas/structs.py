@@ -14,7 +14,8 @@ with ``Z`` -- the same bytes pydantic wrote before, so stored state and logged r
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+from collections.abc import Hashable
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -56,7 +57,7 @@ def decoder(kind: Any) -> msgspec.json.Decoder[Any]:
 
 
 def decode(kind: type[T], data: bytes | str) -> T:
-    result: T = decoder(kind).decode(data)
+    result: T = decoder(cast(Hashable, kind)).decode(data)
     return result
 
 

@@ -93,7 +93,7 @@ class OverlayTable:
             raw = self.cf.get(key.encode())
             value = None if raw is None else spec.decode(bytes(raw))
         self._read[key] = value
-        return value  # type: ignore[no-any-return]
+        return value
 
     def put_value(self, key: str, value: V, spec: TableSpec[V]) -> None:
         self.record[key] = Decoded(value, spec)

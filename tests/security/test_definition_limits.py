@@ -28,7 +28,7 @@ from spotzee.schemas.limits import (
     MAX_RULE_NODES,
     MAX_VALUE_DEPTH,
 )
-from spotzee.schemas.records import JourneyBarrier, events_record_adapter
+from spotzee.schemas.records import JourneyBarrier, decode_record
 from spotzee.schemas.segment_models import SegmentBarrier, SegmentDefinition
 from spotzee.streams.record_codec import dumps
 from spotzee.streams.segment_processor import read_barriered
@@ -173,8 +173,9 @@ def test_everything_within_the_limits_round_trips_through_the_stored_forms() -> 
     definition = JourneyDefinition.model_validate(
         {**body, "id": "jrn_x", "project_id": "p", "version": 1, "created_at": now, "updated_at": now}
     )
-    barrier = JourneyBarrier(project_id="p", definition=definition)
-    assert events_record_adapter.validate_json(dumps(barrier)) == barrier
+    barrier = JourneyBarrier.of(definition)
+    decoded = decode_record(dumps(barrier))
+    assert isinstance(decoded, JourneyBarrier) and decoded.parsed() == definition
     assert JourneyDefinition.model_validate_json(orjson.dumps(orjson.loads(dumps(definition)))) == definition
     segment = SegmentDefinition.model_validate(
         {
@@ -188,8 +189,9 @@ def test_everything_within_the_limits_round_trips_through_the_stored_forms() -> 
             "updated_at": now,
         }
     )
-    wrapped = SegmentBarrier(project_id="p", id="__segment__seg_x", definition=segment)
-    assert events_record_adapter.validate_json(dumps(wrapped)) == wrapped
+    wrapped = SegmentBarrier.of(segment, "__segment__seg_x")
+    unwrapped = decode_record(dumps(wrapped))
+    assert isinstance(unwrapped, SegmentBarrier) and unwrapped.parsed() == segment
     assert SegmentDefinition.model_validate_json(orjson.dumps(orjson.loads(dumps(segment)))) == segment
     # one level more is refused by the stored models themselves, whoever builds them
     with pytest.raises(ValidationError, match="nested deeper"):

@@ -27,6 +27,7 @@ from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.records import ContactErase, EventsRecord, IngestedMessage, record_key
 from spotzee.settings import Settings
 from spotzee.streams import topics
+from spotzee.schemas.message_data import message_data
 from spotzee.streams.contact_processor import ALIASES, CONTACTS, DEDUPE, ContactProcessor
 from spotzee.streams.record_codec import dumps, loads
 from spotzee.tables.rocksdb_store import OUTBOX
@@ -116,11 +117,13 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
 
 def ingest(clock: ManualClock, message_id: str, **body: Any) -> IngestedMessage:
     message = message_adapter.validate_python(body)
-    return IngestedMessage(project_id="p", message_id=message_id, received_at=clock.now(), message=message, raw="{}")
+    return IngestedMessage(
+        project_id="p", message_id=message_id, received_at=clock.now(), message=message_data(message), raw="{}"
+    )
 
 
 def state(h: Harness, contact_id: str) -> ContactState | None:
-    raw = h.get(CONTACTS, f"p:{contact_id}")
+    raw = h.get(CONTACTS.name, f"p:{contact_id}")
     return loads(ContactState, raw) if raw is not None else None
 
 
@@ -134,7 +137,7 @@ def test_merge_forwarding_and_history(harness: Harness) -> None:
     assert merged is not None
     assert merged.events["view"].count == 2
     assert state(harness, "a1") is None
-    alias = harness.get(ALIASES, "p:a1")
+    alias = harness.get(ALIASES.name, "p:a1")
     assert alias is not None
     assert loads(AliasState, alias).merged_into == "u1"
     records = harness.analytics()
@@ -159,8 +162,8 @@ def test_chained_merges_map_every_id_to_the_last_contact_and_erase_all(harness: 
     assert latest == {"a": "u1", "u2": "u1"}
     harness.send(ContactErase(project_id="p", id="u1", requested_at=c.now(), request_id="r"))
     harness.settle()
-    assert harness.table_keys(CONTACTS) == []
-    assert harness.table_keys(ALIASES) == []
+    assert harness.table_keys(CONTACTS.name) == []
+    assert harness.table_keys(ALIASES.name) == []
 
 
 def test_dedupe_within_the_window_then_swept(harness: Harness) -> None:
@@ -168,10 +171,10 @@ def test_dedupe_within_the_window_then_swept(harness: Harness) -> None:
     harness.send(ingest(c, "m", type="track", userId="u1", event="e"))
     harness.send(ingest(c, "m", type="track", userId="u1", event="e"))
     assert state(harness, "u1").events["e"].count == 1  # type: ignore[union-attr]
-    assert harness.table_keys(DEDUPE) == ["p:u1\x00m"]
+    assert harness.table_keys(DEDUPE.name) == ["p:u1\x00m"]
     c.advance(WINDOW + timedelta(seconds=1))
     harness.settle()
-    assert harness.table_keys(DEDUPE) == []  # the sweep timer removed the expired entry
+    assert harness.table_keys(DEDUPE.name) == []  # the sweep timer removed the expired entry
     harness.send(ingest(c, "m", type="track", userId="u1", event="e"))
     assert state(harness, "u1").events["e"].count == 2  # type: ignore[union-attr]
 
@@ -183,9 +186,9 @@ def test_erase_cascades_to_merged_ids(harness: Harness) -> None:
     harness.settle()
     harness.send(ContactErase(project_id="p", id="u1", requested_at=c.now(), request_id="r"))
     harness.settle()
-    assert harness.table_keys(CONTACTS) == []
-    assert harness.table_keys(ALIASES) == []
-    assert harness.table_keys(DEDUPE) == []
+    assert harness.table_keys(CONTACTS.name) == []
+    assert harness.table_keys(ALIASES.name) == []
+    assert harness.table_keys(DEDUPE.name) == []
     erased = [r.contact_ids for r in harness.analytics() if isinstance(r, EraseHistory)]
     assert erased == [["u1", "a1"]]
 
@@ -207,11 +210,13 @@ def test_merges_never_lose_or_double_an_event(stream: list[dict[str, Any]]) -> N
     h = MemoryHarness(clock)
     for i, body in enumerate(stream):
         h.send(ingest(clock, str(i), **body))
-    total = sum(loads(ContactState, raw).events.get("e", _zero()).count for raw in h.ctx.table(CONTACTS).data.values())
+    total = sum(
+        loads(ContactState, raw).events.get("e", _zero()).count for raw in h.ctx.table(CONTACTS.name).data.values()
+    )
     assert total == sum(1 for body in stream if body["type"] == "track")
-    for key, raw in h.ctx.table(ALIASES).data.items():
+    for key, raw in h.ctx.table(ALIASES.name).data.items():
         target = loads(AliasState, raw).merged_into
-        assert h.get(CONTACTS, key) is None  # an alias has no state of its own
+        assert h.get(CONTACTS.name, key) is None  # an alias has no state of its own
         assert target != key.split(":", 1)[1]
 
 
@@ -245,7 +250,7 @@ def test_embedded_runtime_matches_memory_on_a_random_stream(tmp_path: Path) -> N
             embedded.send(ingest(clock, mid, **body))
         memory.settle()
         embedded.settle()
-        for table in (CONTACTS, ALIASES, DEDUPE):
+        for table in (CONTACTS.name, ALIASES.name, DEDUPE.name):
             assert embedded.table_keys(table) == memory.table_keys(table)
             for key in memory.table_keys(table):
                 assert embedded.get(table, key) == memory.get(table, key)

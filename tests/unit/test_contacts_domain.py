@@ -13,13 +13,15 @@ from spotzee.domain.contacts import apply_message, apply_patch, diff_attributes,
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.events import SegmentMessage
+from spotzee.schemas.message_data import MessageData, message_data
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 message_adapter = TypeAdapter[SegmentMessage](SegmentMessage)
 
 
-def msg(**body: Any) -> SegmentMessage:
-    return message_adapter.validate_python(body)
+def msg(**body: Any) -> MessageData:
+    """A message as the API validates it and hands it to the processor."""
+    return message_data(message_adapter.validate_python(body))
 
 
 def apply(

@@ -123,13 +123,16 @@ def test_emitted_analytics_go_to_the_outbox_in_the_same_commit(tmp_path: Path) -
         from pydantic import TypeAdapter
 
         from spotzee.schemas.events import SegmentMessage
+        from spotzee.schemas.message_data import message_data
         from spotzee.schemas.records import IngestedMessage, record_key
         from spotzee.streams.record_codec import dumps
 
         message = TypeAdapter[SegmentMessage](SegmentMessage).validate_python(
             {"type": "track", "userId": "u", "event": "e"}
         )
-        record = IngestedMessage(project_id="p", message_id="m", received_at=clock.now(), message=message, raw="{}")
+        record = IngestedMessage(
+            project_id="p", message_id="m", received_at=clock.now(), message=message_data(message), raw="{}"
+        )
         rt.append_sync([(record_key(record), dumps(record))])
         settle(rt)
         rows = [analytics_record_adapter.validate_json(bytes(v)) for v in rt.db.cf(OUTBOX).values()]

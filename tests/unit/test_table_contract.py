@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
 import pytest
 
 from spotzee.runtime.embedded.commit import Commit
@@ -40,9 +41,12 @@ from spotzee.tables import rocksdb_store
 from spotzee.tables.overlay import BatchContext
 from spotzee.tables.partition_store import DUE, TIMERS, PartitionStore
 from spotzee.tables.rocksdb_store import TABLE_PREFIX, TIMER_INDEX, U64, RocksDB, decode_timer_value
+from spotzee.tables.table_specs import StateCache, TableSpec, typed
+from spotzee.schemas.structs import Struct
 from spotzee.testing import ManualClock, MemoryContext
 
 TABLES = ("things", "others")
+CACHE_LIMIT = 3  # small: evictions happen within a test
 OUT = "out"  # a topic emits go to (not the processor's own: a memory context would run them)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -120,7 +124,11 @@ class EmbeddedBackend:
         self.inbound = InboundLog(self.db, partitions=1)
         self.outbox = Outbox(self.db, Settings(data_dir=path))
         self.timers = Timers(self.inbound, self.outbox, clock)
-        self.ctx: BatchContext = BatchContext(self.db, TABLES, clock)
+        self.caches = {"things": StateCache(CACHE_LIMIT)}  # "others" uncached: both paths run
+        self.ctx: BatchContext = self._context()
+
+    def _context(self) -> BatchContext:
+        return BatchContext(self.db, TABLES, self.clock, caches=self.caches)
 
     def commit_batch(self) -> None:
         """As the processor loop's commit, without a log: the tables and the timers, one write."""
@@ -129,10 +137,11 @@ class EmbeddedBackend:
             stage_tables(commit, self.ctx)
             self.timers.stage(commit, self.ctx.batch.timers)
             commit.write()
-        self.ctx = BatchContext(self.db, TABLES, self.clock)
+        self.ctx.publish()
+        self.ctx = self._context()
 
     def cancel_batch(self) -> None:
-        self.ctx = BatchContext(self.db, TABLES, self.clock)
+        self.ctx = self._context()
 
     def stored(self, table: str, key: str) -> bytes | None:
         value = self.db.cf(TABLE_PREFIX + table).get(key.encode())
@@ -156,7 +165,8 @@ class KafkaBackend:
     def __init__(self, path: Path, clock: ManualClock) -> None:
         self.clock = clock
         self.store = PartitionStore(path, 0, TABLES)
-        self.ctx: BatchContext = batch_context(self.store, TABLES, clock)
+        self.caches = {"things": StateCache(CACHE_LIMIT)}
+        self.ctx: BatchContext = batch_context(self.store, TABLES, clock, self.caches)
         self.batches = 0
 
     def commit_batch(self) -> None:
@@ -164,10 +174,11 @@ class KafkaBackend:
         self.batches += 1
         changes = batch_changes(self.store, self.ctx, TABLES)
         self.store.apply(changes, input_offset=self.batches, changelog_offset=self.batches)
-        self.ctx = batch_context(self.store, TABLES, self.clock)
+        self.ctx.publish()
+        self.ctx = batch_context(self.store, TABLES, self.clock, self.caches)
 
     def cancel_batch(self) -> None:
-        self.ctx = batch_context(self.store, TABLES, self.clock)
+        self.ctx = batch_context(self.store, TABLES, self.clock, self.caches)
 
     def stored(self, table: str, key: str) -> bytes | None:
         return self.store.get(table, key)
@@ -424,3 +435,81 @@ def test_a_cancelled_batch_leaves_the_store_as_it_was(batched: Backend) -> None:
 
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
+
+
+# -- typed tables: values decoded once, encoded at commit, cached across batches ----------------------
+
+
+class Thing(Struct, kw_only=True):
+    name: str
+    tags: list[str] = msgspec.field(default_factory=list)
+
+
+THINGS = TableSpec("things", Thing)
+OTHERS = TableSpec("others", Thing)
+
+
+@pytest.mark.parametrize("spec", [THINGS, OTHERS], ids=["cached", "uncached"])
+def test_typed_values_round_trip_through_a_commit(backend: Backend, spec: TableSpec[Thing]) -> None:
+    table = typed(backend.ctx, spec)
+    table.put("a", Thing(name="a", tags=["x"]))
+    assert table.get("a") == Thing(name="a", tags=["x"])
+    assert backend.ctx.table(spec.name).get("a") == b'{"name":"a","tags":["x"]}'  # bytes on demand
+    backend.ctx.commit_record()
+    backend.commit_batch()
+    assert backend.stored(spec.name, "a") == b'{"name":"a","tags":["x"]}'
+    assert typed(backend.ctx, spec).get("a") == Thing(name="a", tags=["x"])
+    assert typed(backend.ctx, spec).get("missing") is None
+
+
+@pytest.mark.parametrize("spec", [THINGS, OTHERS], ids=["cached", "uncached"])
+def test_typed_rollback_and_scans_see_what_bytes_do(backend: Backend, spec: TableSpec[Thing]) -> None:
+    table = typed(backend.ctx, spec)
+    table.put("k1", Thing(name="one"))
+    table.put("k2", Thing(name="two"))
+    backend.ctx.commit_record()
+    backend.commit_batch()
+    table = typed(backend.ctx, spec)
+    assert table.get("k1") == Thing(name="one")
+    table.put("k1", Thing(name="changed"))
+    table.delete("k2")
+    table.put("k3", Thing(name="three"))
+    assert [k for k, _ in table.scan_prefix("k")] == ["k1", "k3"]
+    backend.ctx.rollback_record()
+    assert table.get("k1") == Thing(name="one")
+    assert [(k, v.name) for k, v in table.scan_prefix("k")] == [("k1", "one"), ("k2", "two")]
+    backend.ctx.table(spec.name).set("k2", b'{"name":"raw bytes"}')  # a bytes write reads back as a value
+    assert table.get("k2") == Thing(name="raw bytes")
+    backend.ctx.commit_record()
+    backend.commit_batch()
+    assert typed(backend.ctx, spec).get("k2") == Thing(name="raw bytes")
+
+
+def test_a_cancelled_batch_leaves_the_cache_as_the_store(batched: Backend) -> None:
+    table = typed(batched.ctx, THINGS)
+    table.put("a", Thing(name="committed"))
+    batched.ctx.commit_record()
+    batched.commit_batch()
+    assert typed(batched.ctx, THINGS).get("a") == Thing(name="committed")  # now cached
+    typed(batched.ctx, THINGS).put("a", Thing(name="lost"))
+    typed(batched.ctx, THINGS).put("b", Thing(name="lost"))
+    batched.ctx.commit_record()
+    batched.cancel_batch()  # a crash before the commit
+    assert typed(batched.ctx, THINGS).get("a") == Thing(name="committed")
+    assert typed(batched.ctx, THINGS).get("b") is None
+    assert batched.stored("things", "b") is None
+
+
+def test_the_cache_is_bounded_and_never_serves_a_stale_value(batched: Backend) -> None:
+    for i in range(CACHE_LIMIT * 3):
+        typed(batched.ctx, THINGS).put(f"k{i}", Thing(name=str(i)))
+        batched.ctx.commit_record()
+        batched.commit_batch()
+    cache = batched.caches["things"]  # type: ignore[attr-defined]
+    assert len(cache) == CACHE_LIMIT
+    for i in range(CACHE_LIMIT * 3):  # evicted keys come back from the store
+        assert typed(batched.ctx, THINGS).get(f"k{i}") == Thing(name=str(i))
+    typed(batched.ctx, THINGS).delete("k0")
+    batched.ctx.commit_record()
+    batched.commit_batch()
+    assert typed(batched.ctx, THINGS).get("k0") is None
