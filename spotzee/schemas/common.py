@@ -11,12 +11,16 @@ from pydantic.alias_generators import to_camel
 JSONObject = dict[str, Any]
 
 
-def _utc(value: datetime) -> datetime:
-    """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
+def as_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (ClickHouse's come back naive); aware ones are converted to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _utc(value: datetime) -> datetime:
     try:
-        return value.astimezone(UTC)
+        return as_utc(value)
     except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
         raise ValueError("date is out of range once converted to UTC") from None
 

@@ -39,6 +39,7 @@ from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
 from spotzee.errors import Conflict, InvalidInput, NotFound, Overloaded, SpotzeeError
 from spotzee.runtime.runtime_protocol import Position, Runtime
+from spotzee.schemas.common import as_utc
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.limits import QuarantinedDefinition
 from spotzee.schemas.rules import ListRule, RuleNode, SegmentCreate
@@ -406,7 +407,10 @@ class Segments:
         history: dict[str, dict[str, HistoryFact]] = defaultdict(dict)
         for contact_id, message_id, event, timestamp, properties in rows:
             history[contact_id][message_id] = HistoryFact(
-                message_id=message_id, name=event, timestamp=timestamp, properties=orjson.loads(properties or "{}")
+                message_id=message_id,
+                name=event,
+                timestamp=as_utc(timestamp),  # ClickHouse's DateTime64 comes back naive: it is UTC
+                properties=orjson.loads(properties or "{}"),
             )
         return {cid: list(facts.values()) for cid, facts in history.items()}
 

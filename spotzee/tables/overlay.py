@@ -107,8 +107,9 @@ class OverlayTable:
     # -- the batch -----------------------------------------------------------------------------
 
     def fold(self) -> None:
-        self.batch.update(self.record)
-        self.record.clear()
+        if self.record:  # most records touch a few of the tables
+            self.batch.update(self.record)
+            self.record.clear()
 
     def rollback(self) -> None:
         self.record.clear()
@@ -208,6 +209,7 @@ class BatchContext:
         # Whether each timer touched in this batch exists after the batch (folded) / the record.
         self._timers_batch: dict[str, bool] = {}
         self._timers_record: dict[str, bool] = {}
+        self._stored_timers: dict[str, bool] = {}
 
     @property
     def clock(self) -> Clock:
@@ -235,7 +237,10 @@ class BatchContext:
         for staged in (self._timers_record, self._timers_batch):
             if timer_id in staged:
                 return staged[timer_id]
-        return self._stored_timer_exists(timer_id)
+        known = self._stored_timers.get(timer_id)
+        if known is None:  # the store does not change during a batch: one read per timer per batch
+            known = self._stored_timers[timer_id] = self._stored_timer_exists(timer_id)
+        return known
 
     def publish(self) -> None:
         """The batch committed: hand its values to the state caches."""

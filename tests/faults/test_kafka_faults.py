@@ -22,6 +22,7 @@ from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.schemas.contact_models import ContactState
 from spotzee.settings import Settings
 from spotzee.streams import topics
+from spotzee.schemas.structs import to_builtins
 from spotzee.streams.contact_processor import CONTACTS, ContactProcessor
 from spotzee.streams.record_codec import loads
 from spotzee.tables.partition_store import PartitionStore
@@ -84,7 +85,7 @@ def recompute(settings: Settings) -> dict[str, bytes]:
 
 
 def comparable(raw: bytes) -> dict[str, Any]:
-    return loads(ContactState, raw).model_dump(mode="json")
+    return to_builtins(loads(ContactState, raw))
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ class Commit:
         self.batch = inbound.db.batch()
         self.next_offset = list(inbound.next_offset)
         self.outbox_next = outbox.next
+        self.topic_next: dict[str, int] = {}  # retained topics this batch appends to: their next sequence
         self._log_handle = inbound.db.handle(LOG)
 
     def append(self, key: str, value: bytes, partition: int | None = None) -> Position:
@@ -60,7 +61,11 @@ class Commit:
                 self.outbox.stage(self.batch, self.outbox_next, value)
                 self.outbox_next += 1
             elif topic in _RETAINED_TOPICS:
-                self.outbox.retain(self.batch, topic, value)
+                seq = self.topic_next.get(topic)
+                if seq is None:
+                    seq = self.outbox.topic_next(topic)
+                self.outbox.retain(self.batch, topic, seq, value)
+                self.topic_next[topic] = seq + 1
             else:
                 raise SpotzeeError(f"topic {topic!r} is not bound in the embedded runtime")
 
@@ -72,6 +77,9 @@ class Commit:
         """Write the batch (synced), then keep the offsets and sequence numbers it moved."""
         if self.outbox_next != self.outbox.next:
             self.outbox.stage_next(self.batch, self.outbox_next)
+        for topic, seq in self.topic_next.items():
+            self.outbox.stage_topic_next(self.batch, topic, seq)
         self.db.write(self.batch)
         self.inbound.next_offset = self.next_offset
         self.outbox.next = self.outbox_next
+        self.outbox.moved(self.topic_next)

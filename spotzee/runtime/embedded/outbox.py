@@ -45,19 +45,22 @@ class Outbox:
         seq = self._topic_next.get(topic)
         return seq if seq is not None else self.db.get_u64(b"topic_next/" + topic.encode())
 
-    def retain(self, batch: WriteBatch, topic: str, value: bytes) -> None:
-        """Must hold the log's lock. Append to a retained topic (``TOPICS``): the last
-        ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
-        seq = self._topic_next.get(topic)
-        if seq is None:
-            seq = self.db.get_u64(b"topic_next/" + topic.encode())
+    def retain(self, batch: WriteBatch, topic: str, seq: int, value: bytes) -> None:
+        """Must hold the log's lock. Put one record of a retained topic (``TOPICS``) at ``seq``: the
+        last ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
         prefix = _topic_prefix(topic)
         handle = self.db.handle(TOPICS)
         batch.put(prefix + U64.pack(seq), value, handle)
         if seq >= self.retention and seq % 1000 == 0:
             batch.delete_range(prefix + U64.pack(0), prefix + U64.pack(seq - self.retention + 1), handle)
-        self._topic_next[topic] = seq + 1
-        batch.put(b"topic_next/" + topic.encode(), U64.pack(seq + 1), self.db.handle(META))
+
+    def stage_topic_next(self, batch: WriteBatch, topic: str, seq: int) -> None:
+        """Must hold the log's lock. Record a retained topic's next sequence number in the same batch."""
+        batch.put(b"topic_next/" + topic.encode(), U64.pack(seq), self.db.handle(META))
+
+    def moved(self, topic_next: dict[str, int]) -> None:
+        """A batch with records of these topics was written: their next sequence numbers."""
+        self._topic_next.update(topic_next)
 
     def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """Records of a retained topic from sequence ``start`` (what its consumer reads)."""
