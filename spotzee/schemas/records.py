@@ -198,7 +198,6 @@ def decode_record(data: bytes) -> EventsRecord:
     return decode(EventsRecord, data)  # type: ignore[arg-type]
 
 
-
 def record_key(record: EventsRecord) -> str:
     """The partitioning key: ``project_id:contact_id``."""
     return f"{record.project_id}:{record.contact_id}"

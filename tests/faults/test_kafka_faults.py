@@ -20,9 +20,9 @@ from kafka import KafkaConsumer, TopicPartition
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import kafka_python_config
 from spotzee.schemas.contact_models import ContactState
+from spotzee.schemas.structs import to_builtins
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.schemas.structs import to_builtins
 from spotzee.streams.contact_processor import CONTACTS, ContactProcessor
 from spotzee.streams.record_codec import loads
 from spotzee.tables.partition_store import PartitionStore

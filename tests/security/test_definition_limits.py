@@ -175,7 +175,8 @@ def test_everything_within_the_limits_round_trips_through_the_stored_forms() -> 
     )
     barrier = JourneyBarrier.of(definition)
     decoded = decode_record(dumps(barrier))
-    assert isinstance(decoded, JourneyBarrier) and decoded.parsed() == definition
+    assert isinstance(decoded, JourneyBarrier)
+    assert decoded.parsed() == definition
     assert JourneyDefinition.model_validate_json(orjson.dumps(orjson.loads(dumps(definition)))) == definition
     segment = SegmentDefinition.model_validate(
         {
@@ -191,7 +192,8 @@ def test_everything_within_the_limits_round_trips_through_the_stored_forms() -> 
     )
     wrapped = SegmentBarrier.of(segment, "__segment__seg_x")
     unwrapped = decode_record(dumps(wrapped))
-    assert isinstance(unwrapped, SegmentBarrier) and unwrapped.parsed() == segment
+    assert isinstance(unwrapped, SegmentBarrier)
+    assert unwrapped.parsed() == segment
     assert SegmentDefinition.model_validate_json(orjson.dumps(orjson.loads(dumps(segment)))) == segment
     # one level more is refused by the stored models themselves, whoever builds them
     with pytest.raises(ValidationError, match="nested deeper"):

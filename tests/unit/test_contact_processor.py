@@ -24,10 +24,10 @@ from spotzee.schemas.analytics_models import (
 )
 from spotzee.schemas.contact_models import AliasState, ContactState
 from spotzee.schemas.events import SegmentMessage
+from spotzee.schemas.message_data import message_data
 from spotzee.schemas.records import ContactErase, EventsRecord, IngestedMessage, record_key
 from spotzee.settings import Settings
 from spotzee.streams import topics
-from spotzee.schemas.message_data import message_data
 from spotzee.streams.contact_processor import ALIASES, CONTACTS, DEDUPE, ContactProcessor
 from spotzee.streams.record_codec import dumps, loads
 from spotzee.tables.rocksdb_store import OUTBOX

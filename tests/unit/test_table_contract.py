@@ -35,6 +35,7 @@ from spotzee.runtime.embedded.outbox import Outbox
 from spotzee.runtime.embedded.processor_loop import stage_tables
 from spotzee.runtime.embedded.timers import Timers
 from spotzee.runtime.kafka.partition_engine import batch_changes, batch_context
+from spotzee.schemas.structs import Struct
 from spotzee.settings import Settings
 from spotzee.streams.interface import Context
 from spotzee.tables import rocksdb_store
@@ -42,7 +43,6 @@ from spotzee.tables.overlay import BatchContext
 from spotzee.tables.partition_store import DUE, TIMERS, PartitionStore
 from spotzee.tables.rocksdb_store import TABLE_PREFIX, TIMER_INDEX, U64, RocksDB, decode_timer_value
 from spotzee.tables.table_specs import StateCache, TableSpec, typed
-from spotzee.schemas.structs import Struct
 from spotzee.testing import ManualClock, MemoryContext
 
 TABLES = ("things", "others")

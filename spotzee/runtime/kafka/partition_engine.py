@@ -76,9 +76,7 @@ def batch_context(
     store: PartitionStore, tables: tuple[str, ...], clock: Clock, caches: dict[str, StateCache] | None = None
 ) -> BatchContext:
     """A batch of ``store``'s partition in progress; its timers are the store's ``__timers``."""
-    return BatchContext(
-        store.db, tables, clock, timer_exists=lambda t: store.get(TIMERS, t) is not None, caches=caches
-    )
+    return BatchContext(store.db, tables, clock, timer_exists=lambda t: store.get(TIMERS, t) is not None, caches=caches)
 
 
 @dataclass(frozen=True)
