@@ -1,24 +1,32 @@
 """Segment membership inside the contact processor: load, call the pure domain, store, emit.
 
-Tables (all keyed so that the owner of the contact's partition is their only writer):
+Tables (typed: ``tables/table_specs.py``; keys from ``tables/keyspace.py``; all keyed so that the
+owner of the contact's partition is their only writer):
 - ``memberships``: ContactSegments per contact key (tracker slots, memberships, lists, wakes);
 - ``segment_members``: ``project:segment_id\\x00contact_id`` -> Member (current members, in
   contact order: the members API pages through it);
-- ``list_members``: ``project:list_id\\x00contact_id`` -> Member (version 0).
+- ``list_members``: ``project:list_id\\x00contact_id`` -> Member (version 0);
+- ``segment_definitions``: project id -> {segment id: definition JSON} seen in barriers.
 
 Outputs per transition: a ``SegmentChange`` on ``segment-changes`` and a ``SegmentChangeRow``
 for the ClickHouse ``segment_changes`` history. One timer per contact (``segments:<key>``)
 re-delivers a ``SegmentWake`` at the earliest instant a time-dependent segment may flip.
+
+A record that changes nothing (an event no segment counts, a filter that rejects it) writes
+nothing: the domain hands back the very state it was given, and only a new state is stored.
+Segment definitions are pydantic models (the edge contract), validated when a definition or a
+barrier arrives and once per distinct stored definition, never per record.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
+import msgspec
 from pydantic import TypeAdapter
-from pydantic_core import from_json
 
 from spotzee.domain.segments import membership as domain
 from spotzee.schemas.analytics_models import SegmentChangeRow
@@ -33,27 +41,48 @@ from spotzee.schemas.segment_models import (
     SegmentWake,
     change_id,
 )
+from spotzee.schemas.structs import decoder
 from spotzee.streams import topics
 from spotzee.streams.interface import Context
-from spotzee.streams.quarantine import Unreadable, decode, quarantine
-from spotzee.streams.record_codec import dumps, loads
+from spotzee.streams.quarantine import decode, quarantine
+from spotzee.streams.record_codec import dumps
+from spotzee.tables.keyspace import contact_key, member_key
+from spotzee.tables.keyspace import member_prefix as member_prefix  # re-exported: the services list members
+from spotzee.tables.table_specs import TableSpec, TypedTable, typed
 
 MEMBERSHIPS = "memberships"
 SEGMENT_MEMBERS = "segment_members"
 LIST_MEMBERS = "list_members"
 SEGMENT_DEFINITIONS = "segment_definitions"  # project id -> {segment id: definition} seen in barriers
 TABLES = (MEMBERSHIPS, SEGMENT_MEMBERS, LIST_MEMBERS, SEGMENT_DEFINITIONS)
-SEP = "\x00"
+# Read on (almost) every record: the contact's segment state, and its project's barriered definitions.
+CACHED_TABLES = (MEMBERSHIPS, SEGMENT_DEFINITIONS)
+
+Barriered = dict[str, msgspec.Raw]  # segment id -> its SegmentDefinition's JSON, validated on use
+
+
+def _barriered_decoder(key: str) -> Callable[[bytes], Barriered]:
+    def read(data: bytes) -> Barriered:
+        """The stored object, each definition left as JSON; an unreadable value is quarantined and
+        read as empty (the registry still has every readable definition from the definitions store)."""
+        try:
+            items: Barriered = decoder(Barriered).decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            quarantine(key, data, exc)
+            return {}
+        return items
+
+    return read
+
+
+MEMBERSHIPS_TABLE = TableSpec(MEMBERSHIPS, domain.ContactSegments)
+SEGMENT_MEMBERS_TABLE = TableSpec(SEGMENT_MEMBERS, Member)
+LIST_MEMBERS_TABLE = TableSpec(LIST_MEMBERS, Member)
+SEGMENT_DEFINITIONS_TABLE: TableSpec[Barriered] = TableSpec(
+    SEGMENT_DEFINITIONS, dict, decoder=_barriered_decoder(SEGMENT_DEFINITIONS)
+)
 
 _definition = TypeAdapter[SegmentDefinition | ListDefinition](SegmentDefinition | ListDefinition)
-
-
-def member_key(project_id: str, segment_or_list_id: str, contact_id: str) -> str:
-    return f"{project_id}:{segment_or_list_id}{SEP}{contact_id}"
-
-
-def member_prefix(project_id: str, segment_or_list_id: str) -> str:
-    return f"{project_id}:{segment_or_list_id}{SEP}"
 
 
 class SegmentRegistry:
@@ -113,7 +142,59 @@ def _rank(definition: SegmentDefinition) -> int:
 TransitionListener = Callable[[Context, str, str, list[tuple[str, bool, str]]], None]
 
 
-_barriered = TypeAdapter[dict[str, SegmentDefinition]](dict[str, SegmentDefinition])
+# The contact whose segment state is being kept: (its table key, project id, contact id).
+_Owner = tuple[str, str, str]
+
+
+def _owner(contact: ContactState) -> _Owner:
+    project_id, contact_id = contact.project_id, contact.id
+    return contact_key(project_id, contact_id), project_id, contact_id
+
+
+class _Tables:
+    """The typed tables of one context (a runtime's batch): made once per context, not per record."""
+
+    __slots__ = ("ctx", "definitions", "list_members", "memberships", "segment_members", "synced")
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        # Projects whose barriered definitions were applied in this context: only ``barrier``
+        # writes them, and it applies what it writes (a new context reads them again).
+        self.synced: set[str] = set()
+        self.memberships = typed(ctx, MEMBERSHIPS_TABLE)
+        self.segment_members = typed(ctx, SEGMENT_MEMBERS_TABLE)
+        self.list_members = typed(ctx, LIST_MEMBERS_TABLE)
+        self.definitions = typed(ctx, SEGMENT_DEFINITIONS_TABLE)
+
+
+class _Parsed:
+    """Barriered definitions validated once per distinct JSON (bounded; shared by the partitions)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[bytes, SegmentDefinition | None] = OrderedDict()
+        self.limit = limit
+
+    def get(self, key: str, raw: msgspec.Raw) -> SegmentDefinition | None:
+        """The definition, or None when it is unreadable (then quarantined under ``key``)."""
+        data = bytes(raw)
+        with self._lock:
+            if data in self._items:
+                self._items.move_to_end(data)
+                return self._items[data]
+        try:
+            found: SegmentDefinition | None = SegmentDefinition.model_validate_json(data)
+        except Exception as exc:  # this one definition only
+            quarantine(key, data, exc)
+            found = None
+        with self._lock:
+            self._items[data] = found
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)
+        return found
+
+
+_parsed = _Parsed()
 
 
 def read_barriered(project_id: str, raw: bytes) -> dict[str, SegmentDefinition]:
@@ -121,15 +202,15 @@ def read_barriered(project_id: str, raw: bytes) -> dict[str, SegmentDefinition]:
     unreadable (stored by an older version) is quarantined and dropped, the others stand. The
     registry still has every readable definition from the definitions store."""
     key = f"{SEGMENT_DEFINITIONS}/{project_id}"
-    items = decode(key, raw, from_json)
-    if isinstance(items, Unreadable) or not isinstance(items, dict):
-        return {}
+    return _readable(key, _barriered_decoder(key)(raw))
+
+
+def _readable(key: str, items: Barriered) -> dict[str, SegmentDefinition]:
     found: dict[str, SegmentDefinition] = {}
     for segment_id, data in items.items():
-        try:
-            found[segment_id] = SegmentDefinition.model_validate(data)
-        except Exception as exc:  # this one definition only
-            quarantine(f"{key}/{segment_id}", raw, exc)
+        definition = _parsed.get(f"{key}/{segment_id}", data)
+        if definition is not None:
+            found[segment_id] = definition
     return found
 
 
@@ -138,7 +219,11 @@ class SegmentMemberships:
 
     def __init__(self, registry: SegmentRegistry) -> None:
         self.registry = registry
-        self._applied: set[bytes] = set()  # barrier states applied already (partitions differ)
+        # Project -> the barriered value applied last, by identity: a table value is decoded once
+        # and then shared by the batch overlay and the state cache, so an unchanged value is the
+        # same object (a partition with another value of the same project applies its own).
+        self._applied: dict[str, Barriered] = {}
+        self._views: _Tables | None = None  # the last context's (it stays referenced until the next)
         # Told (project, contact, [(segment id, entered, change id)]) after each stored change:
         # journeys trigger on segment entry and exit.
         self.listeners: list[TransitionListener] = []
@@ -150,25 +235,31 @@ class SegmentMemberships:
         later (a worker taking it over, restoring from the changelog) evaluates every record after
         the barrier against it, whatever its own definitions replica has seen so far."""
         self.registry.apply(definition)
-        table = ctx.table(SEGMENT_DEFINITIONS)
-        raw = table.get(definition.project_id)
-        known = read_barriered(definition.project_id, raw) if raw is not None else {}
-        current = known.get(definition.id)
+        tables = self._tables(ctx)
+        tables.synced.discard(definition.project_id)
+        table = tables.definitions
+        stored = table.get(definition.project_id) or {}
+        key = f"{SEGMENT_DEFINITIONS}/{definition.project_id}"
+        readable = {sid: raw for sid, raw in stored.items() if _parsed.get(f"{key}/{sid}", raw) is not None}
+        previous = readable.get(definition.id)
+        current = _parsed.get(f"{key}/{definition.id}", previous) if previous is not None else None
         if current is None or (current.version, _rank(current)) < (definition.version, _rank(definition)):
-            known[definition.id] = definition
-            table.set(definition.project_id, _barriered.dump_json(known))
+            readable[definition.id] = msgspec.Raw(definition.model_dump_json().encode())
+            table.put(definition.project_id, readable)
 
     def sync(self, ctx: Context, project_id: str) -> None:
         """Before a record of ``project_id``: apply the definitions barriered in this partition
-        (one point read; parsed only when they changed)."""
-        raw = ctx.table(SEGMENT_DEFINITIONS).get(project_id)
-        if raw is None or raw in self._applied:
+        (read once per context; applied again only when the value changed)."""
+        tables = self._tables(ctx)
+        if project_id in tables.synced:
             return
-        for definition in read_barriered(project_id, raw).values():
+        tables.synced.add(project_id)
+        stored = tables.definitions.get(project_id)
+        if not stored or self._applied.get(project_id) is stored:
+            return
+        for definition in _readable(f"{SEGMENT_DEFINITIONS}/{project_id}", stored).values():
             self.registry.apply(definition)
-        if len(self._applied) > 4096:
-            self._applied.clear()
-        self._applied.add(raw)
+        self._applied[project_id] = stored
 
     # -- entry points ---------------------------------------------------------------------------
 
@@ -182,12 +273,19 @@ class SegmentMemberships:
         changes: list[FieldChange],
         cause: str,
     ) -> None:
-        project = self.registry.project(contact.project_id)
-        if not project.segments and ctx.table(MEMBERSHIPS).get(self._key(contact)) is None:
-            return  # nothing to keep yet: a contact seen before any segment is backfilled later
-        cs = self._load(ctx, contact, project, is_new=is_new)
+        project_id, contact_id = contact.project_id, contact.id
+        project = self.registry.project(project_id)
+        owner = (contact_key(project_id, contact_id), project_id, contact_id)
+        tables = self._tables(ctx)
+        stored = tables.memberships.get(owner[0])
+        if stored is None:
+            if not project.segments:
+                return  # nothing to keep yet: a contact seen before any segment is backfilled later
+            cs = domain.fresh(project, new_contact=is_new)
+        else:
+            cs = stored
         outcome = domain.on_event(project, cs, contact, fact, changes, ctx.clock.now())
-        self._store(ctx, contact.project_id, contact.id, cs, outcome, cause)
+        self._store(tables, owner, cs, outcome, cause, stored=stored is not None)
 
     def after_change(self, ctx: Context, contact: ContactState, changes: list[FieldChange], cause: str) -> None:
         self.after_message(ctx, contact, is_new=False, fact=None, changes=changes, cause=cause)
@@ -196,7 +294,7 @@ class SegmentMemberships:
         if contact is None:
             return  # erased or merged away since the backfill listed it
         project = self.registry.project(contact.project_id)
-        cs = self._load(ctx, contact, project, is_new=False)
+        owner, cs, stored = self._load(ctx, contact, project, is_new=False)
         outcome = domain.on_refresh(
             project,
             cs,
@@ -208,44 +306,46 @@ class SegmentMemberships:
             last=record.last,
             now=ctx.clock.now(),
         )
-        self._store(ctx, contact.project_id, contact.id, cs, outcome, f"backfill:v{record.version}")
+        self._store(self._tables(ctx), owner, cs, outcome, f"backfill:v{record.version}", stored=stored)
 
     def wake(self, ctx: Context, contact: ContactState | None, record: SegmentWake) -> None:
         if contact is None:
             return
         project = self.registry.project(contact.project_id)
-        cs = self._load(ctx, contact, project, is_new=False)
+        owner, cs, stored = self._load(ctx, contact, project, is_new=False)
         outcome = domain.on_wake(project, cs, contact, ctx.clock.now())
-        self._store(ctx, contact.project_id, contact.id, cs, outcome, "time")
+        self._store(self._tables(ctx), owner, cs, outcome, "time", stored=stored)
 
     def list_membership(self, ctx: Context, contact: ContactState, list_id: str, member: bool, is_new: bool) -> None:
         now = ctx.clock.now()
-        rows = ctx.table(LIST_MEMBERS)
-        key = member_key(contact.project_id, list_id, contact.id)
+        rows = self._tables(ctx).list_members
+        row = member_key(contact.project_id, list_id, contact.id)
         if member:
-            if rows.get(key) is None:
-                rows.set(key, dumps(Member(since=now, version=0)))
+            if rows.get(row) is None:
+                rows.put(row, Member(since=now, version=0))
         else:
-            rows.delete(key)
+            rows.delete(row)
         project = self.registry.project(contact.project_id)
-        cs = self._load(ctx, contact, project, is_new=is_new)
+        owner, cs, stored = self._load(ctx, contact, project, is_new=is_new)
         outcome = domain.on_lists(project, cs, contact, list_id, member, now)
-        self._store(ctx, contact.project_id, contact.id, cs, outcome, f"list:{list_id}")
+        self._store(self._tables(ctx), owner, cs, outcome, f"list:{list_id}", stored=stored)
 
     def leave(self, ctx: Context, project_id: str, contact_id: str, cause: str) -> bytes | None:
         """The contact is erased or merged into another: exit everything, drop its rows and
         timer; returns its stored state (handed over to a merge target)."""
-        key = f"{project_id}:{contact_id}"
-        raw = ctx.table(MEMBERSHIPS).get(key)
-        if raw is None:
+        owner = (contact_key(project_id, contact_id), project_id, contact_id)
+        tables = self._tables(ctx)
+        memberships = tables.memberships
+        cs = memberships.get(owner[0])
+        if cs is None:
             return None
-        cs = loads(domain.ContactSegments, raw)
         outcome = domain.on_leave(cs)
+        lists = tables.list_members
         for list_id in cs.lists:
-            ctx.table(LIST_MEMBERS).delete(member_key(project_id, list_id, contact_id))
-        self._store(ctx, project_id, contact_id, cs, outcome, cause)
-        ctx.table(MEMBERSHIPS).delete(key)
-        return raw
+            lists.delete(member_key(project_id, list_id, contact_id))
+        self._store(self._tables(ctx), owner, cs, outcome, cause, stored=True)
+        memberships.delete(owner[0])
+        return MEMBERSHIPS_TABLE.encode(cs)
 
     def after_merge(
         self,
@@ -256,64 +356,67 @@ class SegmentMemberships:
         changes: list[FieldChange],
     ) -> None:
         project = self.registry.project(contact.project_id)
-        target = self._load(ctx, contact, project, is_new=False)
-        source = loads(domain.ContactSegments, source_segments) if source_segments is not None else None
+        owner, target, stored = self._load(ctx, contact, project, is_new=False)
+        source = MEMBERSHIPS_TABLE.decode(source_segments) if source_segments is not None else None
         if source is not None:
+            lists = self._tables(ctx).list_members
             for list_id in source.lists:  # the source's list memberships move to the target
                 row = member_key(contact.project_id, list_id, contact.id)
-                if ctx.table(LIST_MEMBERS).get(row) is None:
-                    ctx.table(LIST_MEMBERS).set(row, dumps(Member(since=ctx.clock.now(), version=0)))
+                if lists.get(row) is None:
+                    lists.put(row, Member(since=ctx.clock.now(), version=0))
         outcome = domain.on_merge(project, target, source, contact, changes, ctx.clock.now())
-        self._store(ctx, contact.project_id, contact.id, target, outcome, f"merge:{source_id}")
+        self._store(self._tables(ctx), owner, target, outcome, f"merge:{source_id}", stored=stored)
 
     # -- helpers --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _key(contact: ContactState) -> str:
-        return f"{contact.project_id}:{contact.id}"
+    def _tables(self, ctx: Context) -> _Tables:
+        views = self._views
+        if views is None or views.ctx is not ctx:
+            views = self._views = _Tables(ctx)
+        return views
 
     def _load(
         self, ctx: Context, contact: ContactState, project: domain.ProjectSegments, *, is_new: bool
-    ) -> domain.ContactSegments:
-        raw = ctx.table(MEMBERSHIPS).get(self._key(contact))
-        if raw is None:
-            return domain.fresh(project, new_contact=is_new)
-        return loads(domain.ContactSegments, raw)
+    ) -> tuple[_Owner, domain.ContactSegments, bool]:
+        """The contact, its segment state (fresh when none is stored) and whether one is."""
+        owner = _owner(contact)
+        stored = self._tables(ctx).memberships.get(owner[0])
+        if stored is None:
+            return owner, domain.fresh(project, new_contact=is_new), False
+        return owner, stored, True
 
     def _store(
         self,
-        ctx: Context,
-        project_id: str,
-        contact_id: str,
+        tables: _Tables,
+        owner: _Owner,
         before: domain.ContactSegments,
         outcome: domain.Outcome,
         cause: str,
+        *,
+        stored: bool,
     ) -> None:
-        key = f"{project_id}:{contact_id}"
+        """Keep ``outcome`` (``before``: the state it started from; ``stored``: ``before`` is the
+        table's value): the state, the member rows that changed, the transitions, the timer."""
         after = outcome.state
-        ctx.table(MEMBERSHIPS).set(key, dumps(after))
-        rows = ctx.table(SEGMENT_MEMBERS)
-        for segment_id in before.members.keys() - after.members.keys():
-            rows.delete(member_key(project_id, segment_id, contact_id))
-        values: dict[tuple[datetime, int], bytes] = {}  # the segments entered together share a value
-        for segment_id, membership in after.members.items():
-            known = before.members.get(segment_id)
-            if known is None or known.since != membership.since or known.version != membership.version:
-                value = values.get((membership.since, membership.version))
-                if value is None:
-                    value = values[(membership.since, membership.version)] = dumps(
-                        Member(since=membership.since, version=membership.version)
-                    )
-                rows.set(member_key(project_id, segment_id, contact_id), value)
-        now = ctx.clock.now()
-        for transition in outcome.transitions:
-            self._emit(ctx, project_id, contact_id, transition, now, cause)
+        if after is before and stored and cause != "time":
+            return  # nothing changed (no transition comes without a change of members)
+        key, project_id, contact_id = owner
+        ctx = tables.ctx
+        if after is not before or not stored:
+            tables.memberships.put(key, after)
+        if after.members is not before.members:
+            self._rows(tables.segment_members, owner, before, after)
         if outcome.transitions:
+            now = ctx.clock.now()
+            for transition in outcome.transitions:
+                self._emit(ctx, owner, transition, now, cause)
             told = [(t.segment_id, t.entered, change_id(contact_id, t.seq)) for t in outcome.transitions]
             for listener in self.listeners:
                 listener(ctx, project_id, contact_id, told)
-        wake_at, was = after.wake_at, before.wake_at
-        if wake_at != was or cause == "time":  # a fired timer is gone: re-arm it
+        if after.wakes is before.wakes and cause != "time":
+            return  # the same wake-ups: the timer stands
+        wake_at = after.wake_at
+        if wake_at != before.wake_at or cause == "time":  # a fired timer is gone: re-arm it
             timer = f"segments:{key}"
             if wake_at is None:
                 ctx.cancel(timer)
@@ -322,10 +425,27 @@ class SegmentMemberships:
                 ctx.schedule(timer, wake_at, topics.EVENTS, key, dumps(wake))
 
     @staticmethod
-    def _emit(
-        ctx: Context, project_id: str, contact_id: str, transition: domain.Transition, at: datetime, cause: str
+    def _rows(
+        rows: TypedTable[Member], owner: _Owner, before: domain.ContactSegments, after: domain.ContactSegments
     ) -> None:
-        key = f"{project_id}:{contact_id}"
+        """The ``segment_members`` rows of the memberships that began, ended or changed version."""
+        _, project_id, contact_id = owner
+        for segment_id in before.members.keys() - after.members.keys():
+            rows.delete(member_key(project_id, segment_id, contact_id))
+        values: dict[tuple[datetime, int], Member] = {}  # the segments entered together share a value
+        for segment_id, membership in after.members.items():
+            known = before.members.get(segment_id)
+            if known is None or known.since != membership.since or known.version != membership.version:
+                value = values.get((membership.since, membership.version))
+                if value is None:
+                    value = values[(membership.since, membership.version)] = Member(
+                        since=membership.since, version=membership.version
+                    )
+                rows.put(member_key(project_id, segment_id, contact_id), value)
+
+    @staticmethod
+    def _emit(ctx: Context, owner: _Owner, transition: domain.Transition, at: datetime, cause: str) -> None:
+        key, project_id, contact_id = owner
         change = SegmentChange(
             project_id=project_id,
             contact_id=contact_id,
@@ -336,5 +456,15 @@ class SegmentMemberships:
             cause=cause,
             change_id=change_id(contact_id, transition.seq),
         )
+        row = SegmentChangeRow(
+            project_id=project_id,
+            segment_id=change.segment_id,
+            contact_id=contact_id,
+            version=change.version,
+            change=change.change,
+            at=at,
+            cause=cause,
+            change_id=change.change_id,
+        )
         ctx.emit(topics.SEGMENT_CHANGES, key, dumps(change))
-        ctx.emit(topics.ANALYTICS, key, dumps(SegmentChangeRow(**change.model_dump(exclude={"type"}))))
+        ctx.emit(topics.ANALYTICS, key, dumps(row))

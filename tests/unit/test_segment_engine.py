@@ -27,6 +27,7 @@ from spotzee.domain.segments import (
 from spotzee.domain.segments.trackers import LatestSlot, ValuesSlot
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import RuleNode, SegmentRuleAdapter
+from spotzee.schemas.structs import decode, encode, replace, to_builtins
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -40,7 +41,7 @@ def rule_of(body: dict[str, Any]) -> RuleNode:
 
 def contact(**fields: Any) -> ContactState:
     base: dict[str, Any] = {"project_id": "p", "id": "u1", "created_at": T0 - 100 * DAY, "updated_at": T0}
-    return ContactState.model_validate({**base, **fields})
+    return ContactState(**{**base, **fields})
 
 
 class Run:
@@ -413,7 +414,7 @@ def test_rolling_count_keeps_only_what_the_threshold_needs() -> None:
     static = Run({**PURCHASE, "count": {"op": "gte", "value": 2}})
     for _ in range(100):
         static.event("purchase")
-    assert static.state.model_dump(mode="json")["slots"].popitem()[1] == {"kind": "count", "n": 100}
+    assert to_builtins(static.state)["slots"].popitem()[1] == {"kind": "count", "n": 100}
 
 
 def test_rolling_min_keeps_a_monotonic_queue() -> None:
@@ -435,8 +436,8 @@ def test_rolling_min_keeps_a_monotonic_queue() -> None:
 def test_state_is_json_and_survives_a_round_trip() -> None:
     run = Run(REPEAT_BUYERS_FR, contact(traits={"country": "FR"}))
     run.event("purchase", amount=80).event("purchase", T0 - DAY, amount=50.25)
-    stored = run.state.model_dump_json()
-    loaded = SegmentState.model_validate_json(stored)
+    stored = encode(run.state)
+    loaded = decode(SegmentState, stored)
     assert loaded == run.state
     assert matches(run.compiled, loaded, run.contact, run.now) is True
 
@@ -740,7 +741,7 @@ def apply_traits(who: ContactState, update: dict[str, Any], last_seen: int | Non
         else:
             traits[key] = value
     seen = who.last_seen if last_seen is None else now + last_seen * HOUR
-    return who.model_copy(update={"traits": traits, "last_seen": seen})
+    return replace(who, traits=traits, last_seen=seen)
 
 
 def run_script(
@@ -793,7 +794,7 @@ def run_script(
             now += step[1]
         else:
             who = apply_traits(who, step[1], step[2], now)
-        state = SegmentState.model_validate_json(state.model_dump_json())  # what the store keeps
+        state = decode(SegmentState, encode(state))  # what the store keeps
         check()
 
 

@@ -20,6 +20,7 @@ from spotzee.domain.segments import membership as m
 from spotzee.schemas.contact_models import FieldChange
 from spotzee.schemas.rules import SegmentRuleAdapter
 from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
+from spotzee.schemas.structs import decode, encode, replace
 from tests.unit.test_segment_engine import T0, apply_traits, attribute_step, contact, event_step, rules
 
 advance = st.tuples(
@@ -99,7 +100,7 @@ def test_incremental_membership_equals_recompute_with_backfill_and_timers(
             assert t.seq == numbered[0], "transitions are numbered 1, 2, ... per contact"
         assert outcome.state.changes == numbered[0]
         assert set(outcome.state.members) == members
-        return m.ContactSegments.model_validate_json(outcome.state.model_dump_json())  # what the table keeps
+        return decode(m.ContactSegments, encode(outcome.state))  # what the table keeps
 
     def check() -> None:
         if not started:
@@ -177,7 +178,7 @@ def test_a_new_contact_is_evaluated_live_and_leaves_on_erase() -> None:
     out = m.on_event(project, cs, who, fact, [], T0)
     assert out.transitions == []
     assert out.state.pending == []
-    out = m.on_event(project, out.state, who, fact.model_copy(update={"message_id": "2"}), [], T0)
+    out = m.on_event(project, out.state, who, replace(fact, message_id="2"), [], T0)
     assert [(t.segment_id, t.entered) for t in out.transitions] == [("A", True)]
     left = m.on_leave(out.state)
     assert [(t.segment_id, t.entered) for t in left.transitions] == [("A", False)]

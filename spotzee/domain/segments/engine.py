@@ -21,20 +21,23 @@ non-decreasing per contact and every event of the contact was observed once.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Literal, Protocol
 
-from spotzee.domain.segments.facts import NO_MEMBERSHIPS, EventFact, MembershipContext
+from spotzee.domain.segments.facts import NO_MEMBERSHIPS, Fact, MembershipContext
 from spotzee.domain.segments.leaves import StaticRule, static_holds
 from spotzee.domain.segments.operators import (
+    OPS,
     attribute_breakpoints,
+    attribute_holds,
     compare,
     exact_float,
     occurred,
     occurrence_breakpoints,
+    read_attribute,
     shifted,
 )
 from spotzee.domain.segments.trackers import (
@@ -47,6 +50,8 @@ from spotzee.domain.segments.trackers import (
     Tracker,
     ValuesSlot,
     is_empty,
+    quotient,
+    ratio,
 )
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.rules import (
@@ -64,6 +69,7 @@ from spotzee.schemas.rules import (
     SegmentRefRule,
     SubscriptionRule,
     canonical_attribute_path,
+    duration,
 )
 
 # -- compiled form ------------------------------------------------------------------------------
@@ -151,6 +157,14 @@ class TrackerBundle:
     by_event: Mapping[str, tuple[Tracker, ...]]
 
 
+# A compiled rule's two programs (closures made once per definition; see "programs" below):
+# ``Test(state, contact, at, context)``: membership at ``at``;
+# ``Flip(state, contact, now, context, best)``: the first instant in ``(now, best)`` at which one
+# time-dependent condition differs from its value at ``now``, else ``best``.
+Test = Callable[[SegmentState, ContactState, datetime, MembershipContext], bool]
+Flip = Callable[[SegmentState, ContactState, datetime, MembershipContext, datetime | None], datetime | None]
+
+
 @dataclass(frozen=True, eq=False)
 class CompiledRule:
     rule: RuleNode
@@ -158,8 +172,11 @@ class CompiledRule:
     trackers: Mapping[str, Tracker]
     by_event: Mapping[str, tuple[Tracker, ...]]
     dependencies: Dependencies
-    checks: tuple[Check, ...] = ()  # every event check of the tree (read once per evaluation)
+    checks: tuple[Check, ...] = ()  # every event check of the tree
     timed: tuple[AttributeRule, ...] = ()  # attribute leaves with relative dates
+    test: Test = field(default=lambda state, contact, at, context: False)  # ``compile`` sets the programs
+    flips: tuple[Flip, ...] = ()  # one per condition that can flip with the clock
+    flip: Flip = field(default=lambda state, contact, now, context, best: best)  # all of ``flips``
 
 
 @dataclass
@@ -245,6 +262,8 @@ def compile(rule: RuleNode) -> CompiledRule:
     checks: list[Check] = []
     timed: list[AttributeRule] = []
     _leaves(root, checks, timed)
+    flips = [flip for flip in map(_check_flip, checks) if flip is not None]
+    flips.extend(_attribute_flip(rule) for rule in timed)
     return CompiledRule(
         rule,
         root,
@@ -253,6 +272,9 @@ def compile(rule: RuleNode) -> CompiledRule:
         dependencies,
         tuple(checks),
         tuple(timed),
+        _node_test(root),
+        tuple(flips),
+        _flip_all(tuple(flips)),
     )
 
 
@@ -292,7 +314,7 @@ class _HasTrackers(Protocol):
     def by_event(self) -> Mapping[str, tuple[Tracker, ...]]: ...
 
 
-def observe(compiled: _HasTrackers, state: SegmentState, event: EventFact, now: datetime) -> SegmentState:
+def observe(compiled: _HasTrackers, state: SegmentState, event: Fact, now: datetime) -> SegmentState:
     """Fold one event into the state (pure). Events may be out of order: one older than a rolling
     window is ignored by that window, one inside it counts."""
     trackers = compiled.by_event.get(event.name)
@@ -301,16 +323,21 @@ def observe(compiled: _HasTrackers, state: SegmentState, event: EventFact, now: 
     slots = dict(state.slots)
     for tracker in trackers:
         slots[tracker.key] = tracker.update(tracker.slot(state), event, now)
-    return SegmentState.model_construct(slots=slots)
+    return SegmentState(slots=slots)
 
 
 def prune(compiled: _HasTrackers, state: SegmentState, now: datetime) -> SegmentState:
     """Drop rolling-window entries that expired by ``now`` (e.g. when a timer fires)."""
-    slots = dict(state.slots)
+    slots: dict[str, SlotModel] | None = None  # copied on the first slot that changes
     for key, tracker in compiled.trackers.items():
-        if key in slots:
-            slots[key] = tracker.prune(tracker.slot(state), now)
-    return SegmentState.model_construct(slots=slots)
+        if key in state.slots:
+            slot = tracker.slot(state)
+            pruned = tracker.prune(slot, now)
+            if pruned is not slot or state.slots[key] is not slot:
+                if slots is None:
+                    slots = dict(state.slots)
+                slots[key] = pruned
+    return state if slots is None else SegmentState(slots=slots)
 
 
 def retain(compiled: _HasTrackers, state: SegmentState) -> SegmentState:
@@ -318,7 +345,7 @@ def retain(compiled: _HasTrackers, state: SegmentState) -> SegmentState:
 
     A tracker new to a contact starts empty: filling it from history is the runtime's backfill.
     """
-    return SegmentState.model_construct(slots={k: v for k, v in state.slots.items() if k in compiled.trackers})
+    return SegmentState(slots={k: v for k, v in state.slots.items() if k in compiled.trackers})
 
 
 # -- reading the state at an instant ------------------------------------------------------------
@@ -414,12 +441,13 @@ def _static_aggregate(slot: TotalSlot, fn: AggregateFn) -> float | None:
     if slot.n == 0:
         return 0.0 if fn == "sum" else None
     if fn == "sum":
-        return exact_float(Fraction(slot.total))
+        return quotient(*ratio(slot.total))
     if fn == "min":
         return slot.low
     if fn == "max":
         return slot.high
-    return exact_float(Fraction(slot.total) / slot.n)
+    numerator, denominator = ratio(slot.total)
+    return quotient(numerator, denominator * slot.n)
 
 
 def _view(check: Check, slot: SlotModel) -> _View:
@@ -442,66 +470,311 @@ def _view(check: Check, slot: SlotModel) -> _View:
     return _Occurrence(slot.first if check.which == "first" else slot.last, check.condition)
 
 
-# A check's view of an empty slot depends on the check only: built once per check. A contact's
-# first evaluation (and every segment whose events it never did) reads empty slots only.
-_EMPTY_VIEWS: dict[int, tuple[Check, _View]] = {}
+def _breakpoints(compiled: CompiledRule, state: SegmentState, contact: ContactState) -> list[datetime]:
+    """Every instant at which a time-dependent condition of ``compiled`` may flip, ascending."""
+    points: list[datetime] = []
+    for check in compiled.checks:
+        slot = check.tracker.slot(state)
+        if not is_empty(slot):  # an empty slot's view never flips
+            points.extend(_view(check, slot).breakpoints())
+    points.extend(p for rule in compiled.timed for p in attribute_breakpoints(rule, contact))
+    return sorted(set(points))
 
 
-def _empty_view(check: Check, slot: SlotModel) -> _View:
-    found = _EMPTY_VIEWS.get(id(check))
-    if found is None or found[0] is not check:  # (an id is reused once a check is gone)
-        if len(_EMPTY_VIEWS) > 65536:
-            _EMPTY_VIEWS.clear()
-        found = _EMPTY_VIEWS[id(check)] = (check, _view(check, slot))
-    return found[1]
+# -- programs: the rule tree as closures ---------------------------------------------------------
+#
+# ``matches`` runs for every affected segment of every record, so a rule is turned once into
+# closures that read the slots directly: no dispatch on node and slot types, no view objects.
+# Each closure answers exactly what ``_view(check, slot).holds(at)`` / ``static_holds`` answer
+# (tests/unit/test_segment_engine.py checks them against the full recompute).
 
 
-class _Reader:
-    """The compiled rule over one contact's state, evaluable at any instant >= the last observe."""
+def _node_test(node: Node) -> Test:
+    if isinstance(node, CombinatorNode):
+        return _combinator_test(node.kind, tuple(_node_test(child) for child in node.children))
+    if isinstance(node, EventNode):
+        return _combinator_test("all", tuple(_check_test(check) for check in node.checks))
+    if isinstance(node.rule, AttributeRule) and node.rule.op in ("in", "not_in"):
+        return _membership_test(node.rule)
+    rule = node.rule
 
-    def __init__(self, compiled: CompiledRule, state: SegmentState, contact: ContactState, context: MembershipContext):
-        self.contact = contact
-        self.context = context
-        self.state = state
-        self.checks = compiled.checks
-        self._views: dict[int, _View] = {}  # built on first use: ``holds`` short-circuits
-        self.timed = compiled.timed
+    def static(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        return static_holds(rule, contact, at, context)
 
-    def view(self, check: Check) -> _View:
-        found = self._views.get(id(check))
-        if found is None:
-            slot = check.tracker.slot(self.state)
-            view = _empty_view(check, slot) if is_empty(slot) else _view(check, slot)
-            found = self._views[id(check)] = view
-        return found
+    return static
 
-    def holds(self, node: Node, at: datetime) -> bool:
-        if isinstance(node, CombinatorNode):
-            kind = node.kind
-            for child in node.children:
-                result = self.holds(child, at)
-                if kind == "all":
-                    if not result:
-                        return False
-                elif result:
-                    return kind == "any"
-            return kind != "any"
-        if isinstance(node, EventNode):
-            return all(self.view(check).holds(at) for check in node.checks)
-        return static_holds(node.rule, self.contact, at, self.context)
 
-    def breakpoints(self) -> list[datetime]:
-        points: list[datetime] = []
-        for check in self.checks:
-            if not is_empty(check.tracker.slot(self.state)):  # an empty slot's view never flips
-                points.extend(self.view(check).breakpoints())
-        points.extend(p for rule in self.timed for p in attribute_breakpoints(rule, self.contact))
-        return sorted(set(points))
+def _combinator_test(kind: Literal["all", "any", "none"], children: tuple[Test, ...]) -> Test:
+    """``all`` / ``any`` / ``none`` of ``children``, short-circuiting in order (one or two children,
+    the usual case, without a loop)."""
+    if len(children) == 1 and kind != "none":
+        return children[0]
+    if len(children) == 2:
+        first, second = children
+        if kind == "all":
+            return lambda state, contact, at, context: (
+                first(state, contact, at, context) and second(state, contact, at, context)
+            )
+        if kind == "any":
+            return lambda state, contact, at, context: (
+                first(state, contact, at, context) or second(state, contact, at, context)
+            )
+    if kind == "all":
 
-    def leaves(self, at: datetime) -> tuple[bool, ...]:
-        """The value of every time-dependent condition at ``at``."""
-        views = tuple(self.view(check).holds(at) for check in self.checks)
-        return views + tuple(static_holds(rule, self.contact, at, self.context) for rule in self.timed)
+        def every(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+            return all(child(state, contact, at, context) for child in children)
+
+        return every
+
+    found = kind == "any"  # what the first child that holds makes of an ``any`` / a ``none``
+
+    def some(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        for child in children:
+            if child(state, contact, at, context):
+                return found
+        return not found
+
+    return some
+
+
+def _membership_test(rule: AttributeRule) -> Test:
+    """``in`` / ``not_in`` of an attribute: a string against string options is a set look-up."""
+    options = rule.value if isinstance(rule.value, list) else []
+    texts = frozenset(options) if options and all(type(option) is str for option in options) else None
+    negated = rule.op == "not_in"
+
+    def membership(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        if texts is not None:
+            actual = read_attribute(contact, rule.path)
+            if type(actual) is str:
+                return (actual in texts) != negated  # what ``holds`` answers: ``equal`` of two strings is ``==``
+        return attribute_holds(rule, contact, at)
+
+    return membership
+
+
+def _count_op(op: CompareOp, value: int) -> Callable[[int, int], bool]:
+    """``compare(op, n, value)`` for a count ``n``: two ints are compared directly (``compare``'s own fast path)."""
+    if type(value) is int:
+        return OPS[op]
+    return lambda n, threshold: compare(op, n, threshold)
+
+
+def _check_test(check: Check) -> Test:
+    if isinstance(check, CountCheck):
+        return _rolling_count_test(check) if check.tracker.kind == "latest" else _count_test(check)
+    if isinstance(check, AggregateCheck) and check.tracker.kind == "total":
+        return _total_test(check)
+    if isinstance(check, OccurrenceCheck):
+        return _occurrence_test(check)
+    tracker = check.tracker
+
+    def rolling_values(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        return _view(check, tracker.slot(state)).holds(at)  # sum, avg, min, max over a window
+
+    return rolling_values
+
+
+def _count_test(check: CountCheck) -> Test:
+    key, value, compare_count = check.tracker.key, check.value, _count_op(check.op, check.value)
+
+    def count(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        found = state.slots.get(key)
+        return compare_count(found.n if type(found) is CountSlot else 0, value)
+
+    return count
+
+
+def _rolling_count_test(check: CountCheck) -> Test:
+    key, value, window = check.tracker.key, check.value, check.tracker.window
+    compare_count = _count_op(check.op, value)
+    assert window is not None
+
+    def rolling_count(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        found = state.slots.get(key)
+        if type(found) is not LatestSlot:
+            return compare_count(0, value)
+        times = found.at
+        return compare_count(len(times) - bisect_right(times, at - window), value)
+
+    return rolling_count
+
+
+def _total_test(check: AggregateCheck) -> Test:
+    key, fn, op, threshold = check.tracker.key, check.fn, check.op, check.value
+    empty = check.tracker.empty()
+    assert isinstance(empty, TotalSlot)
+
+    def total(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        found = state.slots.get(key)
+        result = _static_aggregate(found if type(found) is TotalSlot else empty, fn)
+        return result is not None and compare(op, result, threshold)
+
+    return total
+
+
+def _occurrence_test(check: OccurrenceCheck) -> Test:
+    key, first, condition = check.tracker.key, check.which == "first", check.condition
+    span = _relative_span(condition)
+    if span is not None:  # ``occurred`` of ``within_last`` / ``more_than``, the duration made once
+        within = condition.op == "within_last"
+
+        def relative(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+            found = state.slots.get(key)
+            when = (found.first if first else found.last) if type(found) is SpanSlot else None
+            if when is None:
+                return False
+            threshold = at - span
+            return when > threshold if within else when <= threshold
+
+        return relative
+
+    def occurrence(state: SegmentState, contact: ContactState, at: datetime, context: MembershipContext) -> bool:
+        found = state.slots.get(key)
+        if type(found) is not SpanSlot:
+            return occurred(condition, None, at)
+        return occurred(condition, found.first if first else found.last, at)
+
+    return occurrence
+
+
+def _relative_span(condition: OccurrenceCondition) -> timedelta | None:
+    """The duration of a ``within_last`` / ``more_than`` condition (None for the others, and for one
+    no timedelta holds: ``occurred`` raises for it as it did)."""
+    if condition.op not in ("within_last", "more_than") or condition.unit is None:
+        return None
+    try:
+        return duration(condition.value, condition.unit)
+    except ValueError:
+        return None
+
+
+def _check_flip(check: Check) -> Flip | None:
+    """The check's flip program; None for a check that never flips with the clock (all time, an
+    absolute range, before / after a fixed instant)."""
+    if isinstance(check, CountCheck):
+        return _rolling_count_flip(check) if check.tracker.kind == "latest" else None
+    if isinstance(check, AggregateCheck) and check.tracker.kind == "total":
+        return None
+    if isinstance(check, OccurrenceCheck):
+        return _occurrence_flip(check) if check.condition.unit is not None else None
+    tracker = check.tracker
+
+    def rolling_values(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext, best: datetime | None
+    ) -> datetime | None:
+        slot = tracker.slot(state)
+        if is_empty(slot):  # an empty slot's view never flips
+            return best
+        view = _view(check, slot)
+        return _first_of(view.holds, view.breakpoints(), now, best)
+
+    return rolling_values
+
+
+def _rolling_count_flip(check: CountCheck) -> Flip:
+    key, value, window = check.tracker.key, check.value, check.tracker.window
+    compare_count = _count_op(check.op, value)
+    assert window is not None
+
+    def rolling_count(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext, best: datetime | None
+    ) -> datetime | None:
+        found = state.slots.get(key)
+        if type(found) is not LatestSlot or not found.at:
+            return best
+        times = found.at
+        size = len(times)
+        start = bisect_right(times, now - window)  # the entries that expire after ``now``
+        before = compare_count(size - start, value)
+        for at in times[start:]:
+            try:
+                end = at + window  # ``shifted``
+            except OverflowError:
+                break  # past the end of the calendar, and so is every later expiry
+            if best is not None and end >= best:
+                break  # ascending: every later expiry is as late
+            if compare_count(size - bisect_right(times, end - window), value) != before:
+                return end
+        return best
+
+    return rolling_count
+
+
+def _occurrence_flip(check: OccurrenceCheck) -> Flip:
+    key, first, condition = check.tracker.key, check.which == "first", check.condition
+    span = _relative_span(condition)
+
+    def occurrence(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext, best: datetime | None
+    ) -> datetime | None:
+        found = state.slots.get(key)
+        if type(found) is not SpanSlot:
+            return best
+        at = found.first if first else found.last
+        if span is None or at is None:
+            return _first_of(
+                lambda instant: occurred(condition, at, instant), occurrence_breakpoints(condition, at), now, best
+            )
+        try:
+            end = at + span  # the one breakpoint
+        except OverflowError:
+            return best
+        # ``within_last`` holds before ``end`` and not from it on, ``more_than`` the other way round:
+        # the condition flips at ``end`` whenever ``end`` is still ahead.
+        return end if end > now and (best is None or end < best) else best
+
+    return occurrence
+
+
+def _attribute_flip(rule: AttributeRule) -> Flip:
+    def relative_date(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext, best: datetime | None
+    ) -> datetime | None:
+        def holds(at: datetime) -> bool:
+            return static_holds(rule, contact, at, context)
+
+        return _first_of(holds, attribute_breakpoints(rule, contact), now, best)
+
+    return relative_date
+
+
+def _first_of(
+    holds: Callable[[datetime], bool], points: list[datetime], now: datetime, best: datetime | None
+) -> datetime | None:
+    """The first of ``points`` in ``(now, best)`` at which ``holds`` differs from ``holds(now)``, else ``best``."""
+    ahead = sorted(p for p in points if p > now and (best is None or p < best))
+    if not ahead:
+        return best
+    before = holds(now)
+    return next((p for p in ahead if holds(p) != before), best)
+
+
+def _flip_all(flips: tuple[Flip, ...]) -> Flip:
+    """The flip program of a rule: its conditions' in turn, each bounded by the best found so far."""
+    if len(flips) == 1:
+        return flips[0]
+
+    def every(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext, best: datetime | None
+    ) -> datetime | None:
+        for flip in flips:
+            best = flip(state, contact, now, context, best)
+        return best
+
+    return every
+
+
+def first_flip(
+    compiled: CompiledRule, state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext
+) -> datetime | None:
+    """The first breakpoint after ``now`` at which the tuple of every time-dependent condition's value
+    differs from that tuple at ``now``.
+
+    A condition changes only at its own breakpoints, so that instant is the earliest, over the
+    conditions, of each one's first own breakpoint at which it differs: each condition is read at
+    its own breakpoints only (and none past the best found so far), not every condition at every one."""
+    return compiled.flip(state, contact, now, context, None)
 
 
 def matches(
@@ -512,7 +785,7 @@ def matches(
     context: MembershipContext = NO_MEMBERSHIPS,
 ) -> bool:
     """Membership at ``now`` from the incremental state (equals ``evaluate`` over the full log)."""
-    return _Reader(compiled, state, contact, context).holds(compiled.root, now)
+    return compiled.test(state, contact, now, context)
 
 
 def matches_and_wake(
@@ -522,16 +795,11 @@ def matches_and_wake(
     now: datetime,
     context: MembershipContext = NO_MEMBERSHIPS,
 ) -> tuple[bool, datetime | None]:
-    """``matches(...)`` and ``next_change(...)`` without a context, reading the state once."""
-    reader = _Reader(compiled, state, contact, context)
-    member = reader.holds(compiled.root, now)
+    """``matches(...)`` and ``next_change(...)`` without a context."""
+    member = compiled.test(state, contact, now, context)
     if not compiled.dependencies.time:
         return member, None
-    points = [p for p in reader.breakpoints() if p > now]
-    if not points:
-        return member, None
-    before = reader.leaves(now)  # time-dependent leaves never read memberships
-    return member, next((p for p in points if reader.leaves(p) != before), None)
+    return member, first_flip(compiled, state, contact, now, context)  # time-dependent leaves never read memberships
 
 
 def next_change(
@@ -547,10 +815,8 @@ def next_change(
     the same at every instant in ``[now, result)`` and different at ``result``. Without it, the
     first instant at which any time-dependent condition flips (membership may or may not follow).
     """
-    reader = _Reader(compiled, state, contact, context or NO_MEMBERSHIPS)
-    points = [p for p in reader.breakpoints() if p > now]
     if context is None:
-        before = reader.leaves(now)
-        return next((p for p in points if reader.leaves(p) != before), None)
-    current = reader.holds(compiled.root, now)
-    return next((p for p in points if reader.holds(compiled.root, p) != current), None)
+        return first_flip(compiled, state, contact, now, NO_MEMBERSHIPS)
+    points = [p for p in _breakpoints(compiled, state, contact) if p > now]
+    current = compiled.test(state, contact, now, context)
+    return next((p for p in points if compiled.test(state, contact, p, context) != current), None)

@@ -4,24 +4,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
 
-from pydantic import Field
+import msgspec
 
-from spotzee.schemas.common import JSONObject, Model, UTCDateTime
+from spotzee.schemas.structs import Struct
 
 
-class EventFact(Model):
+class EventFact(Struct, kw_only=True):
     """One behavioural event of a contact, as segments see it."""
 
     name: str
-    timestamp: UTCDateTime
-    properties: JSONObject = Field(default_factory=dict)
+    timestamp: datetime
+    properties: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Fact(Protocol):
+    """What trackers read of an event: an ``EventFact``, or a ``HistoryFact`` as it arrives (no copy)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timestamp(self) -> datetime: ...
+
+    @property
+    def properties(self) -> dict[str, Any]: ...
 
 
 Membership = Collection[str] | Callable[[str], bool]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class MembershipContext:
     """List and segment memberships of the contact being evaluated (sets of ids, or look-ups).
 

@@ -16,12 +16,13 @@ Every function returns the new state and the membership transitions; nothing her
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypedDict, Unpack
+from typing import NamedTuple, TypedDict, Unpack
 
-from pydantic import Field
+import msgspec
 
 from spotzee.domain.segments.engine import (
     CompiledRule,
@@ -29,20 +30,23 @@ from spotzee.domain.segments.engine import (
     TrackerBundle,
     bundle,
     compile,
-    matches_and_wake,
     prune,
 )
-from spotzee.domain.segments.facts import EventFact, MembershipContext
+from spotzee.domain.segments.facts import MembershipContext
 from spotzee.domain.segments.graph import segment_references
 from spotzee.domain.segments.merging import merge_states
-from spotzee.domain.segments.trackers import SegmentState
-from spotzee.schemas.common import Model, UTCDateTime
+from spotzee.domain.segments.trackers import SegmentState, SlotModel
 from spotzee.schemas.contact_models import ContactState, FieldChange
 from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
+from spotzee.schemas.structs import Struct, replace
 
 # Contact fields whose changes the contact reducer does not report as FieldChange (they move with
 # every message): a segment reading one is re-evaluated on every record of the contact.
 VOLATILE_PATHS = frozenset({"user_id", "first_seen", "last_seen", "created_at"})
+
+_AFFECTED_CACHE_LIMIT = 4096
+_IN_SYNC_LIMIT = 4096
+_NO_PATHS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,10 +57,9 @@ class ActiveSegment:
     tracker_keys: frozenset[str]
     references: frozenset[str]
     volatile: bool  # reads a field that changes without a FieldChange
-
-    @property
-    def time(self) -> bool:
-        return self.compiled.dependencies.time
+    index: int = 0  # position in the evaluation (topological) order
+    dependents: tuple[int, ...] = ()  # indexes of the segments referencing this one
+    time: bool = False  # membership can change as the clock moves (``Dependencies.time``)
 
 
 class ProjectSegments:
@@ -64,8 +67,17 @@ class ProjectSegments:
 
     def __init__(self, definitions: Iterable[SegmentDefinition]) -> None:
         live = {d.id: d for d in definitions if d.status != SegmentStatus.deleted}
+        order = _topological(live)
+        index = {segment_id: i for i, segment_id in enumerate(order)}
+        dependents: dict[str, list[int]] = {}
+        references: dict[str, frozenset[str]] = {}
+        for segment_id in order:
+            references[segment_id] = frozenset(segment_references(live[segment_id].rule))
+            for ref in references[segment_id]:
+                if ref in index:
+                    dependents.setdefault(ref, []).append(index[segment_id])
         self.segments: dict[str, ActiveSegment] = {}
-        for segment_id in _topological(live):
+        for segment_id in order:
             definition = live[segment_id]
             compiled = compile(definition.rule)
             deps = compiled.dependencies
@@ -74,56 +86,114 @@ class ProjectSegments:
                 version=definition.version,
                 compiled=compiled,
                 tracker_keys=frozenset(compiled.trackers),
-                references=frozenset(segment_references(definition.rule)),
+                references=references[segment_id],
                 volatile=bool(deps.attribute_paths & VOLATILE_PATHS),
+                index=index[segment_id],
+                dependents=tuple(sorted(dependents.get(segment_id, ()))),
+                time=deps.time,
             )
-        self.bundle: TrackerBundle = bundle(s.compiled for s in self.segments.values())
+        self.order: tuple[ActiveSegment, ...] = tuple(self.segments.values())
+        self.bundle: TrackerBundle = bundle(s.compiled for s in self.order)
         self.tracker_keys: tuple[str, ...] = tuple(sorted(self.bundle.trackers))
         self._tracker_set = frozenset(self.tracker_keys)
+        self._timed = frozenset(s.id for s in self.order if s.time)
         # Indexes for ``affected_by``: it runs for every record of every contact.
-        self._volatile = {s.id for s in self.segments.values() if s.volatile}
-        self._by_event: dict[str, set[str]] = {}
+        self._volatile = frozenset(s.id for s in self.order if s.volatile)
+        self._by_event: dict[str, frozenset[str]] = {}
         self._by_list: dict[str, set[str]] = {}
         self._readers: list[tuple[str, Dependencies]] = []
-        for s in self.segments.values():
+        by_event: dict[str, set[str]] = {}
+        for s in self.order:
             deps = s.compiled.dependencies
             for name in deps.event_names:
-                self._by_event.setdefault(name, set()).add(s.id)
+                by_event.setdefault(name, set()).add(s.id)
             for list_id in deps.list_ids:
                 self._by_list.setdefault(list_id, set()).add(s.id)
             if deps.attribute_paths:
                 self._readers.append((s.id, deps))
+        self._by_event = {name: frozenset(ids) for name, ids in by_event.items()}
+        # (event, changed paths) -> affected segments: a project sees few distinct combinations;
+        # affected segments -> their positions in the evaluation order, ascending.
+        self._affected: dict[tuple[str | None, frozenset[str]], frozenset[str]] = {}
+        self._by_event_only: dict[str | None, frozenset[str]] = {}  # the same without attribute changes
+        self._plans: dict[frozenset[str], tuple[int, ...]] = {}
+        # States known to hold nothing these definitions no longer have (``in_sync``), by identity:
+        # a contact's state is read again and again unchanged (the processor's cache) and what the
+        # functions below make from a state in sync is in sync too. Held, so an id is not reused.
+        self._in_sync: dict[int, ContactSegments] = {}
 
     def affected_by(
         self, *, event: str | None = None, changes: Iterable[FieldChange] = (), lists: Iterable[str] = ()
-    ) -> set[str]:
+    ) -> frozenset[str]:
         """Segments whose membership may change because of this event / these changes."""
+        if not changes and not lists:
+            found = self._by_event_only.get(event)
+            if found is None:
+                found = self._by_event_only[event] = self._affected_by(event, _NO_PATHS)
+            return found
+        paths = frozenset(c.path for c in changes)
+        found = self._affected.get((event, paths))
+        if found is None:
+            found = self._affected_by(event, paths)
+            if len(self._affected) >= _AFFECTED_CACHE_LIMIT:
+                self._affected.clear()
+            self._affected[(event, paths)] = found
+        for list_id in lists:
+            found = found | self._by_list.get(list_id, set())
+        return found
+
+    def _affected_by(self, event: str | None, paths: frozenset[str]) -> frozenset[str]:
         found = set(self._volatile)
         if event is not None:
-            found |= self._by_event.get(event, set())
-        for list_id in lists:
-            found |= self._by_list.get(list_id, set())
-        paths = {c.path for c in changes}
+            found |= self._by_event.get(event, frozenset())
         if paths:
             for segment_id, deps in self._readers:
                 if segment_id not in found and any(deps.affected_by_attribute(p) for p in paths):
                     found.add(segment_id)
+        return frozenset(found)
+
+    def timed(self) -> frozenset[str]:
+        return self._timed
+
+    def plan(self, affected: frozenset[str]) -> tuple[int, ...]:
+        """The positions in ``order`` of the live segments among ``affected``, ascending."""
+        found = self._plans.get(affected)
+        if found is None:
+            found = tuple(sorted(self.segments[sid].index for sid in affected if sid in self.segments))
+            if len(self._plans) >= _AFFECTED_CACHE_LIMIT:
+                self._plans.clear()
+            self._plans[affected] = found
         return found
 
-    def timed(self) -> set[str]:
-        return {s.id for s in self.segments.values() if s.time}
-
     def in_sync(self, cs: ContactSegments) -> bool:
-        """``cs`` holds nothing about trackers or segments these definitions no longer have (then
-        ``_synced`` would return an equal state)."""
-        trackers = self._tracker_set
-        return (
+        """``cs`` buffers nothing and holds nothing about trackers or segments these definitions no
+        longer have (then ``_synced`` returns it as it is, and no membership of it has ended)."""
+        if self._in_sync.get(id(cs)) is cs:
+            return True
+        trackers, segments = self._tracker_set, self.segments.keys()
+        found = (
             not cs.pending
             and not cs.seeding
             and trackers.issuperset(cs.complete)
             and trackers.issuperset(cs.state.slots)
-            and self.segments.keys() >= cs.wakes.keys()
+            and segments >= cs.wakes.keys()
+            and segments >= cs.members.keys()
         )
+        if found:
+            self.keep_in_sync(cs)
+        return found
+
+    def keep_in_sync(self, cs: ContactSegments) -> None:
+        """Remember ``cs`` as in sync: evaluated from a state ``_synced`` returned, with nothing
+        buffered (its slots are these trackers', its wakes and memberships these segments')."""
+        if len(self._in_sync) >= _IN_SYNC_LIMIT:
+            self._in_sync.clear()
+        self._in_sync[id(cs)] = cs
+
+    def all_complete(self, cs: ContactSegments) -> bool:
+        """Every tracker of these definitions is complete for ``cs`` (a state ``_synced`` returned:
+        its ``complete`` holds distinct live tracker keys only)."""
+        return len(cs.complete) == len(self.tracker_keys)
 
 
 def _topological(live: Mapping[str, SegmentDefinition]) -> list[str]:
@@ -147,26 +217,30 @@ def _topological(live: Mapping[str, SegmentDefinition]) -> list[str]:
 
 
 # -- per-contact state ----------------------------------------------------------------------------
+#
+# Values (Structs, shared with the processor's state cache): every function below returns
+# new ones and never changes what it was given. The JSON is the one the pydantic models wrote.
+# ``gc=False``: they hold plain data, never a reference cycle, so the collector need not track them.
 
 
-class Membership(Model):
-    since: UTCDateTime
+class Membership(Struct, kw_only=True, gc=False):
+    since: datetime
     version: int
 
 
-class Seeding(Model):
+class Seeding(Struct, kw_only=True, gc=False):
     version: int
-    facts: list[HistoryFact] = Field(default_factory=list)
+    facts: list[HistoryFact] = msgspec.field(default_factory=list)
 
 
-class ContactSegments(Model):
-    state: SegmentState = Field(default_factory=SegmentState)
-    complete: list[str] = Field(default_factory=list)  # tracker keys, sorted
-    pending: list[HistoryFact] = Field(default_factory=list)  # live facts for incomplete trackers
-    seeding: dict[str, Seeding] = Field(default_factory=dict)  # backfill chunks, by segment id
-    members: dict[str, Membership] = Field(default_factory=dict)
-    lists: list[str] = Field(default_factory=list)
-    wakes: dict[str, UTCDateTime] = Field(default_factory=dict)  # segment id -> next re-evaluation
+class ContactSegments(Struct, kw_only=True, gc=False):
+    state: SegmentState = msgspec.field(default_factory=SegmentState)
+    complete: list[str] = msgspec.field(default_factory=list)  # tracker keys, sorted
+    pending: list[HistoryFact] = msgspec.field(default_factory=list)  # live facts for incomplete trackers
+    seeding: dict[str, Seeding] = msgspec.field(default_factory=dict)  # backfill chunks, by segment id
+    members: dict[str, Membership] = msgspec.field(default_factory=dict)
+    lists: list[str] = msgspec.field(default_factory=list)
+    wakes: dict[str, datetime] = msgspec.field(default_factory=dict)  # segment id -> next re-evaluation
     changes: int = 0  # transitions so far: numbers them, the same again when a batch is replayed
     evaluated: bool = False  # every segment was evaluated once (then only what changed is)
 
@@ -175,27 +249,24 @@ class ContactSegments(Model):
         return min(self.wakes.values(), default=None)
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(NamedTuple):
     segment_id: str
     version: int
     entered: bool
     seq: int = 0  # the contact's transition number (1, 2, ...): a deterministic id for outputs
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
+    """The contact's new state (``state`` is the given one when nothing changed) and its transitions
+    (none: a shared empty list, never changed)."""
+
     state: ContactSegments
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[Transition] = []  # noqa: RUF012
 
 
 def fresh(project: ProjectSegments, *, new_contact: bool) -> ContactSegments:
     """State for a contact seen for the first time: with no history, every tracker is complete."""
     return ContactSegments(complete=list(project.tracker_keys) if new_contact else [])
-
-
-def _fact(fact: HistoryFact) -> EventFact:
-    return EventFact.model_construct(name=fact.name, timestamp=fact.timestamp, properties=fact.properties)
 
 
 def _synced(project: ProjectSegments, cs: ContactSegments) -> ContactSegments:
@@ -210,14 +281,8 @@ def _synced(project: ProjectSegments, cs: ContactSegments) -> ContactSegments:
     pending = [f for f in cs.pending if f.name in wanted]
     seeding = {sid: s for sid, s in cs.seeding.items() if sid in project.segments}
     wakes = {sid: w for sid, w in cs.wakes.items() if sid in project.segments}
-    return cs.model_copy(
-        update={
-            "state": SegmentState.model_construct(slots=slots),
-            "complete": complete,
-            "pending": pending,
-            "seeding": seeding,
-            "wakes": wakes,
-        }
+    return replace(
+        cs, state=SegmentState(slots=slots), complete=complete, pending=pending, seeding=seeding, wakes=wakes
     )
 
 
@@ -231,26 +296,50 @@ def on_event(
 ) -> Outcome:
     """A message of the contact: ``fact`` for a track event (None for identify, page, ...),
     ``changes`` the attribute changes it made."""
-    cs = _synced(project, cs)
-    changes = list(changes)
+    given = cs
+    settled = project.in_sync(cs)  # (then no membership of it has ended)
+    if not settled:
+        cs = _synced(project, cs)
     if fact is not None:
-        complete = set(cs.complete)
-        slots = dict(cs.state.slots)
-        buffered = False
-        event = _fact(fact)
-        for tracker in project.bundle.by_event.get(fact.name, ()):
-            if tracker.key in complete:
-                slots[tracker.key] = tracker.update(tracker.slot(cs.state), event, now)
-            else:
-                buffered = True
-        pending = cs.pending
-        if buffered and all(p.message_id != fact.message_id for p in pending):
-            pending = [*pending, fact]
-        cs = cs.model_copy(update={"state": SegmentState.model_construct(slots=slots), "pending": pending})
+        cs = _observed(project, cs, fact, now)
     if not cs.evaluated:
-        return _evaluate(project, cs, contact, now, None)
-    affected = project.affected_by(event=fact.name if fact else None, changes=changes)
-    return _evaluate(project, cs, contact, now, affected)
+        outcome = _evaluate(project, cs, contact, now, None)
+    else:
+        affected = project.affected_by(event=fact.name if fact else None, changes=changes)
+        outcome = _evaluate(project, cs, contact, now, affected, settled=settled)
+    state = outcome.state
+    if state is not given and not state.pending and not state.seeding:
+        project.keep_in_sync(state)  # (what ``_synced`` returned holds only these trackers and segments)
+    return outcome
+
+
+def _observed(project: ProjectSegments, cs: ContactSegments, fact: HistoryFact, now: datetime) -> ContactSegments:
+    """``fact`` folded into the complete trackers of its event, buffered for the incomplete ones."""
+    trackers = project.bundle.by_event.get(fact.name)
+    if not trackers:
+        return cs
+    complete = None if project.all_complete(cs) else set(cs.complete)
+    state = cs.state
+    slots: dict[str, SlotModel] | None = None  # copied on the first slot that changes
+    buffered = False
+    for tracker in trackers:
+        key = tracker.key
+        if complete is not None and key not in complete:
+            buffered = True
+            continue
+        found = state.slots.get(key)
+        slot = found if type(found) is tracker.slot_type else tracker.empty_slot  # ``tracker.slot(state)``
+        updated = tracker.update(slot, fact, now)
+        if updated is not slot or (found is not None and found is not slot):  # (a slot of another kind: replaced)
+            if slots is None:
+                slots = dict(state.slots)
+            slots[key] = updated
+    pending = cs.pending
+    if buffered and all(p.message_id != fact.message_id for p in pending):
+        pending = [*pending, fact]
+    if slots is None and pending is cs.pending:
+        return cs  # an event no tracker counts (a filter rejected it) and nothing expired
+    return replace(cs, state=state if slots is None else SegmentState(slots=slots), pending=pending)
 
 
 class RefreshChunk(TypedDict):
@@ -276,13 +365,13 @@ def on_refresh(
     segment_id, version = chunk["segment_id"], chunk["version"]
     cs = _synced(project, cs)
     if segment_id not in project.segments:
-        return _evaluate(project, cs, contact, now, set())  # deleted meanwhile: clear what's left
+        return _evaluate(project, cs, contact, now, frozenset())  # deleted meanwhile: clear what's left
     seeding = dict(cs.seeding)
     previous = seeding.get(segment_id)
     gathered = [*(previous.facts if previous is not None and previous.version == version else []), *chunk["facts"]]
     if not chunk["last"]:
         seeding[segment_id] = Seeding(version=version, facts=gathered)
-        return Outcome(cs.model_copy(update={"seeding": seeding}))
+        return Outcome(replace(cs, seeding=seeding))
     seeding.pop(segment_id, None)
     history: dict[str, HistoryFact] = {f.message_id: f for f in gathered}
     for live in cs.pending:
@@ -297,25 +386,21 @@ def on_refresh(
         slot = tracker.empty()
         for item in ordered:
             if item.name == tracker.event:
-                slot = tracker.update(slot, _fact(item), now)
+                slot = tracker.update(slot, item, now)
         slots[key] = slot
         complete.add(key)
-    cs = cs.model_copy(
-        update={
-            "state": SegmentState.model_construct(slots=slots),
-            "complete": sorted(complete),
-            "seeding": seeding,
-        }
-    )
+    cs = replace(cs, state=SegmentState(slots=slots), complete=sorted(complete), seeding=seeding)
     cs = _synced(project, cs)  # drops buffered facts no incomplete tracker needs now
-    return _evaluate(project, cs, contact, now, {segment_id})
+    return _evaluate(project, cs, contact, now, frozenset({segment_id}))
 
 
 def on_wake(project: ProjectSegments, cs: ContactSegments, contact: ContactState, now: datetime) -> Outcome:
     """A timer: rolling windows may have expired and relative dates crossed their threshold."""
     cs = _synced(project, cs)
-    cs = cs.model_copy(update={"state": prune(project.bundle, cs.state, now)})
-    due = {sid for sid, at in cs.wakes.items() if at <= now} | project.timed()
+    state = prune(project.bundle, cs.state, now)
+    if state is not cs.state:
+        cs = replace(cs, state=state)
+    due = frozenset(sid for sid, at in cs.wakes.items() if at <= now) | project.timed()
     return _evaluate(project, cs, contact, now, due)
 
 
@@ -324,7 +409,7 @@ def on_lists(
 ) -> Outcome:
     lists = set(cs.lists)
     (lists.add if member else lists.discard)(list_id)
-    cs = _synced(project, cs).model_copy(update={"lists": sorted(lists)})
+    cs = replace(_synced(project, cs), lists=sorted(lists))
     return _evaluate(project, cs, contact, now, project.affected_by(lists=[list_id]))
 
 
@@ -345,13 +430,12 @@ def on_merge(
         both = sorted(set(target.complete) & set(source.complete))
         merged = merge_states({k: project.bundle.trackers[k] for k in both}, target.state, source.state, now)
         pending = {f.message_id: f for f in [*target.pending, *source.pending]}
-        target = target.model_copy(
-            update={
-                "state": merged,
-                "complete": both,
-                "pending": sorted(pending.values(), key=lambda f: (f.timestamp, f.message_id)),
-                "lists": sorted(set(target.lists) | set(source.lists)),
-            }
+        target = replace(
+            target,
+            state=merged,
+            complete=both,
+            pending=sorted(pending.values(), key=lambda f: (f.timestamp, f.message_id)),
+            lists=sorted(set(target.lists) | set(source.lists)),
         )
     return _evaluate(project, _synced(project, target), contact, now, None)
 
@@ -374,47 +458,104 @@ def _evaluate(
     cs: ContactSegments,
     contact: ContactState,
     now: datetime,
-    affected: set[str] | None,
+    affected: frozenset[str] | None,
+    *,
+    settled: bool = False,
 ) -> Outcome:
     """Re-evaluate ``affected`` segments (None: all) and, transitively, the segments referencing
     one whose membership changed. Memberships of segments that no longer exist end. A contact's
     first evaluation covers every segment: ``everyone``, a random sample or "has not done X"
-    hold for a new contact without any event or change naming them."""
+    hold for a new contact without any event or change naming them. ``settled``: the caller knows
+    every membership of ``cs`` is of a live segment.
+
+    Returns ``cs`` itself when nothing changed (no transition, the same memberships and wakes)."""
+    gone = not settled and not project.segments.keys() >= cs.members.keys()
     if not cs.evaluated:
         affected = None
-    members = dict(cs.members)
-    wakes = dict(cs.wakes)
-    transitions: list[Transition] = []
-    for segment_id in sorted(set(members) - set(project.segments)):
-        transitions.append(Transition(segment_id, members.pop(segment_id).version, entered=False))
-    complete = set(cs.complete)
-    changed: set[str] = set()
-    context = MembershipContext(lists=frozenset(cs.lists), segments=lambda sid: sid in members)
-    for segment in project.segments.values():
-        if affected is not None and segment.id not in affected and not (segment.references & changed):
-            continue
-        if not segment.tracker_keys <= complete:
-            continue  # waiting for its backfill
-        member, wake = matches_and_wake(segment.compiled, cs.state, contact, now, context)
-        current = members.get(segment.id)
-        if member and current is None:
-            members[segment.id] = Membership(since=now, version=segment.version)
-            transitions.append(Transition(segment.id, segment.version, entered=True))
-            changed.add(segment.id)
-        elif not member and current is not None:
-            del members[segment.id]
-            transitions.append(Transition(segment.id, segment.version, entered=False))
-            changed.add(segment.id)
-        elif current is not None and current.version != segment.version:
-            members[segment.id] = Membership(since=current.since, version=segment.version)
-        if wake is None:
-            wakes.pop(segment.id, None)
+    elif not affected and not gone:
+        return Outcome(cs)  # nothing to evaluate, nothing to end
+    run = _Evaluation(cs)
+    if gone:
+        run.end_gone(project)
+    plan = range(len(project.order)) if affected is None else project.plan(affected)
+    run.evaluate(project, list(plan), contact, now)
+    return run.outcome(cs)
+
+
+class _Evaluation(MembershipContext):
+    """The memberships and wake-ups of one evaluation, copied from the state before their first
+    change; the membership context of the rules it evaluates (the contact's lists, and the
+    segments it is in as decided so far: referenced segments come first)."""
+
+    __slots__ = ("cs", "members", "seq", "transitions", "wakes")
+
+    def __init__(self, cs: ContactSegments) -> None:  # (``segments``: ``in_segment`` reads ``members``)
+        self.cs = cs
+        self.lists = cs.lists
+        self.members = cs.members
+        self.wakes = cs.wakes
+        self.transitions: list[Transition] | None = None
+        self.seq = cs.changes
+
+    def in_segment(self, segment_id: str) -> bool:
+        return segment_id in self.members
+
+    def end_gone(self, project: ProjectSegments) -> None:
+        """Exits from the segments that no longer exist."""
+        if project.segments.keys() >= self.members.keys():
+            return
+        for segment_id in sorted(self.members.keys() - project.segments.keys()):
+            self._transition(segment_id, self._members().pop(segment_id).version, entered=False)
+
+    def evaluate(self, project: ProjectSegments, todo: list[int], contact: ContactState, now: datetime) -> None:
+        """Evaluate the segments at ``todo`` (positions in ``project.order``, ascending: a heap) and,
+        after each that the contact entered or exited, the segments referencing it."""
+        cs, order = self.cs, project.order
+        state = cs.state
+        complete = None if project.all_complete(cs) else frozenset(cs.complete)
+        while todo:
+            segment = order[heapq.heappop(todo)]
+            if complete is not None and not segment.tracker_keys <= complete:
+                continue  # waiting for its backfill
+            compiled, segment_id = segment.compiled, segment.id  # ``matches_and_wake``, with this context
+            member = compiled.test(state, contact, now, self)
+            wake = compiled.flip(state, contact, now, self, None) if segment.time else None
+            if self.wakes.get(segment_id) != wake:
+                self._wake(segment_id, wake)
+            current = self.members.get(segment_id)
+            if (current is None) if member else (current is not None):  # entered, or exited
+                if current is None:
+                    self._members()[segment_id] = Membership(since=now, version=segment.version)
+                else:
+                    del self._members()[segment_id]
+                self._transition(segment_id, segment.version, entered=current is None)
+                for dependent in segment.dependents:
+                    if dependent > segment.index and dependent not in todo:  # (later in the order, as before)
+                        heapq.heappush(todo, dependent)
+            elif current is not None and current.version != segment.version:
+                self._members()[segment_id] = Membership(since=current.since, version=segment.version)
+
+    def _wake(self, segment_id: str, at: datetime | None) -> None:
+        if self.wakes is self.cs.wakes:
+            self.wakes = dict(self.wakes)
+        if at is None:
+            del self.wakes[segment_id]
         else:
-            wakes[segment.id] = wake
-    numbered = [
-        Transition(t.segment_id, t.version, t.entered, seq=cs.changes + i) for i, t in enumerate(transitions, start=1)
-    ]
-    state = cs.model_copy(
-        update={"members": members, "wakes": wakes, "changes": cs.changes + len(numbered), "evaluated": True}
-    )
-    return Outcome(state, numbered)
+            self.wakes[segment_id] = at
+
+    def outcome(self, cs: ContactSegments) -> Outcome:
+        if self.members is cs.members and self.wakes is cs.wakes and cs.evaluated:
+            return Outcome(cs)  # (a transition always comes with a change of members)
+        state = msgspec.structs.replace(cs, members=self.members, wakes=self.wakes, changes=self.seq, evaluated=True)
+        return Outcome(state, self.transitions or [])
+
+    def _members(self) -> dict[str, Membership]:
+        if self.members is self.cs.members:
+            self.members = dict(self.members)
+        return self.members
+
+    def _transition(self, segment_id: str, version: int, *, entered: bool) -> None:
+        self.seq += 1
+        if self.transitions is None:
+            self.transitions = []
+        self.transitions.append(Transition(segment_id, version, entered=entered, seq=self.seq))

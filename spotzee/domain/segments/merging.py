@@ -59,7 +59,7 @@ def merge_states(trackers: Mapping[str, Tracker], a: SegmentState, b: SegmentSta
     for key, tracker in trackers.items():
         if key in a.slots or key in b.slots:
             slots[key] = merge_slots(tracker, tracker.slot(a), tracker.slot(b), now)
-    return SegmentState.model_construct(slots=slots)
+    return SegmentState(slots=slots)
 
 
 def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> SlotModel:
@@ -67,11 +67,11 @@ def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> 
     a, b = tracker.prune(a, now), tracker.prune(b, now)
     match a, b:
         case CountSlot(), CountSlot():
-            return CountSlot.model_construct(n=a.n + b.n)
+            return CountSlot(n=a.n + b.n)
         case SpanSlot(), SpanSlot():
-            return SpanSlot.model_construct(first=_least(a.first, b.first), last=_greatest(a.last, b.last))
+            return SpanSlot(first=_least(a.first, b.first), last=_greatest(a.last, b.last))
         case TotalSlot(), TotalSlot():
-            return TotalSlot.model_construct(
+            return TotalSlot(
                 n=a.n + b.n,
                 total=str(Fraction(a.total) + Fraction(b.total)),
                 low=_least(a.low, b.low),
@@ -79,12 +79,12 @@ def merge_slots(tracker: Tracker, a: SlotModel, b: SlotModel, now: datetime) -> 
             )
         case LatestSlot(), LatestSlot():
             at = list(merge(a.at, b.at))
-            return LatestSlot.model_construct(at=at[max(len(at) - tracker.keep, 0) :])
+            return LatestSlot(at=at[max(len(at) - tracker.keep, 0) :])
         case ValuesSlot(), ValuesSlot():
             entries = merge(a.entries, b.entries, key=_entry_time)
             if tracker.kind == "sum":
-                return ValuesSlot.model_construct(entries=list(entries))
-            return ValuesSlot.model_construct(entries=_monotonic_queue(entries, tracker))
+                return ValuesSlot(entries=list(entries))
+            return ValuesSlot(entries=_monotonic_queue(entries, tracker))
     raise ValueError(f"cannot merge slots of kinds {a.kind!r} and {b.kind!r} for tracker {tracker.key}")
 
 

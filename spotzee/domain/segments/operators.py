@@ -19,7 +19,8 @@ Semantics (documented in ``spotzee.schemas.rules``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
@@ -38,26 +39,49 @@ from spotzee.schemas.rules import (
 _NEGATED = {"neq": "eq", "not_contains": "contains", "not_in": "in"}
 
 
+@lru_cache(maxsize=4096)
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(path.split("."))
+
+
 def read_path(data: Any, path: str) -> Any:
     """The value at a dot path inside nested dicts, or None."""
     node = data
-    for part in path.split("."):
+    for part in _parts(path):
         if not isinstance(node, dict):
             return None
         node = node.get(part)
     return node
 
 
-def read_attribute(contact: ContactState, path: str) -> Any:
-    """A first-class field or a trait (``country``, ``traits.country``, ``address.city``)."""
+@lru_cache(maxsize=4096)
+def _attribute(path: str) -> tuple[str | None, str]:
+    """(first-class field, None) or (None, trait path) of an attribute path."""
     canonical = canonical_attribute_path(path)
     if canonical in CONTACT_FIELDS:
-        return getattr(contact, canonical)
-    return read_path(contact.traits, canonical.removeprefix("traits."))
+        return canonical, ""
+    return None, canonical.removeprefix("traits.")
+
+
+def path_reader(path: str) -> Callable[[Any], Any]:
+    """``read_path(·, path)`` as a function (a top-level key: one ``dict.get``), made once per rule."""
+    if "." in path:
+        return lambda data: read_path(data, path)
+    return lambda data: data.get(path) if isinstance(data, dict) else None
+
+
+def read_attribute(contact: ContactState, path: str) -> Any:
+    """A first-class field or a trait (``country``, ``traits.country``, ``address.city``)."""
+    field, trait = _attribute(path)
+    if field is not None:
+        return getattr(contact, field)
+    return read_path(contact.traits, trait)
 
 
 def number(value: Any) -> float | None:
     """A finite number as float, else None (booleans, strings and NaN are not numbers)."""
+    if type(value) is float:  # the usual case, answered as below
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -102,6 +126,9 @@ def _is_number(value: Any) -> bool:
 
 
 def equal(a: Any, b: Any) -> bool:
+    kind = type(a)
+    if kind is type(b) and (kind is str or kind is int):  # the common cases, answered as below
+        return bool(a == b)
     if isinstance(a, datetime) or isinstance(b, datetime):
         left, right = as_instant(a), as_instant(b)
         return left is not None and right is not None and left == right
@@ -133,8 +160,22 @@ def order(a: Any, b: Any) -> int | None:
     return -1 if left < right else 1 if left > right else 0
 
 
+# The comparisons as functions: what ``compare`` does for two numbers neither of which is NaN.
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
 def compare(op: str, actual: Any, value: Any) -> bool:
     """``actual <op> value`` for eq/neq/gt/gte/lt/lte."""
+    a, b = type(actual), type(value)
+    if (a is int or a is float) and (b is int or b is float) and actual == actual and value == value:
+        return OPS[op](actual, value)  # two numbers, neither NaN: what the general path gives
     if op == "eq":
         return equal(actual, value)
     if op == "neq":
@@ -159,11 +200,18 @@ def _is_in(actual: Any, options: list[Any]) -> bool:
     return any(equal(actual, option) for option in options)
 
 
-_VALUE_OPS = frozenset({"eq", "gt", "gte", "lt", "lte", "between", "contains", "starts_with", "ends_with", "in"})
+_VALUEOPS = frozenset({"eq", "gt", "gte", "lt", "lte", "between", "contains", "starts_with", "ends_with", "in"})
 
 
 def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> bool:
     """Whether ``actual`` (None when missing) satisfies ``op value`` at ``now``."""
+    fast = OPS.get(op)
+    if fast is not None:  # the common cases first, answered as the general path below answers them
+        a, b = type(actual), type(value)
+        if (a is int or a is float) and (b is int or b is float) and actual == actual and value == value:
+            return fast(actual, value)  # two numbers, neither NaN
+        if a is str and b is str and (op == "eq" or op == "neq"):
+            return fast(actual, value)
     if op == "exists":
         return actual is not None
     if op == "not_exists":
@@ -172,7 +220,7 @@ def holds(op: str, actual: Any, value: Any, unit: str | None, now: datetime) -> 
         return not holds(_NEGATED[op], actual, value, unit, now)
     if actual is None:
         return False
-    if op in _VALUE_OPS:
+    if op in _VALUEOPS:
         return _value_holds(op, actual, value)
     return _time_holds(op, actual, value, unit, now)
 
@@ -206,9 +254,9 @@ def _time_holds(op: str, actual: Any, value: Any, unit: str | None, now: datetim
         return bool(instant > value)
     assert unit is not None
     if op == "within_last":
-        return now - duration(value, unit) < instant <= now
+        return now - _duration(value, unit) < instant <= now
     if op == "more_than":
-        return instant <= now - duration(value, unit)
+        return instant <= now - _duration(value, unit)
     raise ValueError(f"unknown operator {op}")
 
 
@@ -223,7 +271,7 @@ def attribute_breakpoints(rule: AttributeRule, contact: ContactState) -> list[da
     instant = as_instant(read_attribute(contact, rule.path))
     if instant is None:
         return []
-    ends = shifted(instant, duration(rule.value, rule.unit))
+    ends = shifted(instant, _duration(rule.value, rule.unit))
     points = [instant] if rule.op == "within_last" else []
     return points + ([ends] if ends is not None else [])
 
@@ -231,6 +279,42 @@ def attribute_breakpoints(rule: AttributeRule, contact: ContactState) -> list[da
 def filters_pass(where: Iterable[PropertyFilter], properties: dict[str, Any]) -> bool:
     """Property filters never use relative dates, so ``now`` does not matter to them."""
     return all(holds(f.op, read_path(properties, f.path), f.value, None, _EPOCH) for f in where)
+
+
+def property_filter(where: Iterable[PropertyFilter]) -> Callable[[dict[str, Any]], bool] | None:
+    """``filters_pass(where, properties)`` as one function of the properties (None: no filter),
+    made once per tracker: it runs on every event of the tracker's name."""
+    checks = tuple(_filter_check(f.op, f.path, f.value) for f in where)
+    if not checks:
+        return None
+    if len(checks) == 1:
+        return checks[0]
+
+    def every(properties: dict[str, Any]) -> bool:
+        return all(check(properties) for check in checks)
+
+    return every
+
+
+def _filter_check(op: str, path: str, value: Any) -> Callable[[dict[str, Any]], bool]:
+    """One filter: ``holds(op, read_path(properties, path), value, None, _EPOCH)``, with the read of a
+    top-level property and the comparison of a string with a string, or a number with a number,
+    done inline (``holds``'s own fast paths)."""
+    direct = OPS.get(op, OPS["eq"])  # (read only when ``op`` is one of OPS)
+    texts = type(value) is str and op in ("eq", "neq")
+    numbers = op in OPS and type(value) in (int, float) and value == value
+    nested = "." in path
+
+    def check(properties: dict[str, Any]) -> bool:
+        actual = read_path(properties, path) if nested else properties.get(path)
+        kind = type(actual)
+        if texts and kind is str:
+            return direct(actual, value)
+        if numbers and (kind is int or kind is float) and actual == actual:
+            return direct(actual, value)
+        return holds(op, actual, value, None, _EPOCH)
+
+    return check
 
 
 def occurred(condition: OccurrenceCondition, at: datetime | None, now: datetime) -> bool:
@@ -246,14 +330,14 @@ def occurred(condition: OccurrenceCondition, at: datetime | None, now: datetime)
     if condition.op == "after":
         return bool(at > condition.value)
     assert condition.unit is not None
-    threshold = now - duration(condition.value, condition.unit)
+    threshold = now - _duration(condition.value, condition.unit)
     return at > threshold if condition.op == "within_last" else at <= threshold
 
 
 def occurrence_breakpoints(condition: OccurrenceCondition, at: datetime | None) -> list[datetime]:
     if at is None or condition.unit is None:
         return []
-    ends = shifted(at, duration(condition.value, condition.unit))
+    ends = shifted(at, _duration(condition.value, condition.unit))
     return [ends] if ends is not None else []
 
 
@@ -266,3 +350,9 @@ def shifted(at: datetime, by: timedelta) -> datetime | None:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@lru_cache(maxsize=4096)
+def _duration(value: float, unit: str) -> timedelta:
+    """``rules.duration`` of a validated condition (read on every evaluation: made once)."""
+    return duration(value, unit)
