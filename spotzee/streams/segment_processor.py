@@ -408,9 +408,7 @@ class SegmentMemberships:
             self._rows(tables.segment_members, owner, before, after)
         if outcome.transitions:
             now = ctx.clock.now()
-            for transition in outcome.transitions:
-                self._emit(ctx, owner, transition, now, cause)
-            told = [(t.segment_id, t.entered, change_id(contact_id, t.seq)) for t in outcome.transitions]
+            told = [self._emit(ctx, owner, transition, now, cause) for transition in outcome.transitions]
             for listener in self.listeners:
                 listener(ctx, project_id, contact_id, told)
         if after.wakes is before.wakes and cause != "time":
@@ -430,10 +428,12 @@ class SegmentMemberships:
     ) -> None:
         """The ``segment_members`` rows of the memberships that began, ended or changed version."""
         _, project_id, contact_id = owner
-        for segment_id in before.members.keys() - after.members.keys():
-            rows.delete(member_key(project_id, segment_id, contact_id))
+        members = after.members
+        for segment_id in before.members:
+            if segment_id not in members:
+                rows.delete(member_key(project_id, segment_id, contact_id))
         values: dict[tuple[datetime, int], Member] = {}  # the segments entered together share a value
-        for segment_id, membership in after.members.items():
+        for segment_id, membership in members.items():
             known = before.members.get(segment_id)
             if known is None or known.since != membership.since or known.version != membership.version:
                 value = values.get((membership.since, membership.version))
@@ -444,8 +444,12 @@ class SegmentMemberships:
                 rows.put(member_key(project_id, segment_id, contact_id), value)
 
     @staticmethod
-    def _emit(ctx: Context, owner: _Owner, transition: domain.Transition, at: datetime, cause: str) -> None:
+    def _emit(
+        ctx: Context, owner: _Owner, transition: domain.Transition, at: datetime, cause: str
+    ) -> tuple[str, bool, str]:
+        """The transition's ``SegmentChange`` and history row; what the listeners are told of it."""
         key, project_id, contact_id = owner
+        number = change_id(contact_id, transition.seq)
         change = SegmentChange(
             project_id=project_id,
             contact_id=contact_id,
@@ -454,7 +458,7 @@ class SegmentMemberships:
             change="entered" if transition.entered else "exited",
             at=at,
             cause=cause,
-            change_id=change_id(contact_id, transition.seq),
+            change_id=number,
         )
         row = SegmentChangeRow(
             project_id=project_id,
@@ -464,7 +468,8 @@ class SegmentMemberships:
             change=change.change,
             at=at,
             cause=cause,
-            change_id=change.change_id,
+            change_id=number,
         )
         ctx.emit(topics.SEGMENT_CHANGES, key, dumps(change))
         ctx.emit(topics.ANALYTICS, key, dumps(row))
+        return transition.segment_id, transition.entered, number

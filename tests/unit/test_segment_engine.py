@@ -18,6 +18,7 @@ from spotzee.domain.segments import (
     depends_on,
     evaluate,
     matches,
+    matches_and_wake,
     next_change,
     observe,
     prune,
@@ -765,6 +766,7 @@ def run_script(
         wake = next_change(compiled, state, who, now, context)
         assert wake == brute_force_next_change(rule, body, who, log, now, context)
         loose = next_change(compiled, state, who, now)  # without memberships: when it *could* flip
+        assert matches_and_wake(compiled, state, who, now, context) == (expected, loose)  # one reading
         if wake is None:
             later = now + data.draw(st.integers(0, 60 * 24)) * HOUR
         else:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from spotzee.domain.segments import EventFact, MembershipContext, evaluate
 from spotzee.domain.segments import membership as m
+from spotzee.domain.segments.trackers import CountSlot, LatestSlot, SpanSlot, TotalSlot, ValuesSlot
 from spotzee.schemas.contact_models import FieldChange
 from spotzee.schemas.rules import SegmentRuleAdapter
 from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
@@ -207,3 +208,41 @@ def test_an_edit_keeps_members_that_still_match_without_a_transition() -> None:
     assert out.transitions == []
     assert out.state.members["A"].version == 2
     assert out.state.members["A"].since == T0
+
+
+# What the pydantic models wrote for a contact's segment state (every slot kind, a buffered fact, a
+# backfill in progress, memberships, lists, wake-ups): the Structs read it and write the same bytes.
+PYDANTIC_ERA_STATE = (
+    b'{"state":{"slots":{"count:aaa":{"kind":"count","n":3},"latest:bbb":{"kind":"latest","at":'
+    b'["2026-03-01T00:00:00Z","2026-03-01T00:00:01.000005Z"]},"total:ccc":{"kind":"total","n":2,'
+    b'"total":"3/10","low":0.1,"high":0.2},"sum:ddd":{"kind":"values","entries":[["2026-03-01T00:00:00Z",1.5],'
+    b'["2026-03-01T00:01:00Z",-2.0]]},"span:eee":{"kind":"span","first":"2026-03-01T00:00:00Z","last":null},'
+    b'"total:fff":{"kind":"total","n":0,"total":"0","low":null,"high":null}}},"complete":["count:aaa",'
+    b'"latest:bbb","span:eee","sum:ddd","total:ccc","total:fff"],"pending":[{"message_id":"m1","name":'
+    b'"purchase","timestamp":"2026-03-01T00:00:00.123000Z","properties":{"amount":12.5,"items":[1,"a",null],'
+    b'"nested":{"ok":true}}}],"seeding":{"seg_b":{"version":2,"facts":[{"message_id":"m2","name":"login",'
+    b'"timestamp":"2026-03-01T01:00:00Z","properties":{}}]}},"members":{"seg_a":{"since":'
+    b'"2026-03-01T00:00:00Z","version":1},"seg_c":{"since":"2026-03-02T00:00:00.999999Z","version":3}},'
+    b'"lists":["lst_1"],"wakes":{"seg_a":"2026-03-31T00:00:00Z"},"changes":7,"evaluated":true}'
+)
+
+
+def test_a_pydantic_era_state_reads_and_writes_back_the_same_json() -> None:
+
+    cs = decode(m.ContactSegments, PYDANTIC_ERA_STATE)
+    assert encode(cs) == PYDANTIC_ERA_STATE
+    slots = cs.state.slots
+    assert [type(slot) for slot in slots.values()] == [
+        CountSlot,
+        LatestSlot,
+        TotalSlot,
+        ValuesSlot,
+        SpanSlot,
+        TotalSlot,
+    ]
+    assert slots["sum:ddd"] == ValuesSlot(entries=[(T0, 1.5), (T0 + timedelta(minutes=1), -2.0)])
+    assert cs.members["seg_c"] == m.Membership(since=T0 + timedelta(days=1, microseconds=999999), version=3)
+    assert cs.pending[0].timestamp == T0 + timedelta(microseconds=123000)
+    assert cs.wake_at == T0 + timedelta(days=30)
+    assert cs.wake_at.tzinfo is not None
+    assert cs.seeding["seg_b"].facts[0].name == "login"

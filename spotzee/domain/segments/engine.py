@@ -163,6 +163,8 @@ class TrackerBundle:
 # time-dependent condition differs from its value at ``now``, else ``best``.
 Test = Callable[[SegmentState, ContactState, datetime, MembershipContext], bool]
 Flip = Callable[[SegmentState, ContactState, datetime, MembershipContext, datetime | None], datetime | None]
+# ``Judge(state, contact, now, context)``: ``(Test(...now...), Flip(..., None))`` in one reading.
+Judge = Callable[[SegmentState, ContactState, datetime, MembershipContext], tuple[bool, datetime | None]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +179,7 @@ class CompiledRule:
     test: Test = field(default=lambda state, contact, at, context: False)  # ``compile`` sets the programs
     flips: tuple[Flip, ...] = ()  # one per condition that can flip with the clock
     flip: Flip = field(default=lambda state, contact, now, context, best: best)  # all of ``flips``
+    judge: Judge | None = None  # membership and next change at once, for a rule of one timed condition
 
 
 @dataclass
@@ -275,6 +278,7 @@ def compile(rule: RuleNode) -> CompiledRule:
         _node_test(root),
         tuple(flips),
         _flip_all(tuple(flips)),
+        _judge(root),
     )
 
 
@@ -750,6 +754,71 @@ def _first_of(
     return next((p for p in ahead if holds(p) != before), best)
 
 
+def _judge(root: Node) -> Judge | None:
+    """The one-reading program of a rule that is a single rolling count or relative occurrence
+    (what ``matches_and_wake`` reads twice otherwise); None for the others."""
+    if not isinstance(root, EventNode) or len(root.checks) != 1:
+        return None
+    (check,) = root.checks
+    if isinstance(check, CountCheck) and check.tracker.kind == "latest":
+        return _rolling_count_judge(check)
+    if isinstance(check, OccurrenceCheck) and _relative_span(check.condition) is not None:
+        return _occurrence_judge(check)
+    return None
+
+
+def _rolling_count_judge(check: CountCheck) -> Judge:
+    key, value, window = check.tracker.key, check.value, check.tracker.window
+    compare_count = _count_op(check.op, value)
+    assert window is not None
+    empty = (compare_count(0, value), None)  # no entry: a constant count of 0
+
+    def rolling_count(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext
+    ) -> tuple[bool, datetime | None]:
+        found = state.slots.get(key)
+        if type(found) is not LatestSlot or not found.at:
+            return empty
+        times = found.at
+        size = len(times)
+        start = bisect_right(times, now - window)  # the entries that expire after ``now``
+        member = compare_count(size - start, value)
+        for at in times[start:]:
+            try:
+                end = at + window
+            except OverflowError:
+                break  # past the end of the calendar, and so is every later expiry
+            if compare_count(size - bisect_right(times, at), value) != member:  # (``end - window`` is ``at``)
+                return member, end
+        return member, None
+
+    return rolling_count
+
+
+def _occurrence_judge(check: OccurrenceCheck) -> Judge:
+    key, first, condition = check.tracker.key, check.which == "first", check.condition
+    span = _relative_span(condition)
+    assert span is not None
+    within = condition.op == "within_last"
+
+    def relative(
+        state: SegmentState, contact: ContactState, now: datetime, context: MembershipContext
+    ) -> tuple[bool, datetime | None]:
+        found = state.slots.get(key)
+        when = (found.first if first else found.last) if type(found) is SpanSlot else None
+        if when is None:
+            return False, None
+        threshold = now - span
+        member = when > threshold if within else when <= threshold
+        try:
+            end = when + span  # where it flips (see ``_occurrence_flip``)
+        except OverflowError:
+            return member, None
+        return member, end if end > now else None
+
+    return relative
+
+
 def _flip_all(flips: tuple[Flip, ...]) -> Flip:
     """The flip program of a rule: its conditions' in turn, each bounded by the best found so far."""
     if len(flips) == 1:
@@ -796,6 +865,8 @@ def matches_and_wake(
     context: MembershipContext = NO_MEMBERSHIPS,
 ) -> tuple[bool, datetime | None]:
     """``matches(...)`` and ``next_change(...)`` without a context."""
+    if compiled.judge is not None:
+        return compiled.judge(state, contact, now, context)
     member = compiled.test(state, contact, now, context)
     if not compiled.dependencies.time:
         return member, None

@@ -45,7 +45,7 @@ from spotzee.schemas.structs import Struct, replace
 VOLATILE_PATHS = frozenset({"user_id", "first_seen", "last_seen", "created_at"})
 
 _AFFECTED_CACHE_LIMIT = 4096
-_IN_SYNC_LIMIT = 4096
+_IN_SYNC_LIMIT = 16384  # states, each replacing the one it was made from: about one per recent contact
 _NO_PATHS: frozenset[str] = frozenset()
 
 
@@ -183,12 +183,16 @@ class ProjectSegments:
             self.keep_in_sync(cs)
         return found
 
-    def keep_in_sync(self, cs: ContactSegments) -> None:
+    def keep_in_sync(self, cs: ContactSegments, replaces: ContactSegments | None = None) -> None:
         """Remember ``cs`` as in sync: evaluated from a state ``_synced`` returned, with nothing
-        buffered (its slots are these trackers', its wakes and memberships these segments')."""
-        if len(self._in_sync) >= _IN_SYNC_LIMIT:
-            self._in_sync.clear()
-        self._in_sync[id(cs)] = cs
+        buffered (its slots are these trackers', its wakes and memberships these segments'). The
+        state it ``replaces`` is forgotten (read again, it is checked again)."""
+        known = self._in_sync
+        if replaces is not None:
+            known.pop(id(replaces), None)
+        if len(known) >= _IN_SYNC_LIMIT:
+            known.clear()
+        known[id(cs)] = cs
 
     def all_complete(self, cs: ContactSegments) -> bool:
         """Every tracker of these definitions is complete for ``cs`` (a state ``_synced`` returned:
@@ -309,7 +313,7 @@ def on_event(
         outcome = _evaluate(project, cs, contact, now, affected, settled=settled)
     state = outcome.state
     if state is not given and not state.pending and not state.seeding:
-        project.keep_in_sync(state)  # (what ``_synced`` returned holds only these trackers and segments)
+        project.keep_in_sync(state, given)  # (what ``_synced`` returned holds only these trackers and segments)
     return outcome
 
 
@@ -518,8 +522,12 @@ class _Evaluation(MembershipContext):
             if complete is not None and not segment.tracker_keys <= complete:
                 continue  # waiting for its backfill
             compiled, segment_id = segment.compiled, segment.id  # ``matches_and_wake``, with this context
-            member = compiled.test(state, contact, now, self)
-            wake = compiled.flip(state, contact, now, self, None) if segment.time else None
+            judge = compiled.judge
+            if judge is not None:
+                member, wake = judge(state, contact, now, self)
+            else:
+                member = compiled.test(state, contact, now, self)
+                wake = compiled.flip(state, contact, now, self, None) if segment.time else None
             if self.wakes.get(segment_id) != wake:
                 self._wake(segment_id, wake)
             current = self.members.get(segment_id)
@@ -558,4 +566,4 @@ class _Evaluation(MembershipContext):
         self.seq += 1
         if self.transitions is None:
             self.transitions = []
-        self.transitions.append(Transition(segment_id, version, entered=entered, seq=self.seq))
+        self.transitions.append(Transition(segment_id, version, entered, self.seq))
