@@ -264,20 +264,29 @@ async def post_batch(client: httpx.AsyncClient, body: bytes, stats: SendStats) -
         return
 
 
-async def client_worker(client: httpx.AsyncClient, queue: asyncio.Queue[bytes], stats: SendStats) -> None:
+async def client_worker(client: httpx.AsyncClient, queue: asyncio.Queue[tuple[float, bytes]], stats: SendStats) -> None:
     while True:
         try:
-            body = queue.get_nowait()
+            due, body = queue.get_nowait()
         except asyncio.QueueEmpty:
             return
+        wait = due - time.perf_counter()
+        if wait > 0:  # an offered load: this batch is not due yet
+            await asyncio.sleep(wait)
         await post_batch(client, body, stats)
 
 
-async def send_all(client: httpx.AsyncClient, bodies: list[bytes], connections: int) -> SendStats:
-    """Send every body from ``connections`` concurrent senders."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+async def send_all(
+    client: httpx.AsyncClient, bodies: list[bytes], connections: int, events: int = 0, rate: float = 0.0
+) -> SendStats:
+    """Send every body from ``connections`` concurrent senders: as fast as they are accepted, or,
+    with ``rate`` (events/s over ``events`` in all), each batch at its due time on a fixed schedule
+    (an offered load: a batch late because the server is slow is sent at once, never skipped)."""
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    started = time.perf_counter()
+    seconds_per_body = events / len(bodies) / rate if rate > 0 and bodies else 0.0
+    for index, body in enumerate(bodies):
+        queue.put_nowait((started + index * seconds_per_body, body))
     stats = SendStats()
     async with asyncio.TaskGroup() as group:
         for _ in range(connections):
@@ -377,10 +386,10 @@ async def probe_poller(stack: Stack, client: httpx.AsyncClient, probes: Probes) 
 # -- one configuration ------------------------------------------------------------------------------
 
 
-async def load_and_wait(stack: Stack, clients: Clients, bodies: list[bytes], events: int) -> Measurement:
+async def load_and_wait(stack: Stack, clients: Clients, bodies: list[bytes], events: int, rate: float) -> Measurement:
     """Send the load, wait until ClickHouse holds it; times are from the first send."""
     started, started_at = time.perf_counter(), time.time()
-    stats = await send_all(clients.load, bodies, clients.connections)
+    stats = await send_all(clients.load, bodies, clients.connections, events, rate)
     accepted_s, accepted_at = stats.last_ok - started, time.time()
     progress(f"{stack.name}: all {events:,} accepted after {accepted_s:.1f} s; waiting for ClickHouse")
     processed_s = await wait_processed(stack, clients.admin, events) - started
@@ -389,7 +398,9 @@ async def load_and_wait(stack: Stack, clients: Clients, bodies: list[bytes], eve
     )
 
 
-async def measure_async(stack: Stack, bodies: list[bytes], events: int, connections: int) -> Measurement:
+async def measure_async(
+    stack: Stack, bodies: list[bytes], events: int, connections: int, rate: float = 0.0
+) -> Measurement:
     async with open_clients(stack, connections) as clients:
         await warm_up(stack, clients)
         probes = Probes()
@@ -398,7 +409,7 @@ async def measure_async(stack: Stack, bodies: list[bytes], events: int, connecti
             async with asyncio.TaskGroup() as group:
                 group.create_task(probe_sender(clients.probe, probes))
                 group.create_task(probe_poller(stack, clients.admin, probes))
-                result = await load_and_wait(stack, clients, bodies, events)
+                result = await load_and_wait(stack, clients, bodies, events, rate)
                 probes.stop.set()
         except* BenchError as errors:
             raise errors.exceptions[0] from None
@@ -416,6 +427,7 @@ async def measure_async(stack: Stack, bodies: list[bytes], events: int, connecti
     )
 
 
-def measure(stack: Stack, bodies: list[bytes], events: int, connections: int) -> Measurement:
-    """Warm up, then send ``bodies`` (``events`` events) with latency probes alongside; see the module doc."""
-    return asyncio.run(measure_async(stack, bodies, events, connections))
+def measure(stack: Stack, bodies: list[bytes], events: int, connections: int, rate: float = 0.0) -> Measurement:
+    """Warm up, then send ``bodies`` (``events`` events; at ``rate`` events/s if given) with latency
+    probes alongside; see the module doc."""
+    return asyncio.run(measure_async(stack, bodies, events, connections, rate))

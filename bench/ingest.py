@@ -10,7 +10,8 @@ Configurations (``--runtime embedded|kafka|all``, default all):
 
 Each configuration (``bench_traffic.measure``) warms up, then sends Segment-spec events (track / identify / page
 over ``--users`` users, unique ``messageId``s, serialised before the clock starts) through ``POST /v1/batch``
-from ``--clients`` concurrent clients, with a latency probe alongside, and reports:
+from ``--clients`` concurrent clients (as fast as they are accepted, or at ``--rate`` events/s: batches on a fixed
+schedule, an offered load), with a latency probe alongside, and reports:
 
 - **events/s accepted**: N / (last 2xx - first send).
 - **events/s processed**: N / (time all N distinct messageIds are in ClickHouse - first send).
@@ -71,12 +72,14 @@ class Config:
     seed: int
     peer: bool
     as_json: bool
+    rate: float = 0.0  # offered load, events/s; 0: as fast as the server accepts
 
 
 @dataclass(frozen=True)
 class Result:
     configuration: str
     events: int
+    offered_per_s: float  # NaN: as fast as accepted
     clients: int
     batch_size: int
     accepted_per_s: float
@@ -134,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="Kafka runs: also run the textbook faust agent (bench/faust_peer.py) on the same broker (default on)",
     )
+    parser.add_argument(
+        "--rate",
+        type=positive_int,
+        help="offered load in events/s: batches sent on a fixed schedule (default: as fast as accepted); "
+        "the 2xx -> ClickHouse latency at a given load, e.g. --rate 5000",
+    )
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the results as JSON")
     return parser
 
@@ -155,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         seed=args.seed,
         peer=args.peer,
         as_json=args.as_json,
+        rate=float(args.rate or 0),
     )
 
 
@@ -173,6 +183,7 @@ def result_of(
     return Result(
         configuration=stack.name,
         events=measured.events,
+        offered_per_s=config.rate or math.nan,
         clients=config.clients,
         batch_size=config.batch_size,
         accepted_per_s=measured.events / measured.accepted_s,
@@ -194,7 +205,7 @@ def result_of(
 def run_embedded(config: Config, root: Path) -> Result:
     bodies = batches(config, config.events)
     with embedded_stack(root) as stack:
-        return result_of(config, stack, measure(stack, bodies, config.events, config.clients))
+        return result_of(config, stack, measure(stack, bodies, config.events, config.clients, config.rate))
 
 
 def run_kafka(config: Config, root: Path) -> tuple[list[Result], PeerResult | None]:
@@ -207,7 +218,7 @@ def run_kafka(config: Config, root: Path) -> tuple[list[Result], PeerResult | No
         for workers in config.workers:
             with kafka_stack(root / f"kafka-{workers}", bootstrap, workers, own_broker=own_broker) as stack:
                 with CpuSampler(stack.workers) as worker_cpu:
-                    measured = measure(stack, bodies, config.kafka_events, config.clients)
+                    measured = measure(stack, bodies, config.kafka_events, config.clients, config.rate)
                 window = worker_window(stack, measured.started_at, measured.accepted_at)
                 progress(f"{stack.name}: state of all {measured.events:,} events committed in {window.seconds:.2f} s")
                 results.append(result_of(config, stack, measured, window.seconds, worker_cpu.between(window)))
@@ -257,6 +268,10 @@ def workers_rss(result: Result) -> str:
     return " / ".join(number(value) for value in result.worker_peak_rss_mib)
 
 
+def offered(result: Result) -> str:
+    return "as accepted" if math.isnan(result.offered_per_s) else number(result.offered_per_s)
+
+
 def table_rows(results: list[Result]) -> list[tuple[str, list[str]]]:
     def row(name: str, cell: Callable[[Result], str]) -> tuple[str, list[str]]:
         return name, [cell(result) for result in results]
@@ -264,6 +279,9 @@ def table_rows(results: list[Result]) -> list[tuple[str, list[str]]]:
     return [
         row("events", lambda r: f"{r.events:,}"),
         row("clients x batch size", lambda r: f"{r.clients} x {r.batch_size}"),
+        row(
+            "offered load events/s", lambda r: "as accepted" if math.isnan(r.offered_per_s) else number(r.offered_per_s)
+        ),
         row("events/s accepted (until last 2xx)", lambda r: number(r.accepted_per_s)),
         row("events/s processed (all in ClickHouse)", lambda r: number(r.processed_per_s)),
         row("worker events/s processed (state committed)", lambda r: number(r.worker_processed_per_s)),
