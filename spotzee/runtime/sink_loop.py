@@ -35,6 +35,9 @@ class SinkLoop:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.last_flush_at = 0.0
+        # Records read while the batch fills: each poll reads only what is new (a batch of tens of
+        # thousands of records is not re-read every 50 ms while it waits for its flush interval).
+        self._filling: list[tuple[int, bytes]] = []
 
     def start(self) -> None:
         self._recover()
@@ -80,7 +83,7 @@ class SinkLoop:
         waiting_since: float | None = None
         while self._running:
             try:
-                raw = self._read_raw(self.offset, self.batch_rows)
+                raw = self._fill()
                 if not raw:
                     waiting_since = None
                     self.wakeup.wait(timeout=0.1)
@@ -93,8 +96,8 @@ class SinkLoop:
                 if not full and remaining > 0 and self._running:
                     time.sleep(min(remaining, 0.05))  # let the batch fill; nothing is parsed meanwhile
                     continue
-                records = _decoded(raw)
-                self._write_range(self._cut(records))
+                written = self._write_range(self._cut(_decoded(raw)))
+                del self._filling[:written]
                 waiting_since = None
                 self.last_error = None
             except Exception as exc:
@@ -112,7 +115,16 @@ class SinkLoop:
                 return records[:i]
         return records
 
-    def _write_range(self, records: list[tuple[int, AnalyticsRecord]]) -> None:
+    def _fill(self) -> list[tuple[int, bytes]]:
+        """The batch being filled, topped up from the outbox to ``batch_rows`` records."""
+        filling = self._filling
+        if len(filling) < self.batch_rows:
+            start = filling[-1][0] + 1 if filling else self.offset
+            filling += self._read_raw(start, self.batch_rows - len(filling))
+        return filling
+
+    def _write_range(self, records: list[tuple[int, AnalyticsRecord]]) -> int:
+        """Write and commit one range; how many records it held."""
         first, last = records[0][0], records[-1][0]
         batch = self.db.batch()
         batch.put(SINK_INFLIGHT, U64.pack(first) + U64.pack(last), self.db.handle(META))
@@ -120,6 +132,7 @@ class SinkLoop:
         self.sink.write(records)
         self._commit(first, last)
         self.last_flush_at = time.time()
+        return len(records)
 
     def _commit(self, first: int, last: int) -> None:
         batch = self.db.batch()

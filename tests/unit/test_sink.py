@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -193,3 +194,53 @@ def test_every_row_type_lands_in_its_table_with_its_datetimes_to_the_millisecond
     assert values == [[65535, 2**63]]
     _, values = clickhouse.query("SELECT version FROM segment_changes")
     assert values == [[4_000_000_000]]
+
+
+class _RecordingSink(AnalyticsSink):
+    """The real sink, remembering the ranges it was given."""
+
+    def __init__(self, clickhouse: ClickHouse) -> None:
+        super().__init__(clickhouse)
+        self.ranges: list[list[int]] = []
+
+    def write(self, records: Sequence[tuple[int, AnalyticsRecord]], *, epoch: str | None = None) -> None:
+        self.ranges.append([seq for seq, _ in records])
+        super().write(records, epoch=epoch)
+
+
+def test_a_filling_batch_is_read_once_and_written_whole_with_a_mutation_alone(
+    tmp_path: Path, clickhouse: ClickHouse
+) -> None:
+    """Records arriving while a batch waits for its flush interval join it (read once, not re-read
+    each poll); the batch goes out as one range, and an erase between rows is written alone."""
+    db = RocksDB(tmp_path / "rocks", ())
+    sink = _RecordingSink(clickhouse)
+    loop = SinkLoop(db, sink, batch_rows=1000, flush_interval=0.5, wakeup=threading.Event())
+    reads: list[tuple[int, int]] = []
+    read_raw = loop._read_raw
+
+    def counted(start: int, limit: int) -> list[tuple[int, bytes]]:
+        out = read_raw(start, limit)
+        reads.append((start, len(out)))
+        return out
+
+    loop._read_raw = counted  # type: ignore[method-assign]
+    try:
+        loop.start()
+        for seq in range(3):
+            db.cf(OUTBOX)[U64.pack(seq)] = dumps(event(f"m{seq}"))
+            time.sleep(0.1)  # each arrives while the batch is still filling
+        wait_until(lambda: loop.pending() == 0)
+        db.cf(OUTBOX)[U64.pack(3)] = dumps(event("m3"))
+        db.cf(OUTBOX)[U64.pack(4)] = dumps(EraseHistory(project_id="p", contact_ids=["nobody"]))
+        db.cf(OUTBOX)[U64.pack(5)] = dumps(event("m5"))
+        loop.wakeup.set()
+        wait_until(lambda: loop.pending() == 0)
+        loop.stop()
+        assert sink.ranges == [[0, 1, 2], [3], [4], [5]]
+        assert count(clickhouse, "SELECT uniqExact(message_id) FROM events") == 5
+        # Every record was read from the outbox exactly once.
+        read_seqs = [seq for start, size in reads for seq in range(start, start + size)]
+        assert sorted(read_seqs) == list(range(6))
+    finally:
+        db.close()
