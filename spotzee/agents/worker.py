@@ -92,6 +92,7 @@ def _engine(settings: Settings, clock: Clock, definitions: DefinitionsReplica) -
         ),
         topic_name=lambda base: admin.topic_name(settings, base),
         changelog_topic=admin.topic_name(settings, admin.CONTACTS_CHANGELOG),
+        input_topic=admin.topic_name(settings, topics.EVENTS),
     )
     per_partition = settings.state_cache_entries // max(settings.partitions, 1)
     return Engine(processor, clock, state_root(settings), kafka, per_partition)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from spotzee.schemas.analytics_models import DeadLetterRow
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Changes = dict[bytes, bytes | None]
 Emit = tuple[str, str, bytes]
+GAP_CHUNK = 1000  # records per batch when reading back input records that were never applied
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class KafkaClients:
     consumer: Callable[[], AIOKafkaConsumer]
     topic_name: Callable[[str], str]  # a topology topic's base name -> its full name
     changelog_topic: str
+    input_topic: str  # the topic the engine's records come from (events), read again to close gaps
 
 
 class Engine:
@@ -203,6 +205,8 @@ class Engine:
     # -- processing ------------------------------------------------------------------------------
 
     async def process(self, partition: int, records: Sequence[InputRecord]) -> None:
+        """Apply ``records`` (one partition's, in offset order) once: those before the store's input
+        offset were applied already; a gap between it and the first record is read and applied first."""
         store = await self.assign(partition)
         async with store.lock:
             if store.db.closed:
@@ -210,20 +214,58 @@ class Engine:
             fresh = [r for r in records if r.offset >= store.input_offset]
             if not fresh:
                 return
-            ctx = self._context(store)
-            dead = 0
-            for record in fresh:
-                try:
-                    self.processor.process(ctx, record.key, record.value)
-                    ctx.commit_record()
-                except Exception as exc:
-                    ctx.rollback_record()
-                    dead += 1
-                    self._dead_letter(ctx, partition, record, exc)
-                    ctx.commit_record()
-            await self._commit(store, ctx, next_input_offset=fresh[-1].offset + 1)
-            self.processed_total += len(fresh)
-            self.dead_lettered_total += dead
+            if fresh[0].offset > store.input_offset:
+                await self._fill_gap(store, fresh[0].offset)
+            await self._apply(store, fresh)
+
+    async def _apply(self, store: PartitionStore, records: Sequence[InputRecord]) -> None:
+        """Process ``records`` as one batch and commit it (the caller holds the store's lock)."""
+        ctx = self._context(store)
+        dead = 0
+        for record in records:
+            try:
+                self.processor.process(ctx, record.key, record.value)
+                ctx.commit_record()
+            except Exception as exc:
+                ctx.rollback_record()
+                dead += 1
+                self._dead_letter(ctx, store.partition, record, exc)
+                ctx.commit_record()
+        await self._commit(store, ctx, next_input_offset=records[-1].offset + 1)
+        self.processed_total += len(records)
+        self.dead_lettered_total += dead
+
+    async def _fill_gap(self, store: PartitionStore, end: int) -> None:
+        """Apply the input records ``[store.input_offset, end)`` read back from the input topic.
+
+        The consumer group's offsets can run ahead of what was applied: faust acks a batch's events
+        even when its processing raised or was cancelled, and a batch for a store revoked meanwhile
+        is dropped, then commits those offsets and seeks to them after a rebalance. The store's input
+        offset (restored from the changelog markers) is what was applied; this reads the rest again,
+        in order, in batches of ``GAP_CHUNK``. Records already deleted by retention are skipped
+        (the reader starts at the earliest offset left) with a warning."""
+        start = store.input_offset
+        log.warning(
+            "partition %d: input offsets %d..%d were never applied here; reading them again",
+            store.partition,
+            start,
+            end - 1,
+        )
+        tp = TopicPartition(self.kafka.input_topic, store.partition)
+        consumer = self.kafka.consumer()
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            while (await consumer.position(tp)) < end:
+                fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=GAP_CHUNK)
+                chunk = [_input_record(m) for m in fetched.get(tp, []) if start <= m.offset < end]
+                if chunk:
+                    _warn_if_lost(store.partition, store.input_offset, chunk[0].offset)
+                    await self._apply(store, chunk)
+        finally:
+            await consumer.stop()
+        _warn_if_lost(store.partition, store.input_offset, end)
 
     async def fire_timers(self) -> int:
         """Deliver due timers of every ready partition (each partition one committed batch)."""
@@ -346,6 +388,21 @@ class Engine:
         )
         await _all(futures)
         return int((await marker).offset)
+
+
+def _input_record(message: ConsumerRecord[bytes, bytes]) -> InputRecord:
+    return InputRecord(message.offset, (message.key or b"").decode(), message.value or b"")
+
+
+def _warn_if_lost(partition: int, expected: int, found: int) -> None:
+    """Input offsets ``[expected, found)`` are gone from the input topic (deleted by retention)."""
+    if found > expected:
+        log.warning(
+            "partition %d: input offsets %d..%d are no longer in the topic (retention); they are skipped",
+            partition,
+            expected,
+            found - 1,
+        )
 
 
 async def _all(futures: Sequence[Awaitable[object]]) -> None:
