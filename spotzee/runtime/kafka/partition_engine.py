@@ -20,6 +20,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 
 from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.streams import topics
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 
 Changes = dict[bytes, bytes | None]
 Emit = tuple[str, str, bytes]
+Delivery = asyncio.Future[RecordMetadata]  # a record batch's acknowledgement
+KEY_PARTITIONS_CACHED = 65_536  # keys whose output partition is remembered
 GAP_CHUNK = 1000  # records per batch when reading back input records that were never applied
 
 
@@ -107,6 +112,9 @@ class Engine:
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self.stores: dict[int, PartitionStore] = {}
+        self.partitioner = KeyPartitioner()
+        self._topic_names: dict[str, str] = {}  # base name -> full name
+        self._partitions: dict[str, int] = {}  # full topic name -> partition count
         self.processed_total = 0
         self.dead_lettered_total = 0
 
@@ -204,19 +212,20 @@ class Engine:
 
     # -- processing ------------------------------------------------------------------------------
 
-    async def process(self, partition: int, records: Sequence[InputRecord]) -> None:
+    async def process(self, partition: int, records: Sequence[InputRecord]) -> int | None:
         """Apply ``records`` (one partition's, in offset order) once: those before the store's input
-        offset were applied already; a gap between it and the first record is read and applied first."""
+        offset were applied already; a gap between it and the first record is read and applied first.
+        The partition's next input offset afterwards (all before it applied), ``None`` if revoked."""
         store = await self.assign(partition)
         async with store.lock:
             if store.db.closed:
-                return  # revoked meanwhile: the new owner processes these records
+                return None  # revoked meanwhile: the new owner processes these records
             fresh = [r for r in records if r.offset >= store.input_offset]
-            if not fresh:
-                return
-            if fresh[0].offset > store.input_offset:
-                await self._fill_gap(store, fresh[0].offset)
-            await self._apply(store, fresh)
+            if fresh:
+                if fresh[0].offset > store.input_offset:
+                    await self._fill_gap(store, fresh[0].offset)
+                await self._apply(store, fresh)
+            return store.input_offset
 
     async def _apply(self, store: PartitionStore, records: Sequence[InputRecord]) -> None:
         """Process ``records`` as one batch and commit it (the caller holds the store's lock)."""
@@ -366,28 +375,93 @@ class Engine:
         changes: Changes,
         next_input_offset: int | None,
     ) -> None:
-        await _all(
-            [
-                await producer.send(self.kafka.topic_name(topic), value=value, key=key.encode())
-                for topic, key, value in emits
-            ]
-        )
+        await _all(await self._send_emits(producer, emits))
         input_offset = next_input_offset if next_input_offset is not None else store.input_offset
         marker_offset = await self._send_changelog(producer, store.partition, changes, input_offset)
         store.apply(changes, input_offset=next_input_offset, changelog_offset=marker_offset + 1)
 
+    async def _send_emits(self, producer: AIOKafkaProducer, emits: Sequence[Emit]) -> list[Delivery]:
+        """The emits in one record batch per topic partition (in emit order), each partitioned by its
+        key as the default partitioner does; the batches' futures."""
+        by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for topic, key, value in emits:
+            name = self._topic_names.get(topic) or self._topic_name(topic)
+            raw_key = key.encode()
+            partition = self.partitioner.partition(
+                raw_key, self._partitions.get(name) or await self._count(producer, name)
+            )
+            records = by_partition.get((name, partition))
+            if records is None:
+                records = by_partition[(name, partition)] = []
+            records.append((raw_key, value))
+        futures: list[Delivery] = []
+        for (name, partition), records in by_partition.items():
+            futures += (await _send_batches(producer, name, partition, records))[0]
+        return futures
+
+    def _topic_name(self, base: str) -> str:
+        name = self._topic_names[base] = self.kafka.topic_name(base)
+        return name
+
+    async def _count(self, producer: AIOKafkaProducer, topic: str) -> int:
+        """The partition count of ``topic`` (a contract: topics are never repartitioned in place)."""
+        count = self._partitions[topic] = len(await producer.partitions_for(topic))
+        return count
+
     async def _send_changelog(
         self, producer: AIOKafkaProducer, partition: int, changes: Changes, input_offset: int
     ) -> int:
-        futures = [
-            await producer.send(self.kafka.changelog_topic, value=value, key=key, partition=partition)
-            for key, value in changes.items()
-        ]
-        marker = await producer.send(
-            self.kafka.changelog_topic, value=marker_value(input_offset), key=MARKER, partition=partition
-        )
+        """The changes then the marker, in order, on the partition's changelog; the marker's offset
+        once all are acked."""
+        records: list[tuple[bytes, bytes | None]] = list(changes.items())
+        records.append((MARKER, marker_value(input_offset)))
+        futures, last_in_batch = await _send_batches(producer, self.kafka.changelog_topic, partition, records)
         await _all(futures)
-        return int((await marker).offset)
+        return int(futures[-1].result().offset) + last_in_batch
+
+
+async def _send_batches(
+    producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+) -> tuple[list[Delivery], int]:
+    """``records`` in as few record batches as they fit, in order, each closed so that it is sent at once
+    (no linger); the batches' futures (each resolves to its base offset) and the last record's offset
+    within the last batch. One call per batch instead of an awaited ``send`` per record."""
+    futures: list[Delivery] = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            futures.append(await _submit(producer, batch, topic, partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
+    last_in_batch = int(batch.record_count()) - 1
+    futures.append(await _submit(producer, batch, topic, partition))
+    return futures, last_in_batch
+
+
+async def _submit(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, partition: int) -> Delivery:
+    batch.close()
+    future: Delivery = await producer.send_batch(batch, topic, partition=partition)
+    return future
+
+
+class KeyPartitioner:
+    """The partition of a keyed record exactly as aiokafka's (and Kafka's Java client's) default
+    partitioner picks it -- murmur2 of the key, positive, modulo the partition count -- so a contact's
+    outputs land on the partition the API's producer would choose. Memoised per key: the pure-Python
+    murmur2 costs microseconds, and a batch's keys repeat (hot contacts). Bounded: cleared when full."""
+
+    def __init__(self, limit: int = KEY_PARTITIONS_CACHED) -> None:
+        self.limit = limit
+        self._known: dict[tuple[bytes, int], int] = {}
+
+    def partition(self, key: bytes, partitions: int) -> int:
+        found = self._known.get((key, partitions))
+        if found is not None:
+            return found
+        if len(self._known) >= self.limit:
+            self._known.clear()
+        partition = self._known[(key, partitions)] = (int(murmur2(key)) & 0x7FFFFFFF) % partitions
+        return partition
 
 
 def _input_record(message: ConsumerRecord[bytes, bytes]) -> InputRecord:
