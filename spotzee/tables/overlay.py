@@ -52,12 +52,15 @@ class OverlayTable:
     read from the store are decoded once per batch (``_read``); ``encoded_batch`` gives the bytes to
     commit and ``publish`` passes the committed values to the ``StateCache`` afterwards."""
 
-    def __init__(self, cf: Rdict, cache: StateCache | None = None) -> None:
+    def __init__(self, cf: Rdict, cache: StateCache | None = None, touched: list[OverlayTable] | None = None) -> None:
         self.cf = cf
         self.cache = cache
         self.batch: dict[str, Entry] = {}
         self.record: dict[str, Entry] = {}
         self._read: dict[str, Any] = {}  # key -> value decoded from the store (or the cache) this batch
+        # The batch context's list of tables the record in progress wrote to: this table joins it on
+        # its first write of a record, so a record's end folds (or rolls back) only those tables.
+        self._touched = touched
 
     # -- bytes ---------------------------------------------------------------------------------
 
@@ -69,10 +72,16 @@ class OverlayTable:
         return _bytes(entry)  # type: ignore[arg-type]
 
     def set(self, key: str, value: bytes) -> None:
-        self.record[key] = value
+        self._write(key, value)
 
     def delete(self, key: str) -> None:
-        self.record[key] = _DELETED
+        self._write(key, _DELETED)
+
+    def _write(self, key: str, entry: Entry) -> None:
+        record = self.record
+        if not record and self._touched is not None:
+            self._touched.append(self)
+        record[key] = entry
 
     def scan_prefix(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         for key, entry in self._scan(prefix):
@@ -81,22 +90,25 @@ class OverlayTable:
     # -- values --------------------------------------------------------------------------------
 
     def get_value(self, key: str, spec: TableSpec[V]) -> V | None:
-        entry = self._staged(key)
-        if entry is not _UNSTAGED:
-            return _value(entry, spec)  # type: ignore[arg-type]
-        try:
-            return self._read[key]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
+        # The hottest call of a batch (several per record): the lookups inlined, no exception on a miss.
+        record = self.record
+        if key in record:
+            return _value(record[key], spec)
+        batch = self.batch
+        if key in batch:
+            return _value(batch[key], spec)
+        value = self._read.get(key, _UNSTAGED)
+        if value is not _UNSTAGED:
+            return value  # type: ignore[no-any-return]
         found, value = self.cache.get(key) if self.cache is not None else (False, None)
         if not found:
             raw = self.cf.get(key.encode())
             value = None if raw is None else spec.decode(bytes(raw))
         self._read[key] = value
-        return value
+        return value  # type: ignore[no-any-return]
 
     def put_value(self, key: str, value: V, spec: TableSpec[V]) -> None:
-        self.record[key] = Decoded(value, spec)
+        self._write(key, Decoded(value, spec))
 
     def scan_values(self, prefix: str, spec: TableSpec[V]) -> Iterator[tuple[str, V]]:
         for key, entry in self._scan(prefix):
@@ -203,9 +215,15 @@ class BatchContext:
             lambda timer_id: db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
         )
         caches = caches or {}
-        self.tables = {name: OverlayTable(db.cf(TABLE_PREFIX + name), caches.get(name)) for name in tables}
+        self._touched: list[OverlayTable] = []  # tables the record in progress wrote to
+        self.tables = {
+            name: OverlayTable(db.cf(TABLE_PREFIX + name), caches.get(name), self._touched) for name in tables
+        }
+        # Emits and timer operations go straight into the batch's lists; a record's savepoint is where
+        # they stood when it started (a rollback cuts them back there).
         self.batch = Staged()
-        self._record = Staged()
+        self._emits_mark = 0
+        self._timers_mark = 0
         # Whether each timer touched in this batch exists after the batch (folded) / the record.
         self._timers_batch: dict[str, bool] = {}
         self._timers_record: dict[str, bool] = {}
@@ -219,18 +237,18 @@ class BatchContext:
         return self.tables[name]
 
     def emit(self, topic: str, key: str, value: bytes) -> None:
-        self._record.emits.append((topic, key, value))
+        self.batch.emits.append((topic, key, value))
 
     def schedule(
         self, timer_id: str, at: datetime, topic: str, key: str, value: bytes, *, keep_existing: bool = False
     ) -> None:
         if keep_existing and self._timer_exists(timer_id):
             return
-        self._record.timers.append(TimerOp(timer_id, at, topic, key, value))
+        self.batch.timers.append(TimerOp(timer_id, at, topic, key, value))
         self._timers_record[timer_id] = True
 
     def cancel(self, timer_id: str) -> None:
-        self._record.timers.append(TimerOp(timer_id, None))
+        self.batch.timers.append(TimerOp(timer_id, None))
         self._timers_record[timer_id] = False
 
     def _timer_exists(self, timer_id: str) -> bool:
@@ -248,16 +266,22 @@ class BatchContext:
             table.publish()
 
     def commit_record(self) -> None:
-        for table in self.tables.values():
-            table.fold()
-        self.batch.emits.extend(self._record.emits)
-        self.batch.timers.extend(self._record.timers)
-        self._timers_batch.update(self._timers_record)
-        self._timers_record.clear()
-        self._record = Staged()
+        touched = self._touched
+        if touched:
+            for table in touched:
+                table.fold()
+            touched.clear()
+        self._emits_mark = len(self.batch.emits)
+        self._timers_mark = len(self.batch.timers)
+        if self._timers_record:
+            self._timers_batch.update(self._timers_record)
+            self._timers_record.clear()
 
     def rollback_record(self) -> None:
-        for table in self.tables.values():
+        touched = self._touched
+        for table in touched:
             table.rollback()
+        touched.clear()
+        del self.batch.emits[self._emits_mark :]
+        del self.batch.timers[self._timers_mark :]
         self._timers_record.clear()
-        self._record = Staged()

@@ -53,21 +53,31 @@ class Commit:
         self.append(key, value)
 
     def route(self, emits: list[Emit]) -> None:
-        """Send each emitted record where its topic goes in this runtime."""
+        """Send each emitted record where its topic goes in this runtime.
+
+        Records are gathered per destination first (their order within each kept), then staged a
+        destination at a time: a batch emits several records per event, mostly analytics rows."""
+        outbox: list[bytes] = []
+        retained: dict[str, list[bytes]] = {}
         for topic, key, value in emits:
-            if topic == topics.EVENTS:
+            if topic in _OUTBOX_TOPICS:
+                outbox.append(value)
+            elif topic == topics.EVENTS:
                 self.reenter(key, value)
-            elif topic in _OUTBOX_TOPICS:
-                self.outbox.stage(self.batch, self.outbox_next, value)
-                self.outbox_next += 1
             elif topic in _RETAINED_TOPICS:
-                seq = self.topic_next.get(topic)
-                if seq is None:
-                    seq = self.outbox.topic_next(topic)
-                self.outbox.retain(self.batch, topic, seq, value)
-                self.topic_next[topic] = seq + 1
+                found = retained.get(topic)
+                if found is None:
+                    found = retained[topic] = []
+                found.append(value)
             else:
                 raise SpotzeeError(f"topic {topic!r} is not bound in the embedded runtime")
+        if outbox:
+            self.outbox_next = self.outbox.stage_many(self.batch, self.outbox_next, outbox)
+        for topic, values in retained.items():
+            seq = self.topic_next.get(topic)
+            if seq is None:
+                seq = self.outbox.topic_next(topic)
+            self.topic_next[topic] = self.outbox.retain_many(self.batch, topic, seq, values)
 
     def put(self, family: str, key: bytes, value: bytes | None) -> None:
         """A put (``None``: a delete) on column family ``family``, in this write."""

@@ -36,6 +36,15 @@ class Outbox:
         """Must hold the log's lock. Put one analytics record at sequence ``seq``."""
         batch.put(U64.pack(seq), value, self.db.handle(OUTBOX))
 
+    def stage_many(self, batch: WriteBatch, seq: int, values: list[bytes]) -> int:
+        """Must hold the log's lock. ``stage`` of each of ``values`` from sequence ``seq`` on (a batch's
+        analytics records, several per event: one loop, the handle looked up once); the next sequence."""
+        put, pack, handle = batch.put, U64.pack, self.db.handle(OUTBOX)
+        for value in values:
+            put(pack(seq), value, handle)
+            seq += 1
+        return seq
+
     def stage_next(self, batch: WriteBatch, outbox_next: int) -> None:
         """Must hold the log's lock. Record the next sequence number in the same batch."""
         batch.put(OUTBOX_NEXT, U64.pack(outbox_next), self.db.handle(META))
@@ -48,11 +57,19 @@ class Outbox:
     def retain(self, batch: WriteBatch, topic: str, seq: int, value: bytes) -> None:
         """Must hold the log's lock. Put one record of a retained topic (``TOPICS``) at ``seq``: the
         last ``topic_retention_records`` records stay for its consumers; older ones are trimmed."""
+        self.retain_many(batch, topic, seq, [value])
+
+    def retain_many(self, batch: WriteBatch, topic: str, seq: int, values: list[bytes]) -> int:
+        """Must hold the log's lock. ``retain`` of each of ``values`` from sequence ``seq`` on; the next
+        sequence."""
         prefix = _topic_prefix(topic)
-        handle = self.db.handle(TOPICS)
-        batch.put(prefix + U64.pack(seq), value, handle)
-        if seq >= self.retention and seq % 1000 == 0:
-            batch.delete_range(prefix + U64.pack(0), prefix + U64.pack(seq - self.retention + 1), handle)
+        put, pack, handle, retention = batch.put, U64.pack, self.db.handle(TOPICS), self.retention
+        for value in values:
+            put(prefix + pack(seq), value, handle)
+            if seq >= retention and seq % 1000 == 0:
+                batch.delete_range(prefix + pack(0), prefix + pack(seq - retention + 1), handle)
+            seq += 1
+        return seq
 
     def stage_topic_next(self, batch: WriteBatch, topic: str, seq: int) -> None:
         """Must hold the log's lock. Record a retained topic's next sequence number in the same batch."""

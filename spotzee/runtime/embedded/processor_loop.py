@@ -34,9 +34,16 @@ log = logging.getLogger(__name__)
 
 def stage_tables(commit: Commit, ctx: BatchContext) -> None:
     """Step 8: every table write of the batch (``None``: a delete) into its column family."""
+    batch, db = commit.batch, commit.db
     for name, table in ctx.tables.items():
+        if not table.batch:
+            continue
+        handle = db.handle(TABLE_PREFIX + name)
         for key, value in table.encoded_batch():
-            commit.put(TABLE_PREFIX + name, key.encode(), value)
+            if value is None:
+                batch.delete(key.encode(), handle)
+            else:
+                batch.put(key.encode(), value, handle)
 
 
 class ProcessorLoop:
