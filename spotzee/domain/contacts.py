@@ -10,6 +10,7 @@ behavioural counters and event history are combined.
 
 from __future__ import annotations
 
+import bisect
 import copy
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +72,7 @@ def apply_message(state: ContactState | None, message: MessageData, **arrival: U
     project_id, contact_id, received_at = arrival["project_id"], arrival["contact_id"], arrival["received_at"]
     before = state
     current = (
-        _working_copy(state)
+        _message_copy(state, message)
         if state is not None
         else new_contact(
             project_id, contact_id, received_at, user_id=message.user_id if message.user_id == contact_id else None
@@ -109,7 +110,7 @@ def apply_message(state: ContactState | None, message: MessageData, **arrival: U
                 timestamp=happened,
                 properties=message.properties,  # the message is this record's own, decoded for it
             )
-            current.recent_events = _recent([*current.recent_events, recent], arrival["recent_limit"])
+            current.recent_events = _with_recent(current.recent_events, recent, arrival["recent_limit"])
 
     current.updated_at = max(current.updated_at, received_at)
     current.version += 1
@@ -204,6 +205,17 @@ def _working_copy(state: ContactState) -> ContactState:
     )
 
 
+def _message_copy(state: ContactState, message: MessageData) -> ContactState:
+    """``_working_copy`` for ``apply_message``, copying only the containers a message changes in place:
+    ``events`` (counted by behavioural messages) and ``groups`` (a group call). ``anonymous_ids`` is only
+    read and ``recent_events`` replaced whole, so the copy shares them with ``state``."""
+    if isinstance(message, BEHAVIOURAL):
+        return replace(state, events=dict(state.events))
+    if isinstance(message, GroupData):
+        return replace(state, groups=dict(state.groups))
+    return replace(state)
+
+
 def _set_attributes(state: ContactState, traits: dict[str, Any]) -> None:
     """Apply (already normalised) traits: first-class fields to their columns, the rest merged."""
     rest = dict(traits)
@@ -223,10 +235,26 @@ def _count(state: ContactState, name: str, happened: datetime) -> None:
         )
 
 
+def _recent_key(event: RecentEvent) -> tuple[datetime, str]:
+    return event.timestamp, event.message_id
+
+
 def _recent(events: list[RecentEvent], limit: int) -> list[RecentEvent]:
     unique = {e.message_id: e for e in events}
-    ordered = sorted(unique.values(), key=lambda e: (e.timestamp, e.message_id))
+    ordered = sorted(unique.values(), key=_recent_key)
     return ordered[-limit:] if limit > 0 else []
+
+
+def _with_recent(events: list[RecentEvent], new: RecentEvent, limit: int) -> list[RecentEvent]:
+    """``_recent([*events, new], limit)`` for ``events`` as ``_recent`` left them (unique message ids,
+    in order): ``new`` inserted at its place (a binary search) instead of a dedupe and a sort per event.
+    A message id already kept (a redelivery) takes the general way, which keeps the newer copy."""
+    if limit <= 0:
+        return []
+    if new.message_id in [e.message_id for e in events]:
+        return _recent([*events, new], limit)
+    at = bisect.bisect_right(events, _recent_key(new), key=_recent_key)
+    return [*events[:at], new, *events[at:]][-limit:]
 
 
 def _fill_missing(known: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ Rules (documented in docs/contacts.md):
 
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -38,11 +38,23 @@ class TraitError(ValueError):
         self.reason = reason
 
 
+EMAIL_CACHE_SIZE = 8192
+"""Normalised addresses remembered (an LRU): a contact's identify calls repeat its address, and
+``validate_email`` costs 20-40 µs per call. Invalid addresses are not cached (checked each time)."""
+
+
 def normalize_email(value: str) -> str:
     try:
-        return validate_email(value, check_deliverability=False).normalized
+        return _normalized_email(value)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from exc
+
+
+@functools.lru_cache(maxsize=EMAIL_CACHE_SIZE)
+def _normalized_email(value: str) -> str:
+    """Pure (no deliverability check, so no DNS): the same text always normalises the same way."""
+    normalized: str = validate_email(value, check_deliverability=False).normalized
+    return normalized
 
 
 def normalize_phone(value: str) -> str:
@@ -155,14 +167,20 @@ def merge_traits(
     """Deep-merge ``update`` into ``current`` (``null`` removes). Returns (merged, changes).
 
     ``changes`` are (path, old, new) for every leaf that changed; ``new`` is None for removals.
+
+    Copy on write: ``current`` is not changed; the result is a new dict whose nested dicts are new
+    along the paths the update reaches and shared with ``current`` elsewhere (stored traits are
+    never changed in place, so sharing is safe and no deep copy is needed).
     """
-    merged = copy.deepcopy(current)
     changes: list[tuple[str, Any, Any]] = []
-    _merge_into(merged, expand_paths(update), path, changes)
+    merged = _merged(current, expand_paths(update), path, changes)
     return merged, changes
 
 
-def _merge_into(target: dict[str, Any], update: dict[str, Any], path: str, changes: list[tuple[str, Any, Any]]) -> None:
+def _merged(
+    current: dict[str, Any], update: dict[str, Any], path: str, changes: list[tuple[str, Any, Any]]
+) -> dict[str, Any]:
+    target = dict(current)
     for key, value in update.items():
         here = f"{path}.{key}" if path else key
         old = target.get(key)
@@ -170,8 +188,10 @@ def _merge_into(target: dict[str, Any], update: dict[str, Any], path: str, chang
             if key in target:
                 changes.append((here, target.pop(key), None))
         elif isinstance(value, dict) and isinstance(old, dict):
-            _merge_into(old, value, here, changes)
-            if not old:
+            nested = _merged(old, value, here, changes)
+            if nested:
+                target[key] = nested
+            else:
                 target.pop(key)
         elif isinstance(value, dict):
             cleaned = _drop_nulls(value)
@@ -181,6 +201,7 @@ def _merge_into(target: dict[str, Any], update: dict[str, Any], path: str, chang
         elif old != value:
             target[key] = value
             changes.append((here, old, value))
+    return target
 
 
 def _drop_nulls(value: dict[str, Any]) -> dict[str, Any]:
