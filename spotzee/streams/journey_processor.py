@@ -113,6 +113,7 @@ class JourneyRegistry:
         self._lock = threading.Lock()
         self._journeys: dict[str, JourneyDefinition] = {}
         self._live: dict[str, _Live] = {}
+        self._projects: frozenset[str] = frozenset()  # projects with a journey of any status
 
     def load(self, items: Iterator[tuple[str, bytes]]) -> None:
         for key, raw in items:
@@ -131,6 +132,7 @@ class JourneyRegistry:
             if known is None or (known.version, known.updated_at) <= (journey.version, journey.updated_at):
                 self._journeys[journey.id] = journey
                 self._live = _index(self._journeys.values())
+                self._projects = frozenset(j.project_id for j in self._journeys.values())
 
     def get(self, journey_id: str) -> JourneyDefinition | None:
         return self._journeys.get(journey_id)
@@ -138,6 +140,11 @@ class JourneyRegistry:
     def all(self) -> list[JourneyDefinition]:
         with self._lock:
             return list(self._journeys.values())
+
+    def has_journeys(self, project_id: str) -> bool:
+        """Whether the project has any journey (live or not). A project without one has no runs that
+        could react to anything: a run whose journey this registry does not know waits, untouched."""
+        return project_id in self._projects
 
     def live(self, project_id: str) -> list[JourneyDefinition]:
         return list(self._live.get(project_id, _NO_LIVE).journeys)
@@ -239,7 +246,7 @@ class JourneyRunner:
     def __init__(self, registry: JourneyRegistry, update_contact: UpdateContact) -> None:
         self.registry = registry
         self.update_contact = update_contact
-        self._compiled: dict[int, tuple[RuleNode, CompiledRule]] = {}
+        self._compiled: dict[int, tuple[RuleNode, CompiledRule, frozenset[str]]] = {}
         self._last: tuple[Context, _Tables] | None = None
 
     def _tables(self, ctx: Context) -> _Tables:
@@ -262,6 +269,8 @@ class JourneyRunner:
 
     def on_event(self, ctx: Context, contact: ContactState, fact: HistoryFact) -> None:
         """A track event: waiting runs see it first (waits, exits), then triggers may enter."""
+        if not self.registry.has_journeys(contact.project_id):
+            return  # no journey, so no run to see it and no trigger: the run index is not even read
         runs = self._runs(ctx, _key(contact))
         if runs:
             seen = machine.EventSeen(
@@ -278,6 +287,8 @@ class JourneyRunner:
                 contact = self._enter(ctx, contact, journey, _Trigger(fact.message_id, event, ctx.clock.now()))
 
     def on_segments(self, ctx: Context, contact: ContactState, transitions: list[SegmentTransition]) -> None:
+        if not self.registry.has_journeys(contact.project_id):
+            return  # see on_event
         for transition in transitions:
             if not transition.entered:
                 exited = machine.SegmentExited(segment_id=transition.segment_id)
@@ -408,8 +419,11 @@ class JourneyRunner:
         if journey is None:
             return contact  # a definition this process doesn't know (yet): the run waits for it
         now = ctx.clock.now()
+        live = journey.status == JourneyStatus.live
+        if run is not None and live and machine.refusal(journey, run, input, now) is not None:
+            return contact  # what most waiting runs do with an event: nothing, told from the stored run
         owner = _key(contact)
-        if run is not None and journey.status != JourneyStatus.live:
+        if run is not None and not live:
             held = _held(ctx, contact, owner, journey, run, input, now)
             if held is None:
                 return contact
@@ -580,11 +594,13 @@ class JourneyRunner:
         recent events (bounded: ``SPOTZEE_RECENT_EVENTS_PER_CONTACT``)."""
         known = self._compiled.get(id(rule))
         if known is None or known[0] is not rule:  # compiled once per definition's rule
-            known = self._compiled[id(rule)] = (rule, compile(rule))
-        compiled = known[1]
+            compiled_rule = compile(rule)
+            known = self._compiled[id(rule)] = (rule, compiled_rule, frozenset(compiled_rule.trackers))
+        _, compiled, trackers = known
         cs = self._tables(ctx).segments.get(owner) or ContactSegments()
-        context = MembershipContext(lists=frozenset(cs.lists), segments=frozenset(cs.members))
-        if set(compiled.trackers) <= set(cs.complete):
+        # Membership is looked up by id: the stored list and dict answer ``in`` as sets of them would.
+        context = MembershipContext(lists=cs.lists, segments=cs.members)
+        if not trackers or trackers.issubset(cs.complete):
             return bool(matches(compiled, cs.state, contact, now, context))
         facts = [EventFact(name=e.event, timestamp=e.timestamp, properties=e.properties) for e in contact.recent_events]
         return evaluate(rule, contact, facts, now, context)

@@ -43,7 +43,7 @@ from spotzee.domain.journeys.entrance import (
 )
 from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.inputs import Enter, EventData, EventSeen, Exit, JourneyInput, SegmentExited, Wake
-from spotzee.domain.journeys.machine import step_kind, transition
+from spotzee.domain.journeys.machine import refusal, step_kind, transition
 from spotzee.domain.journeys.routing import variant_for
 from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.schedule import next_fire
@@ -80,6 +80,7 @@ __all__ = [
     "record_entry",
     "record_exit",
     "record_occurrence",
+    "refusal",
     "repeated_occurrence",
     "run_id_for",
     "schedule_key",

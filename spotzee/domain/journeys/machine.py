@@ -63,16 +63,55 @@ def transition(
         return _ignored(state, "run has exited")
     if state.journey_id != journey.id:
         raise ValueError(f"run {state.run_id} belongs to journey {state.journey_id}, not {journey.id}")
-    if isinstance(input, EventSeen) and state.journey_version == journey.version:
-        # Most events leave a run as it is: told without copying it (an edited journey is migrated first).
-        refusal = _event_refusal(journey, state, input, now)
-        if refusal is not None:
-            return _ignored(state, refusal)
+    reason = _refusal(journey, state, input, now)
+    if reason is not None:
+        return _ignored(state, reason)
     walk = Walk(journey, structs.replace(state), now, env)  # a shallow copy: see the module's docstring
     if not _migrate(walk):
         return _finish(walk)
     reason = _on_input(walk, input)
     return _ignored(state, reason) if reason is not None else _finish(walk)
+
+
+def refusal(journey: JourneyDefinition, state: RunState, input: JourneyInput, now: datetime) -> str | None:
+    """Why ``transition(journey, state, input, now, env)`` would ignore ``input`` (and need no ``env``), as
+    far as the stored run tells without a copy; None when only the transition can tell.
+
+    Most inputs a waiting run gets are events it does not wait for: the caller asks this first and
+    skips building the transition's world for them."""
+    if isinstance(input, Enter):
+        return None
+    if state.status == "exited":
+        return "run has exited"
+    if state.journey_id != journey.id:
+        return None  # the transition raises: not for this function to hide
+    return _refusal(journey, state, input, utc(now))
+
+
+def _refusal(journey: JourneyDefinition, state: RunState, input: JourneyInput, now: datetime) -> str | None:
+    """``refusal`` of a run of ``journey`` that has not exited, ``now`` in UTC. Read only. An edited journey
+    migrates the run first (which may end it), so only a run on the journey's version is told here."""
+    if state.journey_version != journey.version:
+        return None
+    if isinstance(input, EventSeen):
+        return _event_refusal(journey, state, input, now)
+    if isinstance(input, SegmentExited) and not _exits_on_segment(journey, input.segment_id):
+        return "no exit_when on this segment"
+    if isinstance(input, Wake):
+        return _wake_refusal(state, input, now)
+    return None
+
+
+def _exits_on_segment(journey: JourneyDefinition, segment_id: str) -> bool:
+    return any(isinstance(c, ExitOnSegmentExited) and c.segment_id == segment_id for c in journey.exit_when)
+
+
+def _wake_refusal(state: RunState, wake: Wake, now: datetime) -> str | None:
+    if state.status != "waiting" or (wake.step_id, wake.visit) != (state.step_id, state.visit):
+        return "stale timer"
+    if state.wake_at is None or now < state.wake_at:
+        return "timer is early"
+    return None
 
 
 def _on_input(walk: Walk, input: Exit | SegmentExited | EventSeen | Wake) -> str | None:
@@ -81,8 +120,7 @@ def _on_input(walk: Walk, input: Exit | SegmentExited | EventSeen | Wake) -> str
         _exit(walk, input.reason)
         return None
     if isinstance(input, SegmentExited):
-        exits = walk.journey.exit_when
-        if not any(isinstance(c, ExitOnSegmentExited) and c.segment_id == input.segment_id for c in exits):
+        if not _exits_on_segment(walk.journey, input.segment_id):
             return "no exit_when on this segment"
         _exit(walk, f"segment_exited:{input.segment_id}")
         return None
@@ -153,10 +191,9 @@ def _exits_on(journey: JourneyDefinition, event: EventSeen) -> bool:
 
 def _on_wake(walk: Walk, wake: Wake) -> str | None:
     state = walk.state
-    if state.status != "waiting" or (wake.step_id, wake.visit) != (state.step_id, state.visit):
-        return "stale timer"
-    if state.wake_at is None or walk.now < state.wake_at:
-        return "timer is early"
+    reason = _wake_refusal(state, wake, walk.now)
+    if reason is not None:
+        return reason
     _settle_and_walk(walk, state.step_id, resume(walk, state.step_id, walk.journey.steps[state.step_id]))
     return None
 
