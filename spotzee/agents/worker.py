@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
 from spotzee.analytics.clickhouse import ClickHouse
@@ -46,11 +47,16 @@ from spotzee.streams.segment_processor import SegmentRegistry
 log = logging.getLogger(__name__)
 
 DEFINITIONS_ATTEMPTS = 12
+HIGH_WATER_BATCHES = 4  # a partition holding this many batches of records is paused ...
+HIGH_WATER_RECORDS = 5000  # ... or at least this many records
+RETRY_DELAY_S = 1.0
+STOP_TIMEOUT_S = 30.0
 
 
 def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple[faust.App, Engine]:
-    app = faust_app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP))
     events_name = admin.topic_name(settings, topics.EVENTS)
+    feed = EventsFeed(events_name, settings.process_batch_size)
+    app = faust_app(settings, admin.group_id(settings, admin.PROCESSOR_GROUP), consumer_scheduler=feed.scheduler())
     # Definitions (projects, keys, segments, journeys, templates) in every worker. Segment
     # definitions are loaded before any record is processed; barriers in the stream and the
     # follower bring later ones.
@@ -58,16 +64,21 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     _load_definitions(definitions)
     engine = _engine(settings, clock or clock_from(settings.clock_shift_file), definitions)
     delivery = build_delivery(settings, engine, definitions.scan)  # sends of the partitions owned here
-    events = app.topic(events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    # Subscribed like an agent's topic (faust's group then assigns its partitions here), but no agent reads
+    # it: the feed takes its records; acks off, faust tracks no offsets of it (the feed commits them).
+    events = app.topic(
+        events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions, acks=False
+    )
+    app.topics.add(events)
+    feed.bind(app, engine)
 
     async def follow_definitions() -> None:
         log.info("definitions loaded: %d", len(definitions.items))
         await definitions.follow()
 
     app.task(follow_definitions)
-    _contact_agent(app, events, engine, settings.process_batch_size)
-    _timers(app, engine, delivery)
-    _partition_signals(app, events_name, engine, delivery)
+    _timers(app, engine, delivery, feed)
+    _partition_signals(app, events_name, engine, delivery, feed)
     return app, engine
 
 
@@ -98,53 +109,207 @@ def _engine(settings: Settings, clock: Clock, definitions: DefinitionsReplica) -
     return Engine(processor, clock, state_root(settings), kafka, per_partition)
 
 
-def _contact_agent(app: faust.App, events: Any, engine: Engine, batch_size: int) -> None:
-    @app.agent(events, name="contacts")
-    async def contacts(stream: Any) -> AsyncIterator[None]:
-        await engine.start()
-        async for batch in stream.take_events(batch_size, within=0.05):
-            by_partition: dict[int, list[InputRecord]] = defaultdict(list)
-            for event in batch:
-                message = event.message
-                by_partition[message.partition].append(
-                    InputRecord(message.offset, (message.key or b"").decode(), message.value or b"")
-                )
-            # Partitions commit independently: their acks and writes overlap.
-            await asyncio.gather(*(engine.process(p, records) for p, records in by_partition.items()))
-            yield None
+class EventsFeed:
+    """The events topic's records, in the batches faust's consumer fetched them, straight to the Engine.
+
+    faust keeps the consumer group (subscription, rebalances, the assignment signals), the fetching and
+    the timers; its per-record machinery for this topic (a Message and an Event per record, channel
+    queues, acks) is bypassed: the consumer hands each fetched record map to its scheduler
+    (``scheduler()``), which gives the events topic's record lists to ``take`` and the rest to faust.
+    One task per partition applies the records it holds, in order, in batches of up to ``batch_size``
+    through ``Engine.process`` (which skips what was applied and reads back any gap); the consumer
+    group's offsets are the Engine's input offsets after each applied batch -- never ahead of what was
+    applied. A partition holding ``high`` records is paused until it is down to ``batch_size``."""
+
+    def __init__(self, topic: str, batch_size: int) -> None:
+        self.topic = topic
+        self.batch_size = batch_size
+        self.high = max(HIGH_WATER_BATCHES * batch_size, HIGH_WATER_RECORDS)
+        self.pending: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
+        self.owned: set[int] = set()
+        self.applied: dict[int, int] = {}  # partition -> next input offset applied, not committed yet
+        self.paused: set[int] = set()
+        self.stopping = False
+        self._wakeups: dict[int, asyncio.Event] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._app: faust.App | None = None
+        self._engine: Engine | None = None
+
+    def bind(self, app: faust.App, engine: Engine) -> None:
+        self._app = app
+        self._engine = engine
+
+    @property
+    def app(self) -> faust.App:
+        if self._app is None:
+            raise RuntimeError("feed not bound to an app")
+        return self._app
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("feed not bound to an engine")
+        return self._engine
+
+    def scheduler(self) -> type[DefaultSchedulingStrategy]:
+        """faust's consumer scheduler class for the app: the events topic's records go to ``take``."""
+        feed = self
+
+        class EventsToFeed(DefaultSchedulingStrategy):
+            def iterate(self, records: Mapping[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
+                return super().iterate(feed.take(records))
+
+        return EventsToFeed
+
+    # -- from the consumer -------------------------------------------------------------------------
+
+    def take(self, records: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
+        """Keep the events topic's records of a fetch (per partition, in order); the rest for faust."""
+        rest: dict[TP, list[Any]] = {}
+        for tp, batch in records.items():
+            if tp.topic != self.topic:
+                rest[tp] = batch
+                continue
+            pending = self.pending.setdefault(tp.partition, [])
+            pending.extend(batch)
+            if len(pending) >= self.high and tp.partition not in self.paused:
+                self.paused.add(tp.partition)
+                self.app.consumer.pause_partitions([TP(self.topic, tp.partition)])
+            self._wake(tp.partition)
+        return rest
+
+    # -- assignment (faust's signals) -------------------------------------------------------------
+
+    def assign(self, partitions: set[int]) -> None:
+        """Records of these partitions are ours to apply; whatever is held for others is dropped."""
+        for partition in set(self.pending) - partitions:
+            self._drop(partition)
+        self.owned = set(partitions)
+        for partition in partitions:
+            self._wake(partition)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Stop applying these partitions: what is held is dropped (the next owner reads from the
+        committed offsets); a batch in flight finishes (``Engine.revoke`` waits for it)."""
+        self.owned -= partitions
+        for partition in partitions:
+            self._drop(partition)
+
+    def _drop(self, partition: int) -> None:
+        self.pending.pop(partition, None)
+        self.paused.discard(partition)  # faust pauses and resumes every partition around a rebalance
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    def _wake(self, partition: int) -> None:
+        wakeup = self._wakeups.setdefault(partition, asyncio.Event())
+        task = self._tasks.get(partition)
+        if (task is None or task.done()) and not self.stopping:
+            self._tasks[partition] = asyncio.ensure_future(self._apply_loop(partition, wakeup))
+        wakeup.set()
+
+    async def _apply_loop(self, partition: int, wakeup: asyncio.Event) -> None:
+        try:
+            while not self.stopping:
+                await wakeup.wait()
+                wakeup.clear()
+                while partition in self.owned and self.pending.get(partition) and not self.stopping:
+                    await self._apply_next(partition)
+        except Exception:  # the next fetch or assignment of the partition starts another loop
+            log.exception("partition %d: the feed's loop failed", partition)
+
+    async def _apply_next(self, partition: int) -> None:
+        pending = self.pending[partition]
+        batch = pending[: self.batch_size]
+        del pending[: self.batch_size]
+        if partition in self.paused and len(pending) <= self.batch_size:
+            self.paused.discard(partition)
+            self.app.consumer.resume_partitions([TP(self.topic, partition)])
+        records = [InputRecord(r.offset, r.key.decode() if r.key else "", r.value or b"") for r in batch]
+        try:
+            # ``owned`` was checked with no await since: a revoked partition's store is never re-opened here.
+            applied = await self.engine.process(partition, records)
+        except Exception:
+            log.exception("partition %d: applying %d records failed; retrying", partition, len(records))
+            if partition in self.owned:
+                self.pending.setdefault(partition, [])[:0] = batch
+            await asyncio.sleep(RETRY_DELAY_S)
+            return
+        if applied is not None:
+            self.applied[partition] = applied
+
+    # -- consumer group offsets ------------------------------------------------------------------
+
+    async def commit(self, partitions: set[int] | None = None) -> None:
+        """Commit the input offsets applied since the last commit (of ``partitions``; default: those
+        owned) as the consumer group's offsets. Skipped during a rebalance, except for the partitions
+        being revoked (faust commits its own offsets there too)."""
+        if partitions is None:
+            if self.app.rebalancing:
+                return
+            partitions = self.owned
+        offsets = {TP(self.topic, p): self.applied.pop(p) for p in list(self.applied) if p in partitions}
+        if offsets:
+            # faust's consumer commits a {TP: offset} map for the group (it skips partitions no longer
+            # assigned); it has no public call for offsets other than its acked messages'.
+            await cast(FaustConsumer, self.app.consumer)._commit(offsets)
+
+    async def stop(self) -> None:
+        """Let each partition's batch in flight finish, then commit what was applied."""
+        self.stopping = True
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for task in late:
+                task.cancel()
+        try:
+            await self.commit(self.owned)
+        except Exception as exc:  # stopping anyway: the next owner reapplies nothing (input offsets)
+            log.warning("final offset commit failed: %s", exc)
 
 
-def _timers(app: faust.App, engine: Engine, delivery: KafkaDelivery | None) -> None:
+def _timers(app: faust.App, engine: Engine, delivery: KafkaDelivery | None, feed: EventsFeed) -> None:
     async def fire_timers() -> None:
         if engine.started:
             await engine.fire_timers()
 
+    async def commit_offsets() -> None:
+        await feed.commit()
+
     app.timer(interval=0.25)(fire_timers)
+    app.timer(interval=app.conf.broker_commit_interval)(commit_offsets)
     if delivery is not None:
         app.timer(interval=0.25)(delivery.reconcile)
 
 
-def _partition_signals(app: faust.App, events_name: str, engine: Engine, delivery: KafkaDelivery | None) -> None:
-    """Restore a partition's store on assignment; on revocation let its in-flight work finish."""
+def _partition_signals(
+    app: faust.App, events_name: str, engine: Engine, delivery: KafkaDelivery | None, feed: EventsFeed
+) -> None:
+    """Restore a partition's store on assignment; on revocation let its in-flight work finish and
+    commit what it applied."""
     restoring: set[asyncio.Task[object]] = set()  # keep references: tasks are weakly held by the loop
 
     async def on_assigned(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
-        assigned: set[TP] = args[0]
-        for tp in assigned:
-            if tp.topic == events_name:
-                task: asyncio.Task[object] = asyncio.ensure_future(engine.assign(tp.partition))
-                restoring.add(task)
-                task.add_done_callback(restoring.discard)
+        assigned = {tp.partition for tp in args[0] if tp.topic == events_name}
+        for partition in assigned:
+            task: asyncio.Task[object] = asyncio.ensure_future(engine.assign(partition))
+            restoring.add(task)
+            task.add_done_callback(restoring.discard)
+        feed.assign(assigned)
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
-        revoked: set[TP] = args[0]
-        for tp in revoked:
-            if tp.topic == events_name:
-                if delivery is not None:
-                    await delivery.stop_partition(tp.partition)  # its in-flight send finishes first
-                await engine.revoke(tp.partition)
+        revoked = {tp.partition for tp in args[0] if tp.topic == events_name}
+        feed.revoke(revoked)
+        for partition in revoked:
+            if delivery is not None:
+                await delivery.stop_partition(partition)  # its in-flight send finishes first
+            await engine.revoke(partition)  # its in-flight batch finishes first
+        await feed.commit(revoked)
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        await feed.stop()
         if delivery is not None:
             await delivery.close()
         await engine.close()

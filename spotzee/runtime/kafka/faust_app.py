@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from spotzee.files import private_dir
@@ -10,8 +12,10 @@ from spotzee.runtime.kafka.config import faust_broker_settings
 from spotzee.settings import Settings
 
 
-def faust_app(settings: Settings, app_id: str) -> faust.App:
-    """An app (consumer group ``app_id``) with Spotzee's broker, partitions and commit settings."""
+def faust_app(settings: Settings, app_id: str, consumer_scheduler: type[Any] | None = None) -> faust.App:
+    """An app (consumer group ``app_id``) with Spotzee's broker, partitions and commit settings;
+    ``consumer_scheduler``: faust's ``ConsumerScheduler`` (which fetched records go where) if not its default."""
+    extra: dict[str, Any] = {} if consumer_scheduler is None else {"ConsumerScheduler": consumer_scheduler}
     faust_codec.register()
     datadir = settings.data_dir / "faust" / f"{settings.worker_id}-{app_id}"
     private_dir(datadir)
@@ -32,4 +36,5 @@ def faust_app(settings: Settings, app_id: str) -> faust.App:
         broker_max_poll_records=5000,  # faust's consumer thread hands over records in polls this large
         stream_buffer_maxsize=20000,
         datadir=str(datadir),
+        **extra,
     )
