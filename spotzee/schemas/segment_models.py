@@ -191,7 +191,12 @@ class SegmentBarrier(Tagged, tag="segment_barrier", kw_only=True):
 
 class SegmentRefresh(Tagged, tag="segment_refresh", kw_only=True):
     """Backfill of one contact for one segment version: its past events from ClickHouse, in
-    chunks; on the ``last`` chunk the segment's missing trackers are built and it is evaluated."""
+    chunks; on the ``last`` chunk the segment's missing trackers are built and it is evaluated.
+
+    Seeded (``seeds`` not null): the slots ClickHouse aggregated for the trackers with matching
+    history ({tracker key: slot}, the others start empty), cut for clocks from ``seeded_at`` on;
+    ``facts`` then serve the ``replayed`` trackers only. A ``sweep`` (``id`` is synthetic, one per
+    partition after every seed) ends the version's backfill for every contact without a seed."""
 
     type: ClassVar[str] = "segment_refresh"
     project_id: str
@@ -201,6 +206,10 @@ class SegmentRefresh(Tagged, tag="segment_refresh", kw_only=True):
     tracker_keys: list[str]
     facts: list[HistoryFact] = msgspec.field(default_factory=list)
     last: bool = True
+    seeds: msgspec.Raw = msgspec.Raw(b"null")
+    replayed: list[str] = msgspec.field(default_factory=list)
+    seeded_at: datetime | None = None
+    sweep: bool = False
 
     @property
     def contact_id(self) -> str:

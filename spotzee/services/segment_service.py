@@ -1,17 +1,22 @@
 """Segments as the API sees them: definitions, versions, backfill jobs, members, previews.
 
-A definition change (create, edit, delete) is written to the definitions store, then built:
+A definition change (create, edit, delete) is written to the definitions store, then built
+(docs/segments.md, "Backfill"):
 
 1. a ``SegmentBarrier`` carrying the definition goes to every partition; once each partition has
    processed it, its processor evaluates the new version for every new event (live events of
    contacts not yet backfilled are buffered per contact);
 2. wait until ClickHouse holds every analytics row emitted before the barriers, so the history
    query below misses no event the live path didn't see;
-3. list the project's contacts (deleting: the segment's members) from processor state and send
-   each a ``SegmentRefresh`` with its past events of the rule's event names (from
-   ``events_resolved``); the processor merges them with buffered live events by messageId,
-   evaluates, and emits the membership diff;
-4. when every refresh is processed the version is ``ready``.
+3. one query computes the rule's tracker seeds per contact (``analytics/segment_seeds.py``), for
+   contacts whose history matches only; each of them gets a ``SegmentRefresh`` with its seeds;
+4. the contacts that refused their seed (it may count a live fact they buffered) or wait after a
+   merge get their past events as facts, deduplicated there by messageId;
+5. a sweep per partition: every contact without a seed starts from the empty trackers (no
+   record, no write of its own); members, waiting contacts and -- for a rule that can hold
+   without history -- every contact are evaluated;
+6. when every record is processed the version is ``ready``. ``progress {total, done}``: seeded
+   contacts + fallback contacts + partitions, and how many of them are processed.
 
 Every step is idempotent: a job interrupted by a restart runs again from step 1.
 """
@@ -27,13 +32,16 @@ import re
 import secrets
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
+from spotzee.analytics.segment_seeds import SeedQuery
 from spotzee.domain.segments import compile, evaluate, find_cycle, segment_references
 from spotzee.domain.segments.facts import EventFact, MembershipContext
 from spotzee.domain.segments.membership import ContactSegments
@@ -56,6 +64,7 @@ from spotzee.schemas.segment_models import (
     SegmentRefresh,
     SegmentStatus,
 )
+from spotzee.schemas.structs import encode, replace
 from spotzee.schemas.tenancy_models import ApiKey
 from spotzee.services.catalogue import quarantined_conflict
 from spotzee.services.tenancy_service import Tenancy
@@ -64,7 +73,13 @@ from spotzee.streams.contact_processor import CONTACTS
 from spotzee.streams.interface import Clock
 from spotzee.streams.quarantine import Unreadable, decode
 from spotzee.streams.record_codec import dumps, loads
-from spotzee.streams.segment_processor import MEMBERSHIPS, SEGMENT_MEMBERS, SegmentRegistry, member_prefix
+from spotzee.streams.segment_processor import (
+    MEMBERSHIPS,
+    SEGMENT_MEMBERS,
+    SEGMENT_WAITING,
+    SegmentRegistry,
+    member_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +125,43 @@ def list_references(rule: RuleNode) -> set[str]:
     if children is None:
         return set()
     return set().union(*(list_references(child) for child in children))
+
+
+def history_facts(
+    clickhouse: ClickHouse, project_id: str, names: list[str], contacts: list[str]
+) -> dict[str, list[HistoryFact]]:
+    """Past track events of ``contacts`` with one of ``names``, from ClickHouse (merges resolved;
+    of the rows of one messageId, the latest)."""
+    _, rows = clickhouse.query(
+        "SELECT contact_id, message_id, event, timestamp, properties FROM events_resolved "
+        "WHERE project_id = {p:String} AND event_type = 'track' AND event IN {names:Array(String)} "
+        "AND contact_id IN {ids:Array(String)} ORDER BY contact_id, timestamp",
+        parameters={"p": project_id, "names": names, "ids": contacts},
+    )
+    history: dict[str, dict[str, HistoryFact]] = defaultdict(dict)
+    for contact_id, message_id, event, timestamp, properties in rows:
+        history[contact_id][message_id] = HistoryFact(
+            message_id=message_id,
+            name=event,
+            timestamp=as_utc(timestamp),  # ClickHouse's DateTime64 comes back naive: it is UTC
+            properties=orjson.loads(properties or "{}"),
+        )
+    return {cid: list(facts.values()) for cid, facts in history.items()}
+
+
+_Record = tuple[str, bytes, bool]  # key, value, the last record of its contact
+
+
+@dataclass
+class _Sent:
+    """A build's appended records: each batch's positions and how many units of ``progress``
+    (contacts, partitions) it completes once processed."""
+
+    progress: BuildProgress
+    batches: list[tuple[list[Position], int]] = field(default_factory=list)
+
+    def add(self, positions: list[Position], units: int) -> None:
+        self.batches.append((positions, units))
 
 
 class Segments:
@@ -302,14 +354,28 @@ class Segments:
 
     async def _build_once(self, definition: SegmentDefinition) -> None:
         timeout = self.settings.segment_backfill_timeout
-        await self._barrier(definition, timeout)  # steps 1 and 2
-        contacts, tracker_keys, names = self._audience(definition)
-        progress = BuildProgress(total=len(contacts), done=0)
+        partitions = await self._barrier(definition, timeout)  # steps 1 and 2
+        progress = BuildProgress(total=0, done=0)
         self.progress[definition.id] = progress
-        sent = await self._refresh_all(definition, contacts, tracker_keys, names, progress)  # step 3
-        for positions in sent:  # step 4: the version is ready once every refresh is processed
-            if not await self.runtime.wait_processed(positions, timeout):
-                raise SpotzeeError("segment backfill not processed in time")
+        sent = _Sent(progress)
+        if definition.status != SegmentStatus.deleted:
+            await self._seed(definition, sent)  # step 3
+            await self._wait(sent, timeout)
+            await self._fall_back(definition, sent)  # step 4
+            await self._wait(sent, timeout)
+        sweep = SegmentRefresh(
+            project_id=definition.project_id,
+            id=f"__segment__{definition.id}",
+            segment_id=definition.id,
+            version=definition.version,
+            tracker_keys=[],
+            sweep=True,
+        )
+        progress.total += partitions
+        sent.add(
+            await self.runtime.broadcast(f"{definition.project_id}:{sweep.id}", dumps(sweep)), partitions
+        )  # step 5
+        await self._wait(sent, timeout)  # step 6: the version is ready once every record is processed
         progress.done = progress.total
         current = self.registry.definition(definition.id)
         if current is not None and current.version != definition.version:
@@ -321,49 +387,97 @@ class Segments:
         )
         await run_in_threadpool(self.runtime.put_definitions, [(f"segment/{definition.id}", dumps(ready))], [])
         self.registry.apply(ready)
-        log.info("segment %s v%d ready: %d contacts evaluated", definition.id, definition.version, progress.total)
+        log.info(
+            "segment %s v%d ready: %d contacts seeded one by one, %d partitions swept",
+            definition.id,
+            definition.version,
+            progress.total - partitions,
+            partitions,
+        )
 
-    async def _barrier(self, definition: SegmentDefinition, timeout: float) -> None:
-        """The definition's barrier processed on every partition, and the sink caught up with it."""
+    async def _wait(self, sent: _Sent, timeout: float) -> None:
+        for positions, _ in sent.batches:
+            if not await self.runtime.wait_processed(positions, timeout):
+                raise SpotzeeError("segment backfill not processed in time")
+
+    async def _barrier(self, definition: SegmentDefinition, timeout: float) -> int:
+        """The definition's barrier processed on every partition, and the sink caught up with it;
+        returns the number of partitions."""
         barrier = SegmentBarrier.of(definition, f"__segment__{definition.id}")
         positions = await self.runtime.broadcast(f"{definition.project_id}:{barrier.id}", dumps(barrier))
         if not await self.runtime.wait_processed(positions, timeout):
             raise SpotzeeError("segment barrier not processed in time")
         if not await self.runtime.wait_sink(timeout):
             raise SpotzeeError("analytics sink did not catch up in time")
+        return len(positions)
 
-    def _audience(self, definition: SegmentDefinition) -> tuple[list[str], list[str], list[str]]:
-        """The contacts to refresh (deleting: the members), the rule's tracker keys and event names."""
-        pid = definition.project_id
-        if definition.status == SegmentStatus.deleted:
-            prefix = member_prefix(pid, definition.id)
-            return [key[len(prefix) :] for key, _ in self.runtime.scan(SEGMENT_MEMBERS, prefix)], [], []
-        contacts = [key[len(pid) + 1 :] for key, _ in self.runtime.scan(CONTACTS.name, f"{pid}:")]
+    async def _seed(self, definition: SegmentDefinition, sent: _Sent) -> None:
+        """Step 3: one query for the seeds of the rule's trackers; a refresh for each contact with
+        matching history (every other contact starts from the empty trackers at the sweep)."""
+        trackers = compile(definition.rule).trackers
+        if not trackers:
+            return  # attributes, lists, segments only: the sweep evaluates from state
+        found = await run_in_threadpool(
+            SeedQuery(trackers).run, self.clickhouse, definition.project_id, self.clock.now()
+        )
+        sent.progress.total += len(found.contacts)
+        keys = sorted(trackers)
+        records: list[_Record] = []
+        for contact_id in sorted(found.contacts):
+            seeded = found.contacts[contact_id]
+            for record in self._refreshes(definition, contact_id, keys, seeded.facts):
+                if record.last:  # the seeds go with the last chunk, after the replayed trackers' facts
+                    seeds = msgspec.Raw(encode(seeded.slots))
+                    record = replace(record, seeds=seeds, replayed=found.replayed, seeded_at=found.seeded_at)
+                records.append((f"{definition.project_id}:{contact_id}", dumps(record), record.last))
+            await self._flush(records, sent)
+        await self._flush(records, sent, every=True)
+
+    async def _flush(self, records: list[_Record], sent: _Sent, *, every: bool = False) -> None:
+        """Append the queued records in batches (all of them with ``every``), each counted for the
+        contacts whose last record it holds."""
+        while len(records) >= REFRESH_BATCH or (every and records):
+            batch = records[:REFRESH_BATCH]
+            del records[:REFRESH_BATCH]
+            positions = await self._append([(key, value) for key, value, _ in batch])
+            sent.add(positions, sum(1 for *_, last in batch if last))
+            await self._account(sent)
+
+    async def _fall_back(self, definition: SegmentDefinition, sent: _Sent) -> None:
+        """Step 4: the contacts still waiting for this segment's history (a seed refused because
+        live facts it may count were buffered, a merge) get it as facts, deduplicated there."""
+        contacts = await run_in_threadpool(self._waiting_for, definition)
+        if not contacts:
+            return
         compiled = compile(definition.rule)
-        return contacts, sorted(compiled.trackers), sorted({t.event for t in compiled.trackers.values()})
+        names = sorted({t.event for t in compiled.trackers.values()})
+        sent.progress.total += len(contacts)
+        await self._refresh_all(definition, contacts, sorted(compiled.trackers), names, sent)
+
+    def _waiting_for(self, definition: SegmentDefinition) -> list[str]:
+        """Contacts whose segment state waits for a refresh of ``definition``'s segment."""
+        pid = definition.project_id
+        found: list[str] = []
+        for key, _ in self.runtime.scan(SEGMENT_WAITING, f"{pid}:"):
+            raw = self.runtime.read(MEMBERSHIPS, key)
+            if raw is not None and definition.id in loads(ContactSegments, raw).seeding:
+                found.append(key[len(pid) + 1 :])
+        return found
 
     async def _refresh_all(
-        self,
-        definition: SegmentDefinition,
-        contacts: list[str],
-        tracker_keys: list[str],
-        names: list[str],
-        progress: BuildProgress,
-    ) -> list[list[Position]]:
+        self, definition: SegmentDefinition, contacts: list[str], tracker_keys: list[str], names: list[str], sent: _Sent
+    ) -> None:
         """Append each contact's ``SegmentRefresh`` records with its history, group by group."""
         pid = definition.project_id
-        sent: list[list[Position]] = []
+        records: list[_Record] = []
         for start in range(0, len(contacts), CONTACTS_PER_QUERY):
             group = contacts[start : start + CONTACTS_PER_QUERY]
-            history = await run_in_threadpool(self._history, pid, names, group) if names else {}
-            records: list[tuple[str, bytes]] = []
+            history = await run_in_threadpool(history_facts, self.clickhouse, pid, names, group) if names else {}
             for contact_id in group:
                 for record in self._refreshes(definition, contact_id, tracker_keys, history.get(contact_id, [])):
-                    records.append((f"{pid}:{contact_id}", dumps(record)))
-            for i in range(0, len(records), REFRESH_BATCH):
-                sent.append(await self._append(records[i : i + REFRESH_BATCH]))
-            await self._account(sent, progress)
-        return sent
+                    records.append((f"{pid}:{contact_id}", dumps(record), record.last))
+            await self._flush(records, sent)
+        await self._flush(records, sent, every=True)
 
     async def _append(self, records: list[tuple[str, bytes]]) -> list[Position]:
         while True:
@@ -372,13 +486,13 @@ class Segments:
             except Overloaded as exc:  # backfill yields to live traffic
                 await asyncio.sleep(min(exc.retry_after, 1))
 
-    async def _account(self, sent: list[list[Position]], progress: BuildProgress) -> None:
-        """Count refreshes already processed (cheap check, no waiting)."""
+    async def _account(self, sent: _Sent) -> None:
+        """Count the contacts (and partitions) whose records are processed (cheap check, no waiting)."""
         done = 0
-        for positions in sent:
+        for positions, units in sent.batches:
             if await self.runtime.wait_processed(positions, 0):
-                done += len(positions)
-        progress.done = min(done, progress.total)
+                done += units
+        sent.progress.done = min(done, sent.progress.total)
 
     def _refreshes(
         self, definition: SegmentDefinition, contact_id: str, tracker_keys: list[str], facts: list[HistoryFact]
@@ -397,22 +511,7 @@ class Segments:
             )
 
     def _history(self, project_id: str, names: list[str], contacts: list[str]) -> dict[str, list[HistoryFact]]:
-        """Past track events of ``contacts`` with one of ``names``, from ClickHouse (merges resolved)."""
-        _, rows = self.clickhouse.query(
-            "SELECT contact_id, message_id, event, timestamp, properties FROM events_resolved "
-            "WHERE project_id = {p:String} AND event_type = 'track' AND event IN {names:Array(String)} "
-            "AND contact_id IN {ids:Array(String)} ORDER BY contact_id, timestamp",
-            parameters={"p": project_id, "names": names, "ids": contacts},
-        )
-        history: dict[str, dict[str, HistoryFact]] = defaultdict(dict)
-        for contact_id, message_id, event, timestamp, properties in rows:
-            history[contact_id][message_id] = HistoryFact(
-                message_id=message_id,
-                name=event,
-                timestamp=as_utc(timestamp),  # ClickHouse's DateTime64 comes back naive: it is UTC
-                properties=orjson.loads(properties or "{}"),
-            )
-        return {cid: list(facts.values()) for cid, facts in history.items()}
+        return history_facts(self.clickhouse, project_id, names, contacts)
 
     # -- membership reads -------------------------------------------------------------------------
 

@@ -6,7 +6,13 @@ owner of the contact's partition is their only writer):
 - ``segment_members``: ``project:segment_id\\x00contact_id`` -> Member (current members, in
   contact order: the members API pages through it);
 - ``list_members``: ``project:list_id\\x00contact_id`` -> Member (version 0);
-- ``segment_definitions``: project id -> {segment id: definition JSON} seen in barriers.
+- ``segment_definitions``: project id -> {segment id: definition JSON} seen in barriers;
+- ``segment_swept``: project id -> {segment id: version} whose backfill ended in this store (every
+  contact with matching history got its seed): a tracker of those versions that a contact's state
+  does not list as complete is the empty one (``domain.adopt``), so a contact without history
+  needs no record and no write of its own;
+- ``segment_waiting``: ``project:contact`` -> true while its state buffers live facts or waits for
+  a refresh (``pending`` / ``seeding``): the contacts a backfill's sweep and fallback look at.
 
 Outputs per transition: a ``SegmentChange`` on ``segment-changes`` and a ``SegmentChangeRow``
 for the ClickHouse ``segment_changes`` history. One timer per contact (``segments:<key>``)
@@ -22,13 +28,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 import msgspec
 from pydantic import TypeAdapter
 
 from spotzee.domain.segments import membership as domain
+from spotzee.domain.segments.seeding import holds_without_history
+from spotzee.domain.segments.trackers import SlotModel
 from spotzee.schemas.analytics_models import SegmentChangeRow
 from spotzee.schemas.contact_models import ContactState, FieldChange
 from spotzee.schemas.segment_models import (
@@ -41,7 +49,7 @@ from spotzee.schemas.segment_models import (
     SegmentWake,
     change_id,
 )
-from spotzee.schemas.structs import decoder
+from spotzee.schemas.structs import Struct, decoder
 from spotzee.streams import topics
 from spotzee.streams.interface import Context
 from spotzee.streams.quarantine import decode, quarantine
@@ -54,9 +62,12 @@ MEMBERSHIPS = "memberships"
 SEGMENT_MEMBERS = "segment_members"
 LIST_MEMBERS = "list_members"
 SEGMENT_DEFINITIONS = "segment_definitions"  # project id -> {segment id: definition} seen in barriers
-TABLES = (MEMBERSHIPS, SEGMENT_MEMBERS, LIST_MEMBERS, SEGMENT_DEFINITIONS)
-# Read on (almost) every record: the contact's segment state, and its project's barriered definitions.
-CACHED_TABLES = (MEMBERSHIPS, SEGMENT_DEFINITIONS)
+SEGMENT_SWEPT = "segment_swept"  # project id -> the segment versions whose backfill ended here
+SEGMENT_WAITING = "segment_waiting"  # project:contact -> true while it buffers facts or waits for a refresh
+TABLES = (MEMBERSHIPS, SEGMENT_MEMBERS, LIST_MEMBERS, SEGMENT_DEFINITIONS, SEGMENT_SWEPT, SEGMENT_WAITING)
+# Read on (almost) every record: the contact's segment state, its project's barriered definitions
+# and swept segments.
+CACHED_TABLES = (MEMBERSHIPS, SEGMENT_DEFINITIONS, SEGMENT_SWEPT)
 
 Barriered = dict[str, msgspec.Raw]  # segment id -> its SegmentDefinition's JSON, validated on use
 
@@ -75,7 +86,15 @@ def _barriered_decoder(key: str) -> Callable[[bytes], Barriered]:
     return read
 
 
+class SweptSegments(Struct, kw_only=True, gc=False):
+    """The segment versions whose backfill ended in a store: segment id -> version."""
+
+    versions: dict[str, int] = msgspec.field(default_factory=dict)
+
+
 MEMBERSHIPS_TABLE = TableSpec(MEMBERSHIPS, domain.ContactSegments)
+SEGMENT_SWEPT_TABLE = TableSpec(SEGMENT_SWEPT, SweptSegments)
+SEGMENT_WAITING_TABLE = TableSpec(SEGMENT_WAITING, bool)
 SEGMENT_MEMBERS_TABLE = TableSpec(SEGMENT_MEMBERS, Member)
 LIST_MEMBERS_TABLE = TableSpec(LIST_MEMBERS, Member)
 SEGMENT_DEFINITIONS_TABLE: TableSpec[Barriered] = TableSpec(
@@ -135,6 +154,27 @@ class SegmentRegistry:
         return self._definitions.get(segment_id)
 
 
+_SEEDS = msgspec.json.Decoder(dict[str, SlotModel])  # a refresh's seeds: tracker key -> slot
+_NO_TRANSITIONS: list[domain.Transition] = []  # shared, never changed
+
+
+def _after(first: list[domain.Transition], outcome: domain.Outcome) -> domain.Outcome:
+    """``outcome`` preceded by the transitions ``first`` (of the state it started from)."""
+    return domain.Outcome(outcome.state, [*first, *outcome.transitions]) if first else outcome
+
+
+def _changed(before: domain.ContactSegments, outcome: domain.Outcome) -> bool:
+    """A sweep's outcome is worth storing: a transition, or memberships, wake-ups or buffered
+    facts that differ (a tracker completed implicitly needs no write: the store knows it)."""
+    after = outcome.state
+    return bool(outcome.transitions) or (
+        after.members != before.members
+        or after.wakes != before.wakes
+        or after.pending != before.pending
+        or after.seeding != before.seeding
+    )
+
+
 def _rank(definition: SegmentDefinition) -> int:
     return {"building": 0, "ready": 1, "deleted": 2}[definition.status.value]
 
@@ -154,17 +194,32 @@ def _owner(contact: ContactState) -> _Owner:
 class _Tables:
     """The typed tables of one context (a runtime's batch): made once per context, not per record."""
 
-    __slots__ = ("ctx", "definitions", "list_members", "memberships", "segment_members", "synced")
+    __slots__ = (
+        "ctx",
+        "definitions",
+        "list_members",
+        "memberships",
+        "seeded",
+        "segment_members",
+        "swept",
+        "synced",
+        "waiting",
+    )
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         # Projects whose barriered definitions were applied in this context: only ``barrier``
         # writes them, and it applies what it writes (a new context reads them again).
         self.synced: set[str] = set()
+        # Project -> (the compiled segments it was read for, the tracker keys its swept segments
+        # complete): read once per context; ``sweep`` drops what it changes.
+        self.seeded: dict[str, tuple[domain.ProjectSegments, frozenset[str]]] = {}
         self.memberships = typed(ctx, MEMBERSHIPS_TABLE)
         self.segment_members = typed(ctx, SEGMENT_MEMBERS_TABLE)
         self.list_members = typed(ctx, LIST_MEMBERS_TABLE)
         self.definitions = typed(ctx, SEGMENT_DEFINITIONS_TABLE)
+        self.swept = typed(ctx, SEGMENT_SWEPT_TABLE)
+        self.waiting = typed(ctx, SEGMENT_WAITING_TABLE)
 
 
 class _Parsed:
@@ -284,37 +339,104 @@ class SegmentMemberships:
             cs = domain.fresh(project, new_contact=is_new)
         else:
             cs = stored
-        outcome = domain.on_event(project, cs, contact, fact, changes, ctx.clock.now())
+        now = ctx.clock.now()
+        adopted, first = self._adopted(tables, project_id, project, cs, contact, now)
+        outcome = _after(first, domain.on_event(project, adopted, contact, fact, changes, now))
         self._store(tables, owner, cs, outcome, cause, stored=stored is not None)
 
     def after_change(self, ctx: Context, contact: ContactState, changes: list[FieldChange], cause: str) -> None:
         self.after_message(ctx, contact, is_new=False, fact=None, changes=changes, cause=cause)
 
     def refresh(self, ctx: Context, contact: ContactState | None, record: SegmentRefresh) -> None:
+        if record.sweep:
+            self.sweep(ctx, record)
+            return
         if contact is None:
             return  # erased or merged away since the backfill listed it
         project = self.registry.project(contact.project_id)
         owner, cs, stored = self._load(ctx, contact, project, is_new=False)
+        now = ctx.clock.now()
+        tables = self._tables(ctx)
+        adopted, first = self._adopted(tables, contact.project_id, project, cs, contact, now)
+        seeds = None if bytes(record.seeds) == b"null" else _SEEDS.decode(record.seeds)
         outcome = domain.on_refresh(
             project,
-            cs,
+            adopted,
             contact,
             segment_id=record.segment_id,
             version=record.version,
             tracker_keys=record.tracker_keys,
             facts=record.facts,
             last=record.last,
-            now=ctx.clock.now(),
+            seeds=seeds,
+            replayed=record.replayed,
+            seeded_at=record.seeded_at,
+            now=now,
         )
-        self._store(self._tables(ctx), owner, cs, outcome, f"backfill:v{record.version}", stored=stored)
+        self._store(tables, owner, cs, _after(first, outcome), f"backfill:v{record.version}", stored=stored)
+
+    def sweep(self, ctx: Context, record: SegmentRefresh) -> None:
+        """The end of a segment version's backfill in this partition, after every seed: the
+        version is swept here (contacts without a seed take its trackers as empty, ``adopt``),
+        and the contacts whose membership may change now are evaluated -- its members, those that
+        buffered live facts, and every contact when the rule can hold without history."""
+        project_id, segment_id, version = record.project_id, record.segment_id, record.version
+        definition = self.registry.definition(segment_id)
+        if definition is None or definition.version != version:
+            return  # superseded: the newer version's backfill sweeps
+        tables = self._tables(ctx)
+        marker = tables.swept.get(project_id)
+        if marker is not None and marker.versions.get(segment_id, 0) >= version:
+            return  # swept already (a replay; or the embedded runtime, whose partitions share a store)
+        project = self.registry.project(project_id)
+        live = project.segments.get(segment_id)
+        versions = {sid: v for sid, v in (marker.versions if marker else {}).items() if sid in project.segments}
+        if live is not None:
+            versions[segment_id] = version
+        tables.swept.put(project_id, SweptSegments(versions=versions))
+        tables.seeded.pop(project_id, None)
+        seeded = self._seeded(tables, project_id, project)
+        every = live is not None and holds_without_history(live.compiled.rule) is not False
+        now = ctx.clock.now()
+        for contact, stored in self._to_sweep(tables, project_id, segment_id, every=every):
+            owner = _owner(contact)
+            cs = stored if stored is not None else domain.fresh(project, new_contact=False)
+            outcome = domain.on_sweep(project, cs, contact, segment_id=segment_id, seeded=seeded, now=now)
+            if _changed(cs, outcome):
+                self._store(tables, owner, cs, outcome, f"backfill:v{version}", stored=stored is not None)
+
+    def _to_sweep(
+        self, tables: _Tables, project_id: str, segment_id: str, *, every: bool
+    ) -> Iterator[tuple[ContactState, domain.ContactSegments | None]]:
+        """The contacts a sweep evaluates (each once), with their stored segment state."""
+        from spotzee.streams.contact_processor import CONTACTS  # (that module builds this one)
+
+        contacts = typed(tables.ctx, CONTACTS)
+        members = member_prefix(project_id, segment_id)
+        named = [key[len(members) :] for key, _ in tables.segment_members.scan_prefix(members)]
+        named += [key[len(project_id) + 1 :] for key, _ in tables.waiting.scan_prefix(f"{project_id}:")]
+        seen: set[str] = set()
+        for contact_id in named:
+            key = contact_key(project_id, contact_id)
+            contact = contacts.get(key)
+            if contact is not None and key not in seen:
+                seen.add(key)
+                yield contact, tables.memberships.get(key)
+        if every:
+            for key, contact in contacts.scan_prefix(f"{project_id}:"):
+                if key not in seen:
+                    yield contact, tables.memberships.get(key)
 
     def wake(self, ctx: Context, contact: ContactState | None, record: SegmentWake) -> None:
         if contact is None:
             return
         project = self.registry.project(contact.project_id)
         owner, cs, stored = self._load(ctx, contact, project, is_new=False)
-        outcome = domain.on_wake(project, cs, contact, ctx.clock.now())
-        self._store(self._tables(ctx), owner, cs, outcome, "time", stored=stored)
+        now = ctx.clock.now()
+        tables = self._tables(ctx)
+        adopted, first = self._adopted(tables, contact.project_id, project, cs, contact, now)
+        outcome = _after(first, domain.on_wake(project, adopted, contact, now))
+        self._store(tables, owner, cs, outcome, "time", stored=stored)
 
     def list_membership(self, ctx: Context, contact: ContactState, list_id: str, member: bool, is_new: bool) -> None:
         now = ctx.clock.now()
@@ -327,8 +449,10 @@ class SegmentMemberships:
             rows.delete(row)
         project = self.registry.project(contact.project_id)
         owner, cs, stored = self._load(ctx, contact, project, is_new=is_new)
-        outcome = domain.on_lists(project, cs, contact, list_id, member, now)
-        self._store(self._tables(ctx), owner, cs, outcome, f"list:{list_id}", stored=stored)
+        tables = self._tables(ctx)
+        adopted, first = self._adopted(tables, contact.project_id, project, cs, contact, now)
+        outcome = _after(first, domain.on_lists(project, adopted, contact, list_id, member, now))
+        self._store(tables, owner, cs, outcome, f"list:{list_id}", stored=stored)
 
     def leave(self, ctx: Context, project_id: str, contact_id: str, cause: str) -> bytes | None:
         """The contact is erased or merged into another: exit everything, drop its rows and
@@ -343,9 +467,14 @@ class SegmentMemberships:
         lists = tables.list_members
         for list_id in cs.lists:
             lists.delete(member_key(project_id, list_id, contact_id))
-        self._store(self._tables(ctx), owner, cs, outcome, cause, stored=True)
+        self._store(tables, owner, cs, outcome, cause, stored=True)
         memberships.delete(owner[0])
-        return MEMBERSHIPS_TABLE.encode(cs)
+        # What the merge target gets: the trackers this store's backfills completed implicitly
+        # made explicit (the target's store may not have swept them yet).
+        project = self.registry.project(project_id)
+        seeded = self._seeded(tables, project_id, project)
+        handed = domain.adopt(project, cs, seeded, ctx.clock.now())[0] if seeded else cs
+        return MEMBERSHIPS_TABLE.encode(handed)
 
     def after_merge(
         self,
@@ -364,10 +493,53 @@ class SegmentMemberships:
                 row = member_key(contact.project_id, list_id, contact.id)
                 if lists.get(row) is None:
                     lists.put(row, Member(since=ctx.clock.now(), version=0))
-        outcome = domain.on_merge(project, target, source, contact, changes, ctx.clock.now())
-        self._store(self._tables(ctx), owner, target, outcome, f"merge:{source_id}", stored=stored)
+        now = ctx.clock.now()
+        tables = self._tables(ctx)
+        adopted, first = self._adopted(tables, contact.project_id, project, target, contact, now)
+        outcome = _after(first, domain.on_merge(project, adopted, source, contact, changes, now))
+        self._store(tables, owner, target, outcome, f"merge:{source_id}", stored=stored)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _seeded(self, tables: _Tables, project_id: str, project: domain.ProjectSegments) -> frozenset[str]:
+        """The tracker keys this context's store completes implicitly: those of the live segment
+        versions swept here (read once per context and compiled project)."""
+        cached = tables.seeded.get(project_id)
+        if cached is not None and cached[0] is project:
+            return cached[1]
+        marker = tables.swept.get(project_id)
+        keys: frozenset[str] = frozenset()
+        if marker is not None:
+            segments = project.segments
+            keys = keys.union(
+                *(
+                    segments[sid].tracker_keys
+                    for sid, v in marker.versions.items()
+                    if sid in segments and segments[sid].version == v
+                )
+            )
+        tables.seeded[project_id] = (project, keys)
+        return keys
+
+    def _adopted(
+        self,
+        tables: _Tables,
+        project_id: str,
+        project: domain.ProjectSegments,
+        cs: domain.ContactSegments,
+        contact: ContactState,
+        now: datetime,
+    ) -> tuple[domain.ContactSegments, list[domain.Transition]]:
+        """``cs`` with the trackers of swept segments complete (``domain.adopt``), and the
+        transitions of the segments that became evaluable by it."""
+        seeded = self._seeded(tables, project_id, project)
+        if not seeded:
+            return cs, _NO_TRANSITIONS
+        adopted, evaluable = domain.adopt(project, cs, seeded, now)
+        if not evaluable:
+            return adopted, _NO_TRANSITIONS
+        first = domain.evaluate_segments(project, adopted, contact, evaluable, now)
+        return first.state, first.transitions
 
     def _tables(self, ctx: Context) -> _Tables:
         views = self._views
@@ -404,6 +576,7 @@ class SegmentMemberships:
         ctx = tables.ctx
         if after is not before or not stored:
             tables.memberships.put(key, after)
+            self._waiting(tables, key, before, after, stored=stored)
         if after.members is not before.members:
             self._rows(tables.segment_members, owner, before, after)
         if outcome.transitions:
@@ -421,6 +594,17 @@ class SegmentMemberships:
             else:
                 wake = SegmentWake(project_id=project_id, id=contact_id)
                 ctx.schedule(timer, wake_at, topics.EVENTS, key, dumps(wake))
+
+    @staticmethod
+    def _waiting(
+        tables: _Tables, key: str, before: domain.ContactSegments, after: domain.ContactSegments, *, stored: bool
+    ) -> None:
+        """Keep ``segment_waiting`` listing the contacts that buffer live facts or wait for a refresh."""
+        if after.pending or after.seeding:
+            if not stored or after.pending is not before.pending or after.seeding is not before.seeding:
+                tables.waiting.put(key, True)
+        elif stored and (before.pending or before.seeding):
+            tables.waiting.delete(key)
 
     @staticmethod
     def _rows(

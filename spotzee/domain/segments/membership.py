@@ -7,9 +7,12 @@ contact processor stores per contact: the shared tracker slots, which trackers a
 memberships, list memberships and per-segment wake-up times.
 
 A tracker is complete for a contact created after the tracker existed (it saw every event) and,
-for an older contact, once the backfill ``SegmentRefresh`` for it arrived: the facts it carries
-(from ClickHouse) and the buffered live facts, deduplicated by messageId, rebuild it. A segment
-is evaluated for a contact only when all its trackers are complete -- never on half a history.
+for an older contact, once its backfill arrived: a ``SegmentRefresh`` with seeds (slots computed
+from ClickHouse, refused while a buffered live fact may be counted in them) or facts (from
+ClickHouse, merged with the buffered live facts by messageId); or, for a contact with no matching
+history, once its partition swept the segment version (``adopt``: the empty slot plus the buffered
+live facts). A segment is evaluated for a contact only when all its trackers are complete --
+never on half a history.
 
 Every function returns the new state and the membership transitions; nothing here does I/O.
 """
@@ -17,10 +20,10 @@ Every function returns the new state and the membership transitions; nothing her
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, TypedDict, Unpack
+from typing import NamedTuple, NotRequired, TypedDict, Unpack
 
 import msgspec
 
@@ -35,7 +38,8 @@ from spotzee.domain.segments.engine import (
 from spotzee.domain.segments.facts import MembershipContext
 from spotzee.domain.segments.graph import segment_references
 from spotzee.domain.segments.merging import merge_states
-from spotzee.domain.segments.trackers import SegmentState, SlotModel
+from spotzee.domain.segments.seeding import holds_nothing
+from spotzee.domain.segments.trackers import SegmentState, SlotModel, Tracker, is_empty
 from spotzee.schemas.contact_models import ContactState, FieldChange
 from spotzee.schemas.segment_models import HistoryFact, SegmentDefinition, SegmentStatus
 from spotzee.schemas.structs import Struct, replace
@@ -47,6 +51,7 @@ VOLATILE_PATHS = frozenset({"user_id", "first_seen", "last_seen", "created_at"})
 _AFFECTED_CACHE_LIMIT = 4096
 _IN_SYNC_LIMIT = 16384  # states, each replacing the one it was made from: about one per recent contact
 _NO_PATHS: frozenset[str] = frozenset()
+_NO_SEGMENTS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,13 +352,21 @@ def _observed(project: ProjectSegments, cs: ContactSegments, fact: HistoryFact, 
 
 
 class RefreshChunk(TypedDict):
-    """One chunk of a segment version's backfill for a contact (a ``SegmentRefresh``)."""
+    """One chunk of a segment version's backfill for a contact (a ``SegmentRefresh``).
+
+    With ``seeds`` (the last chunk of a backfill through ClickHouse): the slots of the trackers an
+    aggregate seeds exactly, those with matching history only (another is empty), cut for clocks
+    at or after ``seeded_at``; the ``replayed`` trackers are built from ``facts`` as without seeds.
+    """
 
     segment_id: str
     version: int
     tracker_keys: Iterable[str]
     facts: list[HistoryFact]
     last: bool
+    seeds: NotRequired[Mapping[str, SlotModel] | None]
+    replayed: NotRequired[Collection[str]]
+    seeded_at: NotRequired[datetime | None]
 
 
 def on_refresh(
@@ -365,7 +378,12 @@ def on_refresh(
     **chunk: Unpack[RefreshChunk],
 ) -> Outcome:
     """A backfill chunk. On the last chunk, build the segment's incomplete trackers from the
-    history plus the buffered live facts (deduplicated by messageId), then evaluate it."""
+    history plus the buffered live facts (deduplicated by messageId), then evaluate it.
+
+    Seeds are aggregates: they can't be deduplicated against buffered live facts. A seed that has
+    counted something while a live fact its tracker accepts waits in ``pending`` (ClickHouse may
+    hold that event too), or one cut for a later clock, is refused: the segment waits in
+    ``seeding`` for a refresh with facts (the backfill sends one to every contact left waiting)."""
     segment_id, version = chunk["segment_id"], chunk["version"]
     cs = _synced(project, cs)
     if segment_id not in project.segments:
@@ -373,29 +391,124 @@ def on_refresh(
     seeding = dict(cs.seeding)
     previous = seeding.get(segment_id)
     gathered = [*(previous.facts if previous is not None and previous.version == version else []), *chunk["facts"]]
-    if not chunk["last"]:
-        seeding[segment_id] = Seeding(version=version, facts=gathered)
+    seeds = chunk.get("seeds")
+    if not chunk["last"] or (seeds is not None and _refused(project, cs, seeds, chunk.get("seeded_at"), now)):
+        seeding[segment_id] = Seeding(version=version, facts=gathered if seeds is None else [])
         return Outcome(replace(cs, seeding=seeding))
     seeding.pop(segment_id, None)
     history: dict[str, HistoryFact] = {f.message_id: f for f in gathered}
     for live in cs.pending:
         history.setdefault(live.message_id, live)
-    ordered = sorted(history.values(), key=lambda f: (f.timestamp, f.message_id))
+    ordered = sorted(history.values(), key=_fact_order)
+    replayed = None if seeds is None else frozenset(chunk.get("replayed", ()))
     complete = set(cs.complete)
     slots = dict(cs.state.slots)
     for key in chunk["tracker_keys"]:
         tracker = project.bundle.trackers.get(key)
         if tracker is None or key in complete:
             continue
-        slot = tracker.empty()
-        for item in ordered:
-            if item.name == tracker.event:
-                slot = tracker.update(slot, item, now)
-        slots[key] = slot
+        if seeds is None or replayed is None or key in replayed:
+            slots[key] = _folded(tracker, tracker.empty(), ordered, now)
+        else:  # an empty seed: nothing in ClickHouse, so no buffered fact is counted twice
+            seed = seeds.get(key)
+            slots[key] = (
+                _folded(tracker, tracker.empty(), cs.pending, now) if seed is None else tracker.prune(seed, now)
+            )
         complete.add(key)
     cs = replace(cs, state=SegmentState(slots=slots), complete=sorted(complete), seeding=seeding)
     cs = _synced(project, cs)  # drops buffered facts no incomplete tracker needs now
     return _evaluate(project, cs, contact, now, frozenset({segment_id}))
+
+
+def _fact_order(fact: HistoryFact) -> tuple[datetime, str]:
+    return fact.timestamp, fact.message_id
+
+
+def _folded(tracker: Tracker, slot: SlotModel, facts: Iterable[HistoryFact], now: datetime) -> SlotModel:
+    """``slot`` after the facts of the tracker's event, in ``(timestamp, message_id)`` order."""
+    for fact in sorted(facts, key=_fact_order):
+        if fact.name == tracker.event:
+            slot = tracker.update(slot, fact, now)
+    return slot
+
+
+def _refused(
+    project: ProjectSegments,
+    cs: ContactSegments,
+    seeds: Mapping[str, SlotModel],
+    seeded_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """The seeds can't be taken as they are: cut for a later clock, or a seed that holds something
+    while a buffered live fact counts for its tracker."""
+    if seeded_at is not None and now < seeded_at:
+        return True
+    trackers = project.bundle.trackers
+    for key, seed in seeds.items():
+        tracker = trackers.get(key)
+        if tracker is not None and not holds_nothing(seed) and any(tracker.accepts(f) for f in cs.pending):
+            return True
+    return False
+
+
+def adopt(
+    project: ProjectSegments, cs: ContactSegments, seeded: frozenset[str], now: datetime
+) -> tuple[ContactSegments, frozenset[str]]:
+    """``cs`` with the trackers of ``seeded`` complete, and the segments that became evaluable.
+
+    ``seeded``: tracker keys whose backfill is over where ``cs`` is kept (every contact with
+    matching history got its seed): one still incomplete here had no history, so its slot is the
+    empty one with the buffered live facts folded in. Except for a segment waiting in ``seeding``
+    (a refused seed, a merge that left one side incomplete): only a refresh completes its trackers.
+    """
+    if project.in_sync(cs) and project.all_complete(cs):
+        return cs, _NO_SEGMENTS  # the common case: nothing left to complete
+    cs = _synced(project, cs)
+    missing = seeded.difference(cs.complete)
+    for segment_id in cs.seeding if missing else ():
+        missing -= project.segments[segment_id].tracker_keys
+    if not missing:
+        return cs, _NO_SEGMENTS
+    trackers = project.bundle.trackers
+    slots = dict(cs.state.slots)
+    for key in missing:
+        tracker = trackers[key]
+        slot = _folded(tracker, tracker.empty(), cs.pending, now)
+        if not is_empty(slot):
+            slots[key] = slot
+        else:
+            slots.pop(key, None)
+    complete = frozenset(cs.complete) | missing
+    evaluable = frozenset(
+        s.id for s in project.order if not s.tracker_keys.isdisjoint(missing) and s.tracker_keys <= complete
+    )
+    cs = replace(cs, state=SegmentState(slots=slots), complete=sorted(complete))
+    return _synced(project, cs), evaluable
+
+
+def on_sweep(
+    project: ProjectSegments,
+    cs: ContactSegments,
+    contact: ContactState,
+    *,
+    segment_id: str,
+    seeded: frozenset[str],
+    now: datetime,
+) -> Outcome:
+    """The end of a segment's backfill for a contact that got no seed (it had no matching history)
+    or may need a look (a member, live facts buffered): its trackers are ``seeded`` now, the
+    segment is evaluated (deleted: its membership ends)."""
+    cs, evaluable = adopt(project, cs, seeded, now)
+    if segment_id in project.segments:
+        evaluable |= {segment_id}
+    return _evaluate(project, _synced(project, cs), contact, now, evaluable)
+
+
+def evaluate_segments(
+    project: ProjectSegments, cs: ContactSegments, contact: ContactState, segment_ids: frozenset[str], now: datetime
+) -> Outcome:
+    """Evaluate ``segment_ids`` (and what references them) for ``cs``."""
+    return _evaluate(project, _synced(project, cs), contact, now, segment_ids)
 
 
 def on_wake(project: ProjectSegments, cs: ContactSegments, contact: ContactState, now: datetime) -> Outcome:
@@ -438,10 +551,27 @@ def on_merge(
             target,
             state=merged,
             complete=both,
-            pending=sorted(pending.values(), key=lambda f: (f.timestamp, f.message_id)),
+            pending=sorted(pending.values(), key=_fact_order),
             lists=sorted(set(target.lists) | set(source.lists)),
+            seeding=_waiting_after_merge(project, target, source),
         )
     return _evaluate(project, _synced(project, target), contact, now, None)
+
+
+def _waiting_after_merge(
+    project: ProjectSegments, target: ContactSegments, source: ContactSegments
+) -> dict[str, Seeding]:
+    """The target's ``seeding``, plus the segments with a tracker complete on one side only: the
+    merge drops its slot, and the events behind it come back only with a refresh (``adopt``
+    must not take the tracker for one without history)."""
+    one_side = set(target.complete).symmetric_difference(source.complete)
+    if not one_side:
+        return target.seeding
+    seeding = dict(target.seeding)
+    for segment in project.order:
+        if segment.id not in seeding and not segment.tracker_keys.isdisjoint(one_side):
+            seeding[segment.id] = Seeding(version=segment.version)
+    return seeding
 
 
 def on_leave(cs: ContactSegments) -> Outcome:
@@ -476,8 +606,8 @@ def _evaluate(
     gone = not settled and not project.segments.keys() >= cs.members.keys()
     if not cs.evaluated:
         affected = None
-    elif not affected and not gone:
-        return Outcome(cs)  # nothing to evaluate, nothing to end
+    elif affected is not None and not affected and not gone:
+        return Outcome(cs)  # nothing to evaluate, nothing to end (None: everything)
     run = _Evaluation(cs)
     if gone:
         run.end_gone(project)

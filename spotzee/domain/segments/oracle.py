@@ -38,7 +38,7 @@ def evaluate(
     if isinstance(rule, NoneRule):
         return not any(evaluate(child, contact, history, now, context) for child in rule.rules)
     if isinstance(rule, EventRule):
-        return _event_holds(rule, history, now)
+        return event_holds(rule, history, now)
     return static_holds(rule, contact, now, context)
 
 
@@ -53,7 +53,8 @@ def in_scope(rule: EventRule, fact: EventFact, now: datetime) -> bool:
     return True
 
 
-def _event_holds(rule: EventRule, history: list[EventFact], now: datetime) -> bool:
+def event_holds(rule: EventRule, history: list[EventFact], now: datetime) -> bool:
+    """One event condition over the complete event log at ``now``."""
     matching = [fact for fact in history if in_scope(rule, fact, now)]
     results: list[bool] = []
     if rule.count is not None:

@@ -387,6 +387,11 @@ def _ge(a: float, b: float) -> bool:
     return a >= b
 
 
+def front_insert(entries: list[Entry], new: Entry, kind: str) -> list[Entry]:
+    """``new`` inserted into the monotonic queue of a ``min`` or ``max`` tracker (``kind``)."""
+    return _front_insert(entries, new, _le if kind == "min" else _ge)
+
+
 def _front_insert(entries: list[Entry], new: Entry, as_good: Callable[[float, float], bool]) -> list[Entry]:
     """Insert into a monotonic queue: drop entries ``new`` dominates, skip ``new`` if dominated.
 
