@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import aiokafka_config
-from spotzee.runtime.kafka.partition_engine import Engine, InputRecord, KafkaClients, KeyPartitioner
+from spotzee.runtime.kafka.partition_engine import Engine, InputRecord, KafkaClients, KeyPartitioner, murmur2
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.interface import Context
@@ -26,6 +27,15 @@ from tests.support import kafka_settings
 
 PARTITIONS = 8
 RECORDS = 400
+
+
+def test_murmur2_is_aiokafkas_for_every_length_and_tail() -> None:
+    rng = random.Random(3)
+    for length in range(0, 130):
+        for _ in range(20):
+            key = rng.randbytes(length)
+            assert murmur2(key) == aiokafka_murmur2(key), key
+    assert murmur2(b"\xff" * 37) == aiokafka_murmur2(b"\xff" * 37)
 
 
 def test_the_key_partitioner_picks_the_default_partitioners_partition() -> None:

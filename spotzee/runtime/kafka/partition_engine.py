@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 
@@ -43,8 +44,7 @@ KEY_PARTITIONS_CACHED = 65_536  # keys whose output partition is remembered
 GAP_CHUNK = 1000  # records per batch when reading back input records that were never applied
 
 
-@dataclass(frozen=True)
-class InputRecord:
+class InputRecord(NamedTuple):  # a tuple: the feed makes one per input record
     offset: int
     key: str
     value: bytes
@@ -447,8 +447,8 @@ async def _submit(producer: AIOKafkaProducer, batch: BatchBuilder, topic: str, p
 class KeyPartitioner:
     """The partition of a keyed record exactly as aiokafka's (and Kafka's Java client's) default
     partitioner picks it -- murmur2 of the key, positive, modulo the partition count -- so a contact's
-    outputs land on the partition the API's producer would choose. Memoised per key: the pure-Python
-    murmur2 costs microseconds, and a batch's keys repeat (hot contacts). Bounded: cleared when full."""
+    outputs land on the partition the API's producer would choose. Memoised per key (a batch's emits
+    repeat their contact's key; hot contacts recur), bounded: cleared when full."""
 
     def __init__(self, limit: int = KEY_PARTITIONS_CACHED) -> None:
         self.limit = limit
@@ -460,8 +460,39 @@ class KeyPartitioner:
             return found
         if len(self._known) >= self.limit:
             self._known.clear()
-        partition = self._known[(key, partitions)] = (int(murmur2(key)) & 0x7FFFFFFF) % partitions
+        partition = self._known[(key, partitions)] = (murmur2(key) & 0x7FFFFFFF) % partitions
         return partition
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+_WORDS: dict[int, struct.Struct] = {}  # key length // 4 -> its little-endian 32-bit words
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (seed 0x9747b28c), equal to aiokafka's ``partitioner.murmur2`` bit for bit (as
+    Kafka's Java client computes it), about twice as fast: the key's words unpacked at once."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    count = length >> 2
+    words = _WORDS.get(count)
+    if words is None:
+        words = _WORDS[count] = struct.Struct(f"<{count}I")
+    for k in words.unpack_from(data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        rest = data[length - tail :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h = ((h ^ rest[0]) * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 def _input_record(message: ConsumerRecord[bytes, bytes]) -> InputRecord:
