@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -53,7 +53,7 @@ from spotzee.streams.segment_processor import CACHED_TABLES as SEGMENT_CACHED
 from spotzee.streams.segment_processor import TABLES as SEGMENT_TABLES
 from spotzee.streams.segment_processor import SegmentMemberships, SegmentRegistry
 from spotzee.tables.keyspace import contact_key, sub_key, sub_prefix
-from spotzee.tables.table_specs import TableSpec, typed
+from spotzee.tables.table_specs import TableSpec, TypedTable, typed
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ CONTACTS = TableSpec("contacts", ContactState)
 ALIASES = TableSpec("aliases", AliasState)
 # key -> when the messageId was first seen; stored as ISO text (the format it always had)
 DEDUPE = TableSpec("dedupe", datetime, encoder=_iso, decoder=_from_iso)
+
+
+class _Tables(NamedTuple):
+    """The typed views of one context's contact tables."""
+
+    contacts: TypedTable[ContactState]
+    aliases: TypedTable[AliasState]
+    dedupe: TypedTable[datetime]
 
 
 class ContactProcessor:
@@ -93,6 +101,7 @@ class ContactProcessor:
         self.journey_registry = journeys or JourneyRegistry()
         self.journeys = JourneyRunner(self.journey_registry, self._journey_update)
         self.segments.listeners.append(self._segment_transitions)
+        self._last: tuple[Context, _Tables] | None = None
         # What each record does to the contact it is keyed by (barriers aside: see ``process``).
         self._handlers: dict[type[Any], Callable[[Context, Any], None]] = {
             IngestedMessage: self._ingest,
@@ -134,20 +143,21 @@ class ContactProcessor:
         self.journeys.on_wake(ctx, self._state(ctx, record_key(record)), record)
 
     def _ingest(self, ctx: Context, record: IngestedMessage) -> None:
-        key = record_key(record)
+        contact_id = record.contact_id
+        key = contact_key(record.project_id, contact_id)  # record_key(record), its contact id read once
         now = ctx.clock.now()
         if self._is_duplicate(ctx, key, record.message_id, now):
             return
-        self._remember(ctx, record.project_id, record.contact_id, record.message_id, now)
+        self._remember(ctx, record.project_id, contact_id, record.message_id, now)
         if self._forward_if_merged(ctx, key, record, "forwarded_to"):
             return
-        contacts = typed(ctx, CONTACTS)
+        contacts = self._tables(ctx).contacts
         state = contacts.get(key)
         outcome = domain.apply_message(
             state,
             record.message,
             project_id=record.project_id,
-            contact_id=record.contact_id,
+            contact_id=contact_id,
             message_id=record.message_id,
             received_at=record.received_at,
             recent_limit=self.recent_limit,
@@ -155,12 +165,12 @@ class ContactProcessor:
         contacts.put(key, outcome.state)
         for source in outcome.merge_sources:
             request = MergeRequest(
-                project_id=record.project_id, source_id=source, target_id=record.contact_id, requested_at=now
+                project_id=record.project_id, source_id=source, target_id=contact_id, requested_at=now
             )
             ctx.emit(topics.EVENTS, record_key(request), dumps(request))
-        ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record)))
+        ctx.emit(topics.ANALYTICS, key, dumps(self._event_row(record, contact_id)))
         source = "identify" if isinstance(record.message, IdentifyData) else record.message.type
-        rows = change_rows(record.project_id, record.contact_id, outcome.changes, now, source, record.message_id)
+        rows = change_rows(record.project_id, contact_id, outcome.changes, now, source, record.message_id)
         _emit_changes(ctx, rows)
         message = record.message
         fact = (
@@ -375,9 +385,18 @@ class ContactProcessor:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _state(ctx: Context, key: str) -> ContactState | None:
-        return typed(ctx, CONTACTS).get(key)
+    def _tables(self, ctx: Context) -> _Tables:
+        """The typed tables of ``ctx``, made once per context (a batch) rather than per use (see
+        ``JourneyRunner._tables``)."""
+        last = self._last
+        if last is not None and last[0] is ctx:
+            return last[1]
+        tables = _Tables(typed(ctx, CONTACTS), typed(ctx, ALIASES), typed(ctx, DEDUPE))
+        self._last = (ctx, tables)
+        return tables
+
+    def _state(self, ctx: Context, key: str) -> ContactState | None:
+        return self._tables(ctx).contacts.get(key)
 
     def _forward_if_merged(
         self,
@@ -394,17 +413,16 @@ class ContactProcessor:
         ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
         return True
 
-    @staticmethod
-    def _alias(ctx: Context, key: str) -> AliasState | None:
-        return typed(ctx, ALIASES).get(key)
+    def _alias(self, ctx: Context, key: str) -> AliasState | None:
+        return self._tables(ctx).aliases.get(key)
 
     def _is_duplicate(self, ctx: Context, key: str, message_id: str, now: datetime) -> bool:
-        seen = typed(ctx, DEDUPE).get(sub_key(key, message_id))
+        seen = self._tables(ctx).dedupe.get(sub_key(key, message_id))
         return seen is not None and seen > now - self.dedupe_window
 
     def _remember(self, ctx: Context, project_id: str, contact_id: str, message_id: str, now: datetime) -> None:
         key = contact_key(project_id, contact_id)
-        typed(ctx, DEDUPE).put(sub_key(key, message_id), now)
+        self._tables(ctx).dedupe.put(sub_key(key, message_id), now)
         sweep = DedupeSweep(project_id=project_id, id=contact_id)
         ctx.schedule(
             self._sweep_timer(key), now + self.dedupe_window, topics.EVENTS, key, dumps(sweep), keep_existing=True
@@ -415,14 +433,14 @@ class ContactProcessor:
         return f"dedupe-sweep:{key}"
 
     @staticmethod
-    def _event_row(record: IngestedMessage) -> EventRow:
+    def _event_row(record: IngestedMessage, contact_id: str) -> EventRow:
         message = record.message
         return EventRow(
             project_id=record.project_id,
             message_id=record.message_id,
             event_type=message.type,
             event=event_name(message),
-            contact_id=record.contact_id,
+            contact_id=contact_id,
             user_id=message.user_id or "",
             anonymous_id=message.anonymous_id or "",
             timestamp=effective_timestamp(message, record.received_at),

@@ -75,8 +75,9 @@ TABLES = (JOURNEY_RUNS, JOURNEY_ENTRIES, JOURNEY_COUNTERS, JOURNEY_RUN_IDS)
 CACHED_TABLES = (JOURNEY_RUN_IDS, JOURNEY_ENTRIES, JOURNEY_RUNS)
 
 
-class ContactRuns(Struct, kw_only=True):
-    """The ids of a contact's stored runs, sorted (the order of their keys in ``journey_runs``)."""
+class ContactRuns(Struct, kw_only=True, gc=False):
+    """The ids of a contact's stored runs, sorted (the order of their keys in ``journey_runs``); plain data,
+    untracked by the cyclic collector (``gc=False``) like the runs."""
 
     run_ids: list[str] = msgspec.field(default_factory=list)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 from rocksdict import Rdict
 
 from spotzee.streams.interface import Clock
@@ -26,8 +27,12 @@ V = TypeVar("V")
 _DELETED = None
 
 
-@dataclass
-class TimerOp:
+# What a batch stages lives until it commits: long enough for the collector to promote every tracked
+# object of it to the oldest generation, whose growth triggers the full collections (which rescan every
+# cached state). These holders reference plain data only, so they can be left untracked (gc=False).
+
+
+class TimerOp(msgspec.Struct, gc=False):
     timer_id: str
     at: datetime | None  # None cancels
     topic: str = ""
@@ -35,7 +40,7 @@ class TimerOp:
     value: bytes = b""
 
 
-class Decoded(NamedTuple):
+class Decoded(msgspec.Struct, gc=False):
     """A value held decoded in an overlay: encoded with its spec only when the batch commits."""
 
     value: Any

@@ -15,24 +15,25 @@ from spotzee.domain.journeys.runs import RunState
 from spotzee.domain.journeys.timing import resolve_zone
 from spotzee.schemas.journey_models import JourneyDefinition
 
-# What a step did. One per step visited: frozen msgspec Structs, cheaper to build than dataclasses.
+# What a step did. One per step visited: frozen msgspec Structs, cheaper to build than dataclasses (and,
+# plain data, left untracked by the cyclic collector: gc=False).
 
 
-class Go(msgspec.Struct, frozen=True):
+class Go(msgspec.Struct, frozen=True, gc=False):
     """The step is done: continue at ``next`` in this same transition."""
 
     next: str
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Park(msgspec.Struct, frozen=True):
+class Park(msgspec.Struct, frozen=True, gc=False):
     """The run waits at this step until ``wake_at`` (or an event)."""
 
     wake_at: datetime
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class End(msgspec.Struct, frozen=True):
+class End(msgspec.Struct, frozen=True, gc=False):
     """The run ends here."""
 
     reason: str

@@ -5,7 +5,7 @@ deterministic ids (``<run_id>:<step_id>:<visit>``), contact updates set values, 
 keyed by ``counter_key`` and the history rows (``StepRecorded``) by run, step, visit and kind.
 
 Effects live for one transition (the caller carries them out at once): msgspec Structs, cheap to
-build, compared by value in tests.
+build, compared by value in tests; plain data, so untracked by the cyclic collector (``gc=False``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def balancer_key(step_id: str, path: str | None = None, period_start: datetime |
     return f"{step_id}:{path}:{stamp}"
 
 
-class SendMessage(Tagged, tag="send_message", kw_only=True):
+class SendMessage(Tagged, tag="send_message", kw_only=True, gc=False):
     """Hand a message to delivery; ``send_id`` is delivered at most once."""
 
     type: ClassVar[str] = "send_message"
@@ -44,13 +44,13 @@ class SendMessage(Tagged, tag="send_message", kw_only=True):
     variables: dict[str, Any]  # ``event`` and ``journey`` for the template (``contact`` is read at send time)
 
 
-class UpdateContact(Tagged, tag="update_contact", kw_only=True):
+class UpdateContact(Tagged, tag="update_contact", kw_only=True, gc=False):
     type: ClassVar[str] = "update_contact"
     set: dict[str, Any] = msgspec.field(default_factory=dict)
     unset: list[str] = msgspec.field(default_factory=list)
 
 
-class EmitEvent(Tagged, tag="emit_event", kw_only=True):
+class EmitEvent(Tagged, tag="emit_event", kw_only=True, gc=False):
     """Ingest a track event for the contact; ``message_id`` dedupes it at ingestion."""
 
     type: ClassVar[str] = "emit_event"
@@ -59,7 +59,7 @@ class EmitEvent(Tagged, tag="emit_event", kw_only=True):
     properties: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class EnterJourney(Tagged, tag="enter_journey", kw_only=True):
+class EnterJourney(Tagged, tag="enter_journey", kw_only=True, gc=False):
     """Enter the contact into another journey at ``at`` (through its entrance rules).
 
     ``entry_id`` is a stable trigger key for ``run_id_for``; ``event`` is this run's trigger.
@@ -75,7 +75,7 @@ class EnterJourney(Tagged, tag="enter_journey", kw_only=True):
 StepKind = Literal["entered", "completed", "waiting", "exited"]
 
 
-class StepRecorded(Tagged, tag="step_recorded", kw_only=True):
+class StepRecorded(Tagged, tag="step_recorded", kw_only=True, gc=False):
     """One line of the run's history (journey-advance topic, ClickHouse)."""
 
     type: ClassVar[str] = "step_recorded"
@@ -86,13 +86,13 @@ class StepRecorded(Tagged, tag="step_recorded", kw_only=True):
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class VariantAssigned(Tagged, tag="variant_assigned", kw_only=True):
+class VariantAssigned(Tagged, tag="variant_assigned", kw_only=True, gc=False):
     type: ClassVar[str] = "variant_assigned"
     step_id: str
     variant: str
 
 
-class BalancerTaken(Tagged, tag="balancer_taken", kw_only=True):
+class BalancerTaken(Tagged, tag="balancer_taken", kw_only=True, gc=False):
     """A contact took ``path``: the caller adds 1 to the counter ``counter_key``."""
 
     type: ClassVar[str] = "balancer_taken"

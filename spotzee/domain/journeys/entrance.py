@@ -29,8 +29,9 @@ from spotzee.schemas.journey_models import (
 from spotzee.schemas.structs import Struct, replace
 
 
-class EntranceHistory(Struct, kw_only=True):
+class EntranceHistory(Struct, kw_only=True, gc=False):
     """Per (contact, journey): how often the contact entered and which runs are still going.
+    Plain data: ``gc=False`` keeps the histories in the state cache out of the cyclic collector's scans.
 
     A table value (``journey_entries``), shared with the runtime's cache once read: the functions
     below return a new history, never change the one they are given."""

@@ -10,7 +10,7 @@ Each input is safe to deliver twice; the machine recognises a replay and ignores
 - anything for a run that has exited.
 
 Inputs and ``EventData`` are msgspec Structs (schemas/structs.py): built by the caller with
-tz-aware UTC datetimes, never re-validated.
+tz-aware UTC datetimes, never re-validated; plain data, untracked by the cyclic collector (``gc=False``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from spotzee.schemas.structs import Struct, Tagged, to_builtins
 MAX_RUN_ID = 256
 
 
-class EventData(Struct, kw_only=True):
+class EventData(Struct, kw_only=True, gc=False):
     """An event as runs keep it (the trigger, waited events) and templates read it."""
 
     name: str
@@ -39,7 +39,7 @@ class EventData(Struct, kw_only=True):
         return variables
 
 
-class Enter(Tagged, tag="enter", kw_only=True):
+class Enter(Tagged, tag="enter", kw_only=True, gc=False):
     """Start a run (the caller has checked ``may_enter`` and the trigger)."""
 
     type: ClassVar[str] = "enter"
@@ -53,7 +53,7 @@ class Enter(Tagged, tag="enter", kw_only=True):
             raise ValueError(f"invalid run id {self.run_id!r}: 1-{MAX_RUN_ID} characters, no ':'")
 
 
-class Wake(Tagged, tag="wake", kw_only=True):
+class Wake(Tagged, tag="wake", kw_only=True, gc=False):
     """A timer fired. It names the position it was set for: a timer set for an earlier position
     (the run moved on, or came back to the same step later: another ``visit``) is stale."""
 
@@ -62,7 +62,7 @@ class Wake(Tagged, tag="wake", kw_only=True):
     visit: int
 
 
-class EventSeen(Tagged, tag="event_seen", kw_only=True):
+class EventSeen(Tagged, tag="event_seen", kw_only=True, gc=False):
     """The contact performed an event: for ``wait_for_event`` steps and ``exit_when``."""
 
     type: ClassVar[str] = "event_seen"
@@ -77,14 +77,14 @@ class EventSeen(Tagged, tag="event_seen", kw_only=True):
         )
 
 
-class SegmentExited(Tagged, tag="segment_exited", kw_only=True):
+class SegmentExited(Tagged, tag="segment_exited", kw_only=True, gc=False):
     """The contact left a segment (for ``exit_when: segment_exited``)."""
 
     type: ClassVar[str] = "segment_exited"
     segment_id: str
 
 
-class Exit(Tagged, tag="exit", kw_only=True):
+class Exit(Tagged, tag="exit", kw_only=True, gc=False):
     """End the run now (journey archived, contact erased, an operator's request)."""
 
     type: ClassVar[str] = "exit"

@@ -103,7 +103,8 @@ def _refusal(journey: JourneyDefinition, state: RunState, input: JourneyInput, n
 
 
 def _exits_on_segment(journey: JourneyDefinition, segment_id: str) -> bool:
-    return any(isinstance(c, ExitOnSegmentExited) and c.segment_id == segment_id for c in journey.exit_when)
+    exits = journey.exit_when  # most journeys have none: no generator built for them (asked per run per input)
+    return bool(exits) and any(isinstance(c, ExitOnSegmentExited) and c.segment_id == segment_id for c in exits)
 
 
 def _wake_refusal(state: RunState, wake: Wake, now: datetime) -> str | None:
@@ -186,7 +187,8 @@ def _event_refusal(journey: JourneyDefinition, state: RunState, event: EventSeen
 
 
 def _exits_on(journey: JourneyDefinition, event: EventSeen) -> bool:
-    return any(exit_event_matches(condition, event.name, event.properties) for condition in journey.exit_when)
+    exits = journey.exit_when  # see _exits_on_segment
+    return bool(exits) and any(exit_event_matches(c, event.name, event.properties) for c in exits)
 
 
 def _on_wake(walk: Walk, wake: Wake) -> str | None:

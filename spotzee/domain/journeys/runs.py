@@ -4,6 +4,9 @@
 pydantic model wrote. Values read from a table are shared with the runtime's cache, so nothing
 here is changed in place once stored: a transition works on its own shallow copy and replaces the
 lists and dicts it changes (copy on write; ``machine.transition``).
+
+These Structs hold plain data (no reference cycle can run through them): ``gc=False`` keeps them out of
+the cyclic collector, which would otherwise rescan every run held in the runtime's state cache.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ RunStatus = Literal["active", "waiting", "exited"]
 SEEN_LIMIT: Final = 100  # consumed message ids kept to recognise a redelivered event
 
 
-class RunVariables(Struct, kw_only=True):
+class RunVariables(Struct, kw_only=True, gc=False):
     """What templates and Liquid values read about the run.
 
     - ``event``: the triggering event (``name``, ``properties``, ``message_id``, ``timestamp``),
@@ -44,7 +47,7 @@ class RunVariables(Struct, kw_only=True):
         return RunVariables(event=self.event, journey={**self.journey, step_id: values})
 
 
-class RunState(Struct, kw_only=True):
+class RunState(Struct, kw_only=True, gc=False):
     """Stored per (contact, run).
 
     ``status``: ``waiting`` at ``step_id`` (a delay, a wait, a full balancer) until ``wake_at`` or
@@ -84,7 +87,7 @@ class RunState(Struct, kw_only=True):
             self.seen = [*self.seen, message_id][-SEEN_LIMIT:]
 
 
-class Outcome(Struct, kw_only=True):
+class Outcome(Struct, kw_only=True, gc=False):
     """What ``transition`` returns: the state to store, the effects to carry out, when to wake.
 
     ``ignored`` is set (and nothing changed) when the input did not apply: a replay, a stale
