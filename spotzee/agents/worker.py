@@ -1,11 +1,12 @@
 """The Kafka runtime's worker: the faust-streaming apps binding the processors to Apache Kafka.
 
-- ``processor`` app (consumer group PROCESSOR_GROUP): the contact agent consumes ``events`` in
-  batches and commits them through the Engine (``runtime/kafka/partition_engine.py``: changelog +
-  local RocksDB per partition); a timer task fires due timers; partitions are restored on
-  assignment and closed on revocation. The delivery agent (``runtime/kafka/kafka_delivery.py``)
-  delivers the ``sends`` partitions matching the events partitions owned here, reading contacts
-  from the Engine's stores.
+- ``processor`` app (consumer group PROCESSOR_GROUP): the ``EventsFeed`` takes the ``events``
+  records faust's consumer fetched, in the batches fetched (no faust message or event per record),
+  and commits them per partition through the Engine (``runtime/kafka/partition_engine.py``:
+  changelog + local RocksDB per partition), then the group's offsets; a timer task fires due
+  timers; partitions are restored on assignment and closed on revocation. The delivery agent
+  (``runtime/kafka/kafka_delivery.py``) delivers the ``sends`` partitions matching the events
+  partitions owned here, reading contacts from the Engine's stores.
 - ``sink`` app (consumer group SINK_GROUP, ``runtime/kafka/sink_app.py``): the analytics agent
   writes ``analytics`` batches to ClickHouse. It lives with the runtime because the API process
   runs it too when ClickHouse is chDB (one process owns a chDB path).
