@@ -670,7 +670,18 @@ async def backfill_new_segment(session: Session, result: Result) -> str:
     result.backfill_s = time.perf_counter() - started
     result.backfill_members = int((await request(session.api, "GET", f"/api/v1/segments/{segment_id}/count"))["count"])
     progress(f"{session.stack.name}: (a) ready after {result.backfill_s:.2f} s, {result.backfill_members:,} members")
+    progress(f"{session.stack.name}: (a) {build_log_line(session.stack, segment_id)}")
     return segment_id
+
+
+def build_log_line(stack: Stack, segment_id: str) -> str:
+    """What the build logged when the segment became ready (how many contacts were seeded one by one,
+    the phases' durations), from the log of the process that ran it (the API's)."""
+    try:
+        lines = stack.api.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no build log)"
+    return next((line for line in reversed(lines) if f"segment {segment_id} v1 ready" in line), "(no build log line)")
 
 
 async def segment_count(session: Session, segment_id: str) -> int:

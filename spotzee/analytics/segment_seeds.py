@@ -267,6 +267,8 @@ class SeedQuery:
         values = (
             f"arraySort(groupArrayIf((ts, message_id, assumeNotNull({value})), {accepted} AND {value} IS NOT NULL))"
         )
+        if tracker.kind == "total":  # the values alone, in event order
+            values = f"arrayMap(entry -> entry.3, {values})"
         return _Column(tracker, values, f"notEmpty({name})")
 
     @staticmethod
@@ -314,5 +316,5 @@ def _slot(column: _Column, value: Any) -> SlotModel | None:
     if tracker.kind == "latest":
         return latest_seed(tracker, (as_utc(t) for t in value))
     if tracker.kind == "total":
-        return total_seed(v for _, _, v in value)
+        return total_seed(value)
     return values_seed(tracker, [(as_utc(t), v) for t, _, v in value])

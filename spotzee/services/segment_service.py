@@ -30,6 +30,7 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -152,6 +153,22 @@ def history_facts(
 _Record = tuple[str, bytes, bool]  # key, value, the last record of its contact
 
 
+class _Phases:
+    """How long each step of a build took (logged with its outcome)."""
+
+    def __init__(self) -> None:
+        self._mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def end(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._mark
+        self._mark = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.3f} s" for phase, seconds in self.seconds.items())
+
+
 @dataclass
 class _Sent:
     """A build's appended records: each batch's positions and how many units of ``progress``
@@ -159,6 +176,8 @@ class _Sent:
 
     progress: BuildProgress
     batches: list[tuple[list[Position], int]] = field(default_factory=list)
+    counted: int = 0  # the first batches known processed
+    done: int = 0  # their units
 
     def add(self, positions: list[Position], units: int) -> None:
         self.batches.append((positions, units))
@@ -354,15 +373,19 @@ class Segments:
 
     async def _build_once(self, definition: SegmentDefinition) -> None:
         timeout = self.settings.segment_backfill_timeout
+        phases = _Phases()
         partitions = await self._barrier(definition, timeout)  # steps 1 and 2
+        phases.end("barrier")
         progress = BuildProgress(total=0, done=0)
         self.progress[definition.id] = progress
         sent = _Sent(progress)
         if definition.status != SegmentStatus.deleted:
-            await self._seed(definition, sent)  # step 3
+            await self._seed(definition, sent, phases)  # step 3
             await self._wait(sent, timeout)
+            phases.end("seeds")
             await self._fall_back(definition, sent)  # step 4
             await self._wait(sent, timeout)
+            phases.end("fallback")
         sweep = SegmentRefresh(
             project_id=definition.project_id,
             id=f"__segment__{definition.id}",
@@ -376,6 +399,7 @@ class Segments:
             await self.runtime.broadcast(f"{definition.project_id}:{sweep.id}", dumps(sweep)), partitions
         )  # step 5
         await self._wait(sent, timeout)  # step 6: the version is ready once every record is processed
+        phases.end("sweep")
         progress.done = progress.total
         current = self.registry.definition(definition.id)
         if current is not None and current.version != definition.version:
@@ -388,11 +412,12 @@ class Segments:
         await run_in_threadpool(self.runtime.put_definitions, [(f"segment/{definition.id}", dumps(ready))], [])
         self.registry.apply(ready)
         log.info(
-            "segment %s v%d ready: %d contacts seeded one by one, %d partitions swept",
+            "segment %s v%d ready: %d contacts seeded or refreshed one by one, %d partitions swept (%s)",
             definition.id,
             definition.version,
             progress.total - partitions,
             partitions,
+            phases,
         )
 
     async def _wait(self, sent: _Sent, timeout: float) -> None:
@@ -411,7 +436,7 @@ class Segments:
             raise SpotzeeError("analytics sink did not catch up in time")
         return len(positions)
 
-    async def _seed(self, definition: SegmentDefinition, sent: _Sent) -> None:
+    async def _seed(self, definition: SegmentDefinition, sent: _Sent, phases: _Phases) -> None:
         """Step 3: one query for the seeds of the rule's trackers; a refresh for each contact with
         matching history (every other contact starts from the empty trackers at the sweep)."""
         trackers = compile(definition.rule).trackers
@@ -420,17 +445,21 @@ class Segments:
         found = await run_in_threadpool(
             SeedQuery(trackers).run, self.clickhouse, definition.project_id, self.clock.now()
         )
+        phases.end("query")
         sent.progress.total += len(found.contacts)
         keys = sorted(trackers)
         records: list[_Record] = []
         for contact_id in sorted(found.contacts):
             seeded = found.contacts[contact_id]
-            for record in self._refreshes(definition, contact_id, keys, seeded.facts):
-                if record.last:  # the seeds go with the last chunk, after the replayed trackers' facts
-                    seeds = msgspec.Raw(encode(seeded.slots))
-                    record = replace(record, seeds=seeds, replayed=found.replayed, seeded_at=found.seeded_at)
-                records.append((f"{definition.project_id}:{contact_id}", dumps(record), record.last))
-            await self._flush(records, sent)
+            key = f"{definition.project_id}:{contact_id}"
+            *chunks, last = self._refreshes(definition, contact_id, keys, seeded.facts)
+            records += [(key, dumps(chunk), False) for chunk in chunks]
+            # the seeds go with the last chunk, after the replayed trackers' facts
+            seeds = msgspec.Raw(encode(seeded.slots))
+            last = replace(last, seeds=seeds, replayed=found.replayed, seeded_at=found.seeded_at)
+            records.append((key, dumps(last), True))
+            if len(records) >= REFRESH_BATCH:
+                await self._flush(records, sent)
         await self._flush(records, sent, every=True)
 
     async def _flush(self, records: list[_Record], sent: _Sent, *, every: bool = False) -> None:
@@ -487,12 +516,15 @@ class Segments:
                 await asyncio.sleep(min(exc.retry_after, 1))
 
     async def _account(self, sent: _Sent) -> None:
-        """Count the contacts (and partitions) whose records are processed (cheap check, no waiting)."""
-        done = 0
-        for positions, units in sent.batches:
-            if await self.runtime.wait_processed(positions, 0):
-                done += units
-        sent.progress.done = min(done, sent.progress.total)
+        """Count the contacts (and partitions) whose records are processed (cheap check, no waiting;
+        batches in the order they were appended: ``done`` is a lower bound)."""
+        while sent.counted < len(sent.batches):
+            positions, units = sent.batches[sent.counted]
+            if not await self.runtime.wait_processed(positions, 0):
+                break
+            sent.counted += 1
+            sent.done += units
+        sent.progress.done = min(sent.done, sent.progress.total)
 
     def _refreshes(
         self, definition: SegmentDefinition, contact_id: str, tracker_keys: list[str], facts: list[HistoryFact]

@@ -396,28 +396,41 @@ def on_refresh(
         seeding[segment_id] = Seeding(version=version, facts=gathered if seeds is None else [])
         return Outcome(replace(cs, seeding=seeding))
     seeding.pop(segment_id, None)
-    history: dict[str, HistoryFact] = {f.message_id: f for f in gathered}
-    for live in cs.pending:
-        history.setdefault(live.message_id, live)
-    ordered = sorted(history.values(), key=_fact_order)
-    replayed = None if seeds is None else frozenset(chunk.get("replayed", ()))
+    seeds, replayed = chunk.get("seeds"), frozenset(chunk.get("replayed", ()))
+    history: list[HistoryFact] | None = None  # the facts and the buffered live ones, made on first use
     complete = set(cs.complete)
     slots = dict(cs.state.slots)
     for key in chunk["tracker_keys"]:
         tracker = project.bundle.trackers.get(key)
         if tracker is None or key in complete:
             continue
-        if seeds is None or replayed is None or key in replayed:
-            slots[key] = _folded(tracker, tracker.empty(), ordered, now)
-        else:  # an empty seed: nothing in ClickHouse, so no buffered fact is counted twice
-            seed = seeds.get(key)
-            slots[key] = (
-                _folded(tracker, tracker.empty(), cs.pending, now) if seed is None else tracker.prune(seed, now)
-            )
+        if seeds is not None and key not in replayed:
+            slots[key] = _from_seed(tracker, seeds.get(key), cs.pending, now)
+        else:
+            if history is None:
+                history = _deduplicated(gathered, cs.pending)
+            slots[key] = _folded(tracker, tracker.empty(), history, now)
         complete.add(key)
     cs = replace(cs, state=SegmentState(slots=slots), complete=sorted(complete), seeding=seeding)
-    cs = _synced(project, cs)  # drops buffered facts no incomplete tracker needs now
+    if cs.pending:
+        cs = _synced(project, cs)  # drops buffered facts no incomplete tracker needs now
     return _evaluate(project, cs, contact, now, frozenset({segment_id}))
+
+
+def _deduplicated(history: list[HistoryFact], pending: list[HistoryFact]) -> list[HistoryFact]:
+    """The history and the buffered live facts ClickHouse did not hold yet (by messageId), in order."""
+    facts: dict[str, HistoryFact] = {f.message_id: f for f in history}
+    for live in pending:
+        facts.setdefault(live.message_id, live)
+    return sorted(facts.values(), key=_fact_order)
+
+
+def _from_seed(tracker: Tracker, seed: SlotModel | None, pending: list[HistoryFact], now: datetime) -> SlotModel:
+    """A seeded tracker's slot: the seed at ``now`` (no buffered fact it accepts: else refused), or,
+    without a seed (nothing in ClickHouse, so nothing counted twice), the buffered facts."""
+    if seed is None:
+        return _folded(tracker, tracker.empty(), pending, now)
+    return tracker.prune(seed, now)
 
 
 def _fact_order(fact: HistoryFact) -> tuple[datetime, str]:

@@ -27,6 +27,7 @@ whose rule is False without history needs no look at the contacts without matchi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -40,7 +41,6 @@ from spotzee.domain.segments.trackers import (
     TotalSlot,
     Tracker,
     ValuesSlot,
-    add_exact,
     front_insert,
 )
 from spotzee.schemas.rules import AllRule, AnyRule, EventRule, EveryoneRule, NoneRule, RuleNode
@@ -59,15 +59,23 @@ def latest_seed(tracker: Tracker, times: Iterable[datetime]) -> LatestSlot | Non
     return LatestSlot(at=kept) if kept else None
 
 
-def total_seed(values: Iterable[float]) -> TotalSlot | None:
-    """The ``total`` slot from the matching values in event order (min/max keep the first of equals)."""
-    n, total, low, high = 0, "0", None, None
-    for value in values:
-        n += 1
-        total = add_exact(total, value)
-        low = value if low is None else min(low, value)
-        high = value if high is None else max(high, value)
-    return TotalSlot(n=n, total=total, low=low, high=high) if n else None
+def total_seed(values: list[float]) -> TotalSlot | None:
+    """The ``total`` slot from the matching values in event order (min/max keep the first of equals,
+    as folding them one by one does)."""
+    if not values:
+        return None
+    return TotalSlot(n=len(values), total=exact_total(values), low=min(values), high=max(values))
+
+
+def exact_total(values: Iterable[float]) -> str:
+    """``str`` of the exact rational sum of finite floats (what ``trackers.add_exact`` folds to): each is an
+    integer over a power of two, so they add up over the largest denominator."""
+    ratios = [value.as_integer_ratio() for value in values]
+    common = max((d for _, d in ratios), default=1)
+    numerator = sum(n * (common // d) for n, d in ratios)
+    divisor = math.gcd(numerator, common)
+    numerator, common = numerator // divisor, common // divisor
+    return str(numerator) if common == 1 else f"{numerator}/{common}"
 
 
 def values_seed(tracker: Tracker, entries: Iterable[Entry]) -> ValuesSlot | None:
