@@ -23,6 +23,7 @@ re-send by hand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 OFFSET = b"delivery_offset"
 BATCH = 100  # sends (and due retries) per pass
+IDLE_POLL_S = 0.05  # an idle loop looks again after this long even if nothing woke it
 
 
 def _state_key(send_id: str) -> bytes:
@@ -97,6 +99,10 @@ class DeliveryLoop:
         self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout)
         deliverer.workers = self.workers
         self._warming: asyncio.Task[None] | None = None
+        # Set from other threads (``wake``) when a send is committed: an idle loop starts its next
+        # pass at once rather than after its poll interval (event -> email latency).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="spotzee-delivery", daemon=True)
@@ -104,6 +110,7 @@ class DeliveryLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self.wake()  # an idle loop sees the stop now, not at its next poll
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.workers.close()
@@ -111,7 +118,25 @@ class DeliveryLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def wake(self) -> None:
+        """Thread-safe: sends were committed; an idle pass starts now."""
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: it stops anyway
+                loop.call_soon_threadsafe(wakeup.set)
+
+    async def _idle(self) -> None:
+        """Until woken by a committed send, or the poll interval (due retries, a missed wake)."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            await asyncio.sleep(IDLE_POLL_S)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), IDLE_POLL_S)
+        wakeup.clear()
+
     async def _run(self) -> None:
+        self._loop, self._wakeup = asyncio.get_running_loop(), asyncio.Event()
         # Template workers start beside the first passes, not before them (the task is kept: a
         # task nobody references may be collected before it finishes).
         self._warming = asyncio.create_task(self.workers.warm())
@@ -124,7 +149,7 @@ class DeliveryLoop:
                 log.exception("delivery pass failed")
                 busy = False
             if not busy:
-                await asyncio.sleep(0.05)
+                await self._idle()
 
     async def _pass(self) -> bool:
         sends = list(islice(self.runtime.topic_records(topics.SENDS, self.offset), BATCH))

@@ -299,3 +299,29 @@ def test_an_unsubscribe_stops_a_send_already_queued(
     finally:
         box.release.set()
         controller.stop()
+
+
+@pytest.mark.runtimes("embedded")  # the embedded delivery loop; Kafka's agent consumes the sends topic
+def test_an_idle_delivery_loop_is_woken_by_a_committed_send(
+    stack: Stack, inbox: tuple[Inbox, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded: a send committed by the processor wakes the delivery loop at once (its poll
+    interval stretched to a minute here, so only the wake-up can deliver within the wait)."""
+    monkeypatch.setattr("spotzee.runtime.delivery_loop.IDLE_POLL_S", 60.0)
+    box, smtp_port = inbox
+    project = stack.project
+    provider = {
+        "name": "Local relay",
+        "channel": "email",
+        "type": "smtp",
+        "config": {"host": "127.0.0.1", "port": smtp_port, "security": "none"},
+    }
+    assert project.post("/api/v1/providers", json=provider).status_code == 201
+    template_id = project.post("/api/v1/templates", json=WELCOME_EMAIL).json()["id"]
+    publish(stack, journey(template_id, "signed_up"))
+    traits = {"plan": "free", "email": "ada@example.com", "first_name": "Ada"}  # the journey's gate: plan free
+    stack.ingest.post("/v1/identify", json={"userId": "ada", "traits": traits})
+    stack.settle()
+    time.sleep(0.2)  # the loop has gone idle: its next look is a minute away
+    stack.ingest.post("/v1/track", json={"userId": "ada", "event": "signed_up"})
+    wait_until(lambda: len(box.messages) == 1, timeout=20)

@@ -101,8 +101,9 @@ class EmbeddedRuntime:
             thread.start()
             self._threads.append(thread)
         if self._deliverer is not None:
-            self.delivery = DeliveryLoop(self, self._deliverer(), self.settings, self.clock)
-            self.delivery.start()
+            self.delivery = delivery = DeliveryLoop(self, self._deliverer(), self.settings, self.clock)
+            self.outbox.topic_listeners.append(lambda moved: delivery.wake() if topics.SENDS in moved else None)
+            delivery.start()
         return DONE
 
     def stop_accepting(self) -> None:

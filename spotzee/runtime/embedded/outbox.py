@@ -10,7 +10,7 @@ consumers read them (``sends``: the delivery loop, ``runtime/delivery_loop.py``)
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rocksdict import WriteBatch
 
@@ -31,6 +31,9 @@ class Outbox:
         self.next = db.get_u64(OUTBOX_NEXT)  # moved by ``commit.Commit`` once its batch is written
         self.wakeup = threading.Event()  # set after a commit that may have filled the outbox: the sink looks
         self._topic_next: dict[str, int] = {}
+        # Called (holding the log's lock, so: quick) with the retained topics a written batch added
+        # records to: their consumers wake at once instead of at their next poll.
+        self.topic_listeners: list[Callable[[set[str]], None]] = []
 
     def stage(self, batch: WriteBatch, seq: int, value: bytes) -> None:
         """Must hold the log's lock. Put one analytics record at sequence ``seq``."""
@@ -77,7 +80,11 @@ class Outbox:
 
     def moved(self, topic_next: dict[str, int]) -> None:
         """A batch with records of these topics was written: their next sequence numbers."""
+        if not topic_next:
+            return
         self._topic_next.update(topic_next)
+        for listener in self.topic_listeners:
+            listener(set(topic_next))
 
     def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """Records of a retained topic from sequence ``start`` (what its consumer reads)."""
