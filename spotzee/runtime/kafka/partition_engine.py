@@ -220,9 +220,10 @@ class Engine:
         async with store.lock:
             if store.db.closed:
                 return None  # revoked meanwhile: the new owner processes these records
-            fresh = [r for r in records if r.offset >= store.input_offset]
+            applied_to = store.input_offset  # a RocksDB read: once, not per record
+            fresh = [r for r in records if r.offset >= applied_to]
             if fresh:
-                if fresh[0].offset > store.input_offset:
+                if fresh[0].offset > applied_to:
                     await self._fill_gap(store, fresh[0].offset)
                 await self._apply(store, fresh)
             return store.input_offset
