@@ -250,10 +250,14 @@ class EventsFeed:
                 return
             partitions = self.owned
         offsets = {TP(self.topic, p): self.applied.pop(p) for p in list(self.applied) if p in partitions}
-        if offsets:
-            # faust's consumer commits a {TP: offset} map for the group (it skips partitions no longer
-            # assigned); it has no public call for offsets other than its acked messages'.
-            await cast(FaustConsumer, self.app.consumer)._commit(offsets)
+        if not offsets:
+            return
+        # faust's consumer commits a {TP: offset} map for the group (it skips partitions no longer
+        # assigned); it has no public call for offsets other than its acked messages'.
+        if not await cast(FaustConsumer, self.app.consumer)._commit(offsets):
+            for tp, offset in offsets.items():  # not committed (a rebalance): the next commit tries again
+                if tp.partition in self.owned:
+                    self.applied.setdefault(tp.partition, offset)
 
     async def stop(self) -> None:
         """Let each partition's batch in flight finish, then commit what was applied."""
