@@ -85,7 +85,7 @@ from spotzee.streams.segment_processor import (
 log = logging.getLogger(__name__)
 
 _definition = TypeAdapter[SegmentDefinition | ListDefinition](SegmentDefinition | ListDefinition)
-REFRESH_BATCH = 500
+REFRESH_BATCH = 2000  # records per append (one in flight while the next are built)
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+")
 CONTACTS_PER_QUERY = 2000
 
@@ -178,6 +178,7 @@ class _Sent:
     batches: list[tuple[list[Position], int]] = field(default_factory=list)
     counted: int = 0  # the first batches known processed
     done: int = 0  # their units
+    inflight: tuple[asyncio.Future[list[Position]], int] | None = None  # an append not yet durable
 
     def add(self, positions: list[Position], units: int) -> None:
         self.batches.append((positions, units))
@@ -464,12 +465,23 @@ class Segments:
 
     async def _flush(self, records: list[_Record], sent: _Sent, *, every: bool = False) -> None:
         """Append the queued records in batches (all of them with ``every``), each counted for the
-        contacts whose last record it holds."""
+        contacts whose last record it holds. One append is in flight while the caller builds the
+        next records (a contact's records stay in order: an append starts when the last one ended)."""
         while len(records) >= REFRESH_BATCH or (every and records):
             batch = records[:REFRESH_BATCH]
             del records[:REFRESH_BATCH]
-            positions = await self._append([(key, value) for key, value, _ in batch])
-            sent.add(positions, sum(1 for *_, last in batch if last))
+            await self._landed(sent)
+            units = sum(1 for *_, last in batch if last)
+            sent.inflight = (asyncio.ensure_future(self._append([(key, value) for key, value, _ in batch])), units)
+        if every:
+            await self._landed(sent)
+
+    async def _landed(self, sent: _Sent) -> None:
+        """The append in flight, done and counted."""
+        if sent.inflight is not None:
+            appending, units = sent.inflight
+            sent.inflight = None
+            sent.add(await appending, units)
             await self._account(sent)
 
     async def _fall_back(self, definition: SegmentDefinition, sent: _Sent) -> None:
