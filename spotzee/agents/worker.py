@@ -353,15 +353,24 @@ def run_worker(settings: Settings, *, sink: bool, processor: bool = True) -> Non
         apps.append(build_sink_app(settings, clickhouse)[0])
     if not apps:
         raise ValueError("nothing to run: enable the processor or the sink")
-    worker = faust.Worker(*apps, loglevel=settings.log_level.lower(), quiet=True)
-    # No terminal spinner: faust installs it by lowering the root logger to DEBUG (every logger then
-    # builds a record for each debug call -- aiokafka logs one per produced record, ~13% of the CPU).
-    worker.spinner = None
+    worker = faust_worker(apps, settings)
     try:
         worker.execute_from_commandline()
     finally:
         if clickhouse is not None:
             clickhouse.close()
+
+
+def faust_worker(apps: list[faust.App], settings: Settings) -> faust.Worker:
+    """faust's worker for ``apps``, leaving logging as ``spotzee worker`` configured it.
+
+    ``override_logging=False``: mode would otherwise replace the root handlers with its own, and
+    Spotzee's redacting formatter (``spotzee.logging``: no secret reaches a log line) with them.
+    No terminal spinner: faust installs it by lowering the root logger to DEBUG (every logger then
+    builds a record for each debug call -- aiokafka logs one per produced record, ~13% of the CPU)."""
+    worker = faust.Worker(*apps, loglevel=settings.log_level.lower(), quiet=True, override_logging=False)
+    worker.spinner = None
+    return worker
 
 
 def state_root(settings: Settings) -> Path:
