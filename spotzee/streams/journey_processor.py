@@ -421,9 +421,15 @@ class JourneyRunner:
             return contact  # a definition this process doesn't know (yet): the run waits for it
         now = ctx.clock.now()
         live = journey.status == JourneyStatus.live
-        if run is not None and live and machine.refusal(journey, run, input, now) is not None:
-            return contact  # what most waiting runs do with an event: nothing, told from the stored run
         owner = _key(contact)
+        if run is not None and live:
+            refused = machine.refusal(journey, run, input, now)
+            if refused is not None:  # what most waiting runs do with an event: nothing, told from the stored run
+                if refused == machine.TIMER_EARLY and isinstance(input, machine.Wake) and run.wake_at is not None:
+                    # A timer may fire before the run's time (it was armed by another worker whose clock
+                    # runs ahead of this one's): it comes back at the run's own time, or the run waits forever.
+                    _arm(ctx, contact, owner, run.run_id, input, run.wake_at)
+                return contact
         if run is not None and not live:
             held = _held(ctx, contact, owner, journey, run, input, now)
             if held is None:

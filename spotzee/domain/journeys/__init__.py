@@ -43,12 +43,13 @@ from spotzee.domain.journeys.entrance import (
 )
 from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.inputs import Enter, EventData, EventSeen, Exit, JourneyInput, SegmentExited, Wake
-from spotzee.domain.journeys.machine import refusal, step_kind, transition
+from spotzee.domain.journeys.machine import TIMER_EARLY, refusal, step_kind, transition
 from spotzee.domain.journeys.routing import variant_for
 from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.schedule import next_fire
 
 __all__ = [
+    "TIMER_EARLY",
     "BalancerTaken",
     "Effect",
     "EmitEvent",

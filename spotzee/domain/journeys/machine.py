@@ -25,7 +25,7 @@ its step when the new version still has that step with the same type, else it ex
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from spotzee.domain.journeys.context import End, Go, Park, Result, Walk
 from spotzee.domain.journeys.entrance import exit_event_matches
@@ -107,11 +107,14 @@ def _exits_on_segment(journey: JourneyDefinition, segment_id: str) -> bool:
     return bool(exits) and any(isinstance(c, ExitOnSegmentExited) and c.segment_id == segment_id for c in exits)
 
 
+TIMER_EARLY: Final = "timer is early"  # the run's own timer, before its wake_at: the caller arms it again
+
+
 def _wake_refusal(state: RunState, wake: Wake, now: datetime) -> str | None:
     if state.status != "waiting" or (wake.step_id, wake.visit) != (state.step_id, state.visit):
         return "stale timer"
     if state.wake_at is None or now < state.wake_at:
-        return "timer is early"
+        return TIMER_EARLY
     return None
 
 

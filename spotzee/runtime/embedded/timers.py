@@ -10,6 +10,7 @@ thread means a timer never races the state it belongs to.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from spotzee.runtime.embedded.commit import Commit, Emit
@@ -24,6 +25,13 @@ FIRE_LIMIT = 5000  # timers fired per pass
 
 def _ms(at: datetime) -> int:
     return int(at.timestamp() * 1000)
+
+
+def _due_ms(at: datetime) -> int:
+    """A timer's key: its time rounded *up* to the millisecond, so that a pass at ``_ms(now)`` fires
+    it only once ``now >= at`` (rounded down, a timer fired up to 1 ms early, and a journey run woken
+    before its ``wake_at`` took the wake for an early one)."""
+    return math.ceil(at.timestamp() * 1000)
 
 
 class Timers:
@@ -45,7 +53,7 @@ class Timers:
                 commit.batch.delete(op.timer_id.encode(), index)
                 pending[op.timer_id] = None
                 continue
-            due_key = U64.pack(_ms(op.at)) + op.timer_id.encode()
+            due_key = U64.pack(_due_ms(op.at)) + op.timer_id.encode()
             commit.batch.put(due_key, encode_timer_value(op.topic, op.key, op.value), timers)
             commit.batch.put(op.timer_id.encode(), due_key, index)
             pending[op.timer_id] = due_key

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -51,8 +52,14 @@ class InputRecord(NamedTuple):  # a tuple: the feed makes one per input record
 
 
 def due_key(at: datetime, timer_id: str) -> str:
-    """Lexicographic order = due order (fixed-width hex milliseconds)."""
-    return f"{int(at.timestamp() * 1000):016x}|{timer_id}"
+    """Lexicographic order = due order (fixed-width hex milliseconds, rounded up: a pass at
+    ``now_key(now)`` fires the timer only once ``now >= at``)."""
+    return f"{math.ceil(at.timestamp() * 1000):016x}|{timer_id}"
+
+
+def now_key(now: datetime) -> str:
+    """The last due key a pass at ``now`` fires (milliseconds rounded down)."""
+    return f"{int(now.timestamp() * 1000):016x}|\x7f"
 
 
 def batch_changes(store: PartitionStore, ctx: BatchContext, tables: tuple[str, ...]) -> Changes:
@@ -280,14 +287,14 @@ class Engine:
     async def fire_timers(self) -> int:
         """Deliver due timers of every ready partition (each partition one committed batch)."""
         fired = 0
-        now_key = due_key(self.clock.now(), "\x7f")
+        last = now_key(self.clock.now())
         for store in list(self.stores.values()):
             if not store.ready.is_set():
                 continue
             async with store.lock:
                 if store.db.closed:
                     continue
-                due = _scan_until(store, DUE, now_key, limit=5000)
+                due = _scan_until(store, DUE, last, limit=5000)
                 if not due:
                     continue
                 changes: Changes = {}
