@@ -74,17 +74,23 @@ def publish(stack: Stack, body: dict[str, Any]) -> str:
     return journey_id
 
 
-def test_signed_up_to_inbox_then_unsubscribe_suppresses_the_next_send(stack: Stack, inbox: tuple[Inbox, int]) -> None:
-    box, smtp_port = inbox
-    project = stack.project
+def welcome_through_relay(stack: Stack, smtp_port: int) -> str:
+    """The project's email provider: the SMTP server on ``smtp_port``; the welcome template's id."""
     provider = {
         "name": "Local relay",
         "channel": "email",
         "type": "smtp",
         "config": {"host": "127.0.0.1", "port": smtp_port, "security": "none"},
     }
-    assert project.post("/api/v1/providers", json=provider).status_code == 201
-    template_id = project.post("/api/v1/templates", json=WELCOME_EMAIL).json()["id"]
+    assert stack.project.post("/api/v1/providers", json=provider).status_code == 201
+    template_id: str = stack.project.post("/api/v1/templates", json=WELCOME_EMAIL).json()["id"]
+    return template_id
+
+
+def test_signed_up_to_inbox_then_unsubscribe_suppresses_the_next_send(stack: Stack, inbox: tuple[Inbox, int]) -> None:
+    box, smtp_port = inbox
+    project = stack.project
+    template_id = welcome_through_relay(stack, smtp_port)
     publish(stack, journey(template_id, "signed_up"))
     second = publish(stack, journey(template_id, "upgraded"))
 
@@ -309,15 +315,7 @@ def test_an_idle_delivery_loop_is_woken_by_a_committed_send(
     interval stretched to five minutes here, so only the wake-up can deliver within the wait)."""
     monkeypatch.setattr("spotzee.runtime.delivery_loop.IDLE_POLL_S", 300.0)
     box, smtp_port = inbox
-    project = stack.project
-    provider = {
-        "name": "Local relay",
-        "channel": "email",
-        "type": "smtp",
-        "config": {"host": "127.0.0.1", "port": smtp_port, "security": "none"},
-    }
-    assert project.post("/api/v1/providers", json=provider).status_code == 201
-    template_id = project.post("/api/v1/templates", json=WELCOME_EMAIL).json()["id"]
+    template_id = welcome_through_relay(stack, smtp_port)
     publish(stack, journey(template_id, "signed_up"))
     traits = {"plan": "free", "email": "ada@example.com", "first_name": "Ada"}  # the journey's gate: plan free
     stack.ingest.post("/v1/identify", json={"userId": "ada", "traits": traits})

@@ -160,6 +160,21 @@ initial_plans = st.tuples(*(st.sampled_from([None, *PLANS]) for _ in CONTACTS))
 # -- the incremental side: the real processor, one record at a time --------------------------------
 
 
+def live_journey(body: Body) -> JourneyDefinition:
+    """``body`` (a journey as the API takes it) published: live, version 1, in the test project."""
+    return JourneyDefinition.model_validate(
+        {
+            **body,
+            "id": JOURNEY_ID,
+            "project_id": PROJECT,
+            "version": 1,
+            "status": "live",
+            "created_at": T0,
+            "updated_at": T0,
+        }
+    )
+
+
 class Incremental:
     def __init__(self, journey: JourneyDefinition) -> None:
         self.clock = ManualClock(T0)
@@ -422,17 +437,7 @@ STALE_CONTACT = {
 def test_incremental_journey_runs_equal_a_full_recompute_from_the_log(
     body: Body, plans: tuple[str | None, ...], script: list[tuple[Any, ...]]
 ) -> None:
-    journey = JourneyDefinition.model_validate(
-        {
-            **body,
-            "id": JOURNEY_ID,
-            "project_id": PROJECT,
-            "version": 1,
-            "status": "live",
-            "created_at": T0,
-            "updated_at": T0,
-        }
-    )
+    journey = live_journey(body)
     live = Incremental(journey)
     log: list[tuple[Any, ...]] = []
     identified = [("identify", contact, plan) for contact, plan in zip(CONTACTS, plans, strict=True) if plan]

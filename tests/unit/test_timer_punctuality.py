@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 from spotzee.domain.journeys import RunState
 from spotzee.runtime.embedded.timers import _due_ms, _ms
 from spotzee.runtime.kafka.partition_engine import due_key, now_key
-from spotzee.schemas.journey_models import JourneyDefinition
 from spotzee.streams.journey_processor import JOURNEY_RUNS
 from spotzee.streams.record_codec import loads
-from tests.unit.test_journey_recompute import JOURNEY_ID, PROJECT, T0, TRIGGER, Incremental
+from tests.unit.test_journey_recompute import T0, TRIGGER, Incremental, live_journey
 
 instants = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC))
 
@@ -34,7 +33,7 @@ def test_a_timer_is_never_due_before_its_time_and_at_most_a_millisecond_after(at
 
 
 def test_a_run_woken_early_arms_its_timer_again_and_exits_on_time() -> None:
-    journey = JourneyDefinition.model_validate(
+    journey = live_journey(
         {
             "name": "Wait a second",
             "trigger": {"type": "event", "event": TRIGGER},
@@ -43,12 +42,6 @@ def test_a_run_woken_early_arms_its_timer_again_and_exits_on_time() -> None:
                 "wait": {"type": "delay", "duration": {"value": 1, "unit": "second"}, "next": "done"},
                 "done": {"type": "exit"},
             },
-            "id": JOURNEY_ID,
-            "project_id": PROJECT,
-            "version": 1,
-            "status": "live",
-            "created_at": T0,
-            "updated_at": T0,
         }
     )
     live = Incremental(journey)
