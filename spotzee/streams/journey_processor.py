@@ -425,10 +425,7 @@ class JourneyRunner:
         if run is not None and live:
             refused = machine.refusal(journey, run, input, now)
             if refused is not None:  # what most waiting runs do with an event: nothing, told from the stored run
-                if refused == machine.TIMER_EARLY and isinstance(input, machine.Wake) and run.wake_at is not None:
-                    # A timer may fire before the run's time (it was armed by another worker whose clock
-                    # runs ahead of this one's): it comes back at the run's own time, or the run waits forever.
-                    _arm(ctx, contact, owner, run.run_id, input, run.wake_at)
+                _rearm_if_early(ctx, contact, owner, run, input, refused)
                 return contact
         if run is not None and not live:
             held = _held(ctx, contact, owner, journey, run, input, now)
@@ -445,6 +442,8 @@ class JourneyRunner:
         )
         outcome = machine.transition(journey, run, input, now, env)
         if outcome.ignored is not None or outcome.state is None:
+            if run is not None and outcome.ignored is not None:
+                _rearm_if_early(ctx, contact, owner, run, input, outcome.ignored)
             return contact
         state = outcome.state
         self._keep(ctx, contact, owner, journey.id, run, outcome, now)
@@ -663,6 +662,20 @@ def _held(  # noqa: PLR0913 -- the run, where and when, as ``_apply`` has them
     if isinstance(input, machine.Wake) and run.wake_at is not None:
         _arm(ctx, contact, owner, run.run_id, input, now + PAUSED_RECHECK)
     return None
+
+
+def _rearm_if_early(
+    ctx: Context,
+    contact: ContactState,
+    owner: str,
+    run: machine.RunState,
+    input: machine.JourneyInput,
+    ignored: str,
+) -> None:
+    """A run's own timer that came before its time (armed by a worker whose clock runs ahead of this
+    one's) comes back at the run's ``wake_at``: ignored and not re-armed, the run would wait forever."""
+    if ignored == machine.TIMER_EARLY and isinstance(input, machine.Wake) and run.wake_at is not None:
+        _arm(ctx, contact, owner, run.run_id, input, run.wake_at)
 
 
 def _timer_id(owner: str, run_id: str) -> str:

@@ -83,8 +83,10 @@ class Outbox:
         if not topic_next:
             return
         self._topic_next.update(topic_next)
-        for listener in self.topic_listeners:
-            listener(set(topic_next))
+        if self.topic_listeners:
+            moved = set(topic_next)
+            for listener in self.topic_listeners:
+                listener(moved)
 
     def topic_records(self, topic: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """Records of a retained topic from sequence ``start`` (what its consumer reads)."""
