@@ -143,24 +143,61 @@ def delivery(to: str = "ann@example.com", *, send_id: str = "journey-1:step-2:c1
     )
 
 
+def header_lines(envelope: Envelope) -> list[bytes]:
+    """The header block exactly as the SMTP server received it, one entry per physical line."""
+    raw = envelope.original_content
+    assert isinstance(raw, bytes)
+    head, separator, _body = raw.partition(b"\r\n\r\n")
+    assert separator, "no blank line after the headers"
+    return head.split(b"\r\n")
+
+
 async def test_smtp_delivers_both_parts_and_the_unsubscribe_headers(smtp_server: tuple[Mailbox, int]) -> None:
     mailbox, port = smtp_server
     sender = SmtpSender(
         SmtpConfig(host="127.0.0.1", port=port, security="none", timeout=5), policy=RELAY, clock=lambda: NOW
     )
-    outcome = await sender.send(delivery())
+    base = delivery()
+    accented = base.model_copy(
+        update={
+            "email": base.email.model_copy(
+                update={"subject": "Welcome, Zoë ✓", "from_": "Équipe Spotzee <team@example.com>", "text": "Hi Zoë"}
+            )
+        }
+    )
+    outcome = await sender.send(accented)
     assert isinstance(outcome, Sent), outcome
     assert outcome.provider_message_id == message_id("journey-1:step-2:c1", "example.com")
 
     [envelope] = mailbox.received
     assert envelope.mail_from == "team@example.com"
     assert envelope.rcpt_tos == ["ann@example.com"]
+
+    # On the wire: List-Unsubscribe is one line, neither folded nor RFC 2047-encoded (mailbox
+    # providers read the URL from the raw header), and nothing else was folded either.
+    token = make_token(UNSUB_SECRET, "p1", "c1", "email")
+    lines = header_lines(envelope)
+    assert (
+        f"List-Unsubscribe: <https://mail.example.com/u/{token}>, "
+        "<mailto:unsubscribe@example.com?subject=unsubscribe>".encode("ascii")
+    ) in lines
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in lines
+    assert [line for line in lines if line[:1] in (b" ", b"\t")] == []
+    assert b"To: ann@example.com" in lines
+    assert b"Reply-To: help@example.com" in lines
+    assert all(line.isascii() for line in lines)  # no SMTPUTF8 session: non-ASCII goes encoded
+    # ... which the non-ASCII Subject and From name still are (RFC 2047), and decode back.
+    [subject] = [line for line in lines if line.startswith(b"Subject: ")]
+    [from_] = [line for line in lines if line.startswith(b"From: ")]
+    assert b"=?utf-8?" in subject
+    assert b"=?utf-8?" in from_
+    assert from_.endswith(b" <team@example.com>")
+
     message = parsed(envelope)
-    assert message["Subject"] == "Welcome, Ann!"
-    assert message["From"] == "Spotzee Team <team@example.com>"
+    assert message["Subject"] == "Welcome, Zoë ✓"
+    assert message["From"] == "Équipe Spotzee <team@example.com>"
     assert message["Reply-To"] == "help@example.com"
     assert message["Message-ID"] == outcome.provider_message_id
-    token = make_token(UNSUB_SECRET, "p1", "c1", "email")
     assert message["List-Unsubscribe"] == (
         f"<https://mail.example.com/u/{token}>, <mailto:unsubscribe@example.com?subject=unsubscribe>"
     )
@@ -170,12 +207,13 @@ async def test_smtp_delivers_both_parts_and_the_unsubscribe_headers(smtp_server:
     html = message.get_body(preferencelist=("html",))
     assert plain is not None
     assert html is not None
-    assert plain.get_content().strip() == "Hi Ann"
+    assert plain.get_content().strip() == "Hi Zoë"
     assert html.get_content().strip() == "<p>Hi Ann</p>"
 
     # A retry of the same send is recognisable by its Message-ID.
     assert isinstance(await sender.send(delivery()), Sent)
     assert parsed(mailbox.received[1])["Message-ID"] == message["Message-ID"]
+    await sender.aclose()
 
 
 async def test_smtp_login_and_reply_codes_classify(smtp_server: tuple[Mailbox, int]) -> None:
