@@ -18,15 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from faust.transport.consumer import Consumer as FaustConsumer
-from faust.transport.utils import DefaultSchedulingStrategy
-from faust.types import TP
+from aiokafka import AIOKafkaConsumer
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.migrations import migrate
@@ -37,6 +33,7 @@ from spotzee.runtime.kafka.definitions_topic import DefinitionsReplica
 from spotzee.runtime.kafka.faust_app import faust_app
 from spotzee.runtime.kafka.kafka_delivery import KafkaDelivery, build_delivery
 from spotzee.runtime.kafka.partition_engine import Engine, InputRecord, KafkaClients
+from spotzee.runtime.kafka.records_feed import Record, RecordsFeed
 from spotzee.runtime.kafka.sink_app import build_sink_app
 from spotzee.settings import Settings
 from spotzee.streams import topics
@@ -48,10 +45,6 @@ from spotzee.streams.segment_processor import SegmentRegistry
 log = logging.getLogger(__name__)
 
 DEFINITIONS_ATTEMPTS = 12
-HIGH_WATER_BATCHES = 4  # a partition holding this many batches of records is paused ...
-HIGH_WATER_RECORDS = 5000  # ... or at least this many records
-RETRY_DELAY_S = 1.0
-STOP_TIMEOUT_S = 30.0
 
 
 def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple[faust.App, Engine]:
@@ -71,7 +64,7 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
         events_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions, acks=False
     )
     app.topics.add(events)
-    feed.bind(app, engine)
+    feed.bind_engine(app, engine)
 
     async def follow_definitions() -> None:
         log.info("definitions loaded: %d", len(definitions.items))
@@ -110,41 +103,20 @@ def _engine(settings: Settings, clock: Clock, definitions: DefinitionsReplica) -
     return Engine(processor, clock, state_root(settings), kafka, per_partition)
 
 
-class EventsFeed:
-    """The events topic's records, in the batches faust's consumer fetched them, straight to the Engine.
-
-    faust keeps the consumer group (subscription, rebalances, the assignment signals), the fetching and
-    the timers; its per-record machinery for this topic (a Message and an Event per record, channel
-    queues, acks) is bypassed: the consumer hands each fetched record map to its scheduler
-    (``scheduler()``), which gives the events topic's record lists to ``take`` and the rest to faust.
-    One task per partition applies the records it holds, in order, in batches of up to ``batch_size``
-    through ``Engine.process`` (which skips what was applied and reads back any gap); the consumer
-    group's offsets are the Engine's input offsets after each applied batch -- never ahead of what was
-    applied. A partition holding ``high`` records is paused until it is down to ``batch_size``."""
+class EventsFeed(RecordsFeed):
+    """The events topic's records, in the batches faust's consumer fetched them, straight to the Engine
+    (``runtime/kafka/records_feed.py``): one task per partition applies the records it holds, in order,
+    in batches of up to ``batch_size`` through ``Engine.process`` (which skips what was applied and reads
+    back any gap); the consumer group's offsets are the Engine's input offsets after each applied batch --
+    never ahead of what was applied."""
 
     def __init__(self, topic: str, batch_size: int) -> None:
-        self.topic = topic
-        self.batch_size = batch_size
-        self.high = max(HIGH_WATER_BATCHES * batch_size, HIGH_WATER_RECORDS)
-        self.pending: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
-        self.owned: set[int] = set()
-        self.applied: dict[int, int] = {}  # partition -> next input offset applied, not committed yet
-        self.paused: set[int] = set()
-        self.stopping = False
-        self._wakeups: dict[int, asyncio.Event] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._app: faust.App | None = None
+        super().__init__(topic, batch_size)
         self._engine: Engine | None = None
 
-    def bind(self, app: faust.App, engine: Engine) -> None:
-        self._app = app
+    def bind_engine(self, app: faust.App, engine: Engine) -> None:
         self._engine = engine
-
-    @property
-    def app(self) -> faust.App:
-        if self._app is None:
-            raise RuntimeError("feed not bound to an app")
-        return self._app
+        self.bind(app, self._apply)
 
     @property
     def engine(self) -> Engine:
@@ -152,127 +124,9 @@ class EventsFeed:
             raise RuntimeError("feed not bound to an engine")
         return self._engine
 
-    def scheduler(self) -> type[DefaultSchedulingStrategy]:
-        """faust's consumer scheduler class for the app: the events topic's records go to ``take``."""
-        feed = self
-
-        class EventsToFeed(DefaultSchedulingStrategy):
-            def iterate(self, records: Mapping[TP, list[Any]]) -> Iterator[tuple[TP, Any]]:
-                return super().iterate(feed.take(records))
-
-        return EventsToFeed
-
-    # -- from the consumer -------------------------------------------------------------------------
-
-    def take(self, records: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
-        """Keep the events topic's records of a fetch (per partition, in order); the rest for faust."""
-        rest: dict[TP, list[Any]] = {}
-        for tp, batch in records.items():
-            if tp.topic != self.topic:
-                rest[tp] = batch
-                continue
-            pending = self.pending.setdefault(tp.partition, [])
-            pending.extend(batch)
-            if len(pending) >= self.high and tp.partition not in self.paused:
-                self.paused.add(tp.partition)
-                self.app.consumer.pause_partitions([TP(self.topic, tp.partition)])
-            self._wake(tp.partition)
-        return rest
-
-    # -- assignment (faust's signals) -------------------------------------------------------------
-
-    def assign(self, partitions: set[int]) -> None:
-        """Records of these partitions are ours to apply; whatever is held for others is dropped."""
-        for partition in set(self.pending) - partitions:
-            self._drop(partition)
-        self.owned = set(partitions)
-        for partition in partitions:
-            self._wake(partition)
-
-    def revoke(self, partitions: set[int]) -> None:
-        """Stop applying these partitions: what is held is dropped (the next owner reads from the
-        committed offsets); a batch in flight finishes (``Engine.revoke`` waits for it)."""
-        self.owned -= partitions
-        for partition in partitions:
-            self._drop(partition)
-
-    def _drop(self, partition: int) -> None:
-        self.pending.pop(partition, None)
-        self.paused.discard(partition)  # faust pauses and resumes every partition around a rebalance
-
-    # -- applying ------------------------------------------------------------------------------------
-
-    def _wake(self, partition: int) -> None:
-        wakeup = self._wakeups.setdefault(partition, asyncio.Event())
-        task = self._tasks.get(partition)
-        if (task is None or task.done()) and not self.stopping:
-            self._tasks[partition] = asyncio.ensure_future(self._apply_loop(partition, wakeup))
-        wakeup.set()
-
-    async def _apply_loop(self, partition: int, wakeup: asyncio.Event) -> None:
-        try:
-            while not self.stopping:
-                await wakeup.wait()
-                wakeup.clear()
-                while partition in self.owned and self.pending.get(partition) and not self.stopping:
-                    await self._apply_next(partition)
-        except Exception:  # the next fetch or assignment of the partition starts another loop
-            log.exception("partition %d: the feed's loop failed", partition)
-
-    async def _apply_next(self, partition: int) -> None:
-        pending = self.pending[partition]
-        batch = pending[: self.batch_size]
-        del pending[: self.batch_size]
-        if partition in self.paused and len(pending) <= self.batch_size:
-            self.paused.discard(partition)
-            self.app.consumer.resume_partitions([TP(self.topic, partition)])
+    async def _apply(self, partition: int, batch: list[Record]) -> int | None:
         records = [InputRecord(r.offset, r.key.decode() if r.key else "", r.value or b"") for r in batch]
-        try:
-            # ``owned`` was checked with no await since: a revoked partition's store is never re-opened here.
-            applied = await self.engine.process(partition, records)
-        except Exception:
-            log.exception("partition %d: applying %d records failed; retrying", partition, len(records))
-            if partition in self.owned:
-                self.pending.setdefault(partition, [])[:0] = batch
-            await asyncio.sleep(RETRY_DELAY_S)
-            return
-        if applied is not None:
-            self.applied[partition] = applied
-
-    # -- consumer group offsets ------------------------------------------------------------------
-
-    async def commit(self, partitions: set[int] | None = None) -> None:
-        """Commit the input offsets applied since the last commit (of ``partitions``; default: those
-        owned) as the consumer group's offsets. Skipped during a rebalance, except for the partitions
-        being revoked (faust commits its own offsets there too)."""
-        if partitions is None:
-            if self.app.rebalancing:
-                return
-            partitions = self.owned
-        offsets = {TP(self.topic, p): self.applied.pop(p) for p in list(self.applied) if p in partitions}
-        if not offsets:
-            return
-        # faust's consumer commits a {TP: offset} map for the group (it skips partitions no longer
-        # assigned); it has no public call for offsets other than its acked messages'.
-        if not await cast(FaustConsumer, self.app.consumer)._commit(offsets):
-            for tp, offset in offsets.items():  # not committed (a rebalance): the next commit tries again
-                if tp.partition in self.owned:
-                    self.applied.setdefault(tp.partition, offset)
-
-    async def stop(self) -> None:
-        """Let each partition's batch in flight finish, then commit what was applied."""
-        self.stopping = True
-        for wakeup in self._wakeups.values():
-            wakeup.set()
-        tasks = list(self._tasks.values())
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
-            for task in late:
-                task.cancel()
-        try:
-            await self.commit(self.owned)
-        except Exception as exc:  # stopping anyway: the next owner reapplies nothing (input offsets)
-            log.warning("final offset commit failed: %s", exc)
+        return await self.engine.process(partition, records)
 
 
 def _timers(app: faust.App, engine: Engine, delivery: KafkaDelivery | None, feed: EventsFeed) -> None:

@@ -1,7 +1,8 @@
 """The analytics sink of the Kafka runtime: a faust app, run by a worker or in the API process.
 
-``build_sink_app`` (consumer group SINK_GROUP): the analytics agent writes ``analytics`` batches
-to ClickHouse with per-partition offset-range dedupe tokens. ``spotzee worker`` runs it with a
+``build_sink_app`` (consumer group SINK_GROUP): the ``analytics`` records, in the batches the
+consumer fetched (``runtime/kafka/records_feed.py``), are written to ClickHouse with per-partition
+offset-range dedupe tokens. ``spotzee worker`` runs it with a
 ClickHouse server (``agents/worker.py``); the API process runs it in a thread of its own, with
 its own event loop (``ThreadedSinkApp``), when it owns ClickHouse (chDB: one process per path).
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -20,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 
 from spotzee.analytics.clickhouse import ClickHouse
 from spotzee.analytics.sink import AnalyticsSink, is_mutation
-from spotzee.runtime.kafka import admin, faust_codec
+from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.faust_app import faust_app
-from spotzee.schemas.analytics_models import AnalyticsRecord
+from spotzee.runtime.kafka.records_feed import Record, RecordsFeed
+from spotzee.schemas.analytics_models import AnalyticsRecord, decode_analytics
 from spotzee.settings import Settings
 from spotzee.streams import topics
 
@@ -32,29 +32,62 @@ Records = list[tuple[int, AnalyticsRecord]]
 
 
 def build_sink_app(settings: Settings, clickhouse: ClickHouse) -> tuple[faust.App, AnalyticsSink]:
-    app = faust_app(settings, admin.group_id(settings, admin.SINK_GROUP))
+    """The sink's faust app: the ``analytics`` records fetched go through a ``RecordsFeed`` (no faust
+    message, event or ack per record), each partition's batch (up to ``SPOTZEE_SINK_BATCH_ROWS``, or what
+    arrived within ``SPOTZEE_SINK_FLUSH_INTERVAL``) is decoded and written in ranges, and the group's
+    offsets are committed only past what ClickHouse acknowledged."""
     analytics_name = admin.topic_name(settings, topics.ANALYTICS)
+    feed = RecordsFeed(analytics_name, settings.sink_batch_rows, linger=settings.sink_flush_interval)
+    app = faust_app(settings, admin.group_id(settings, admin.SINK_GROUP), consumer_scheduler=feed.scheduler())
+    # Subscribed like an agent's topic (faust's group then assigns its partitions here), but no agent
+    # reads it: the feed takes its records and commits their offsets.
     analytics = app.topic(
-        analytics_name,
-        key_serializer="raw",
-        value_serializer=faust_codec.ANALYTICS_CODEC,
-        partitions=settings.partitions,
+        analytics_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions, acks=False
     )
+    app.topics.add(analytics)
     sink = AnalyticsSink(clickhouse)
 
-    @app.agent(analytics, name="analytics-sink")
-    async def write(stream: Any) -> AsyncIterator[None]:
-        async for batch in stream.take_events(settings.sink_batch_rows, within=settings.sink_flush_interval):
-            by_partition: dict[int, Records] = defaultdict(list)
-            for event in batch:
-                by_partition[event.message.partition].append((event.message.offset, event.value))
-            for partition, records in by_partition.items():
-                epoch = f"kafka:{analytics_name}:{partition}"
-                for chunk in _ranges(records):
-                    await run_in_threadpool(sink.write, chunk, epoch=epoch)
-            yield None
+    async def write(partition: int, batch: list[Record]) -> int:
+        epoch = f"kafka:{analytics_name}:{partition}"
+        await run_in_threadpool(_write, sink, batch, epoch)
+        return int(batch[-1].offset) + 1
 
+    feed.bind(app, write)
+    _signals(app, feed)
     return app, sink
+
+
+def _write(sink: AnalyticsSink, batch: list[Record], epoch: str) -> None:
+    """Decode (msgspec, one call per record) and write one partition's batch, in ranges (in a worker thread)."""
+    decode = decode_analytics
+    for chunk in _ranges([(r.offset, decode(r.value or b"")) for r in batch]):
+        sink.write(chunk, epoch=epoch)
+
+
+def _signals(app: faust.App, feed: RecordsFeed) -> None:
+    """Partitions assigned are fed; revoked ones finish their batch in flight and commit it; the group's
+    offsets are committed every ``broker_commit_interval``."""
+
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        feed.assign({tp.partition for tp in args[0] if tp.topic == feed.topic})
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        revoked = {tp.partition for tp in args[0] if tp.topic == feed.topic}
+        feed.revoke(revoked)
+        await feed.settle(revoked)
+        await feed.commit(revoked)
+
+    async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
+        await feed.stop()
+
+    async def commit_offsets() -> None:
+        await feed.commit()
+
+    app.timer(interval=app.conf.broker_commit_interval)(commit_offsets)
+    # faust's stubs type receivers as returning None | a callable; coroutine receivers are what it awaits.
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
 
 
 def _ranges(records: Records) -> list[Records]:
