@@ -7,7 +7,7 @@ naming the field, and the caller sends nothing.
 Limits (``RenderLimits``) bound one rendered message: the bytes of output of all its fields
 together, loop iterations, the bytes held in ``assign``/``capture`` variables, and wall time. HTML
 bodies are rendered with auto-escaping (``{{ event.note }}`` cannot inject markup; ``| safe`` opts
-out); subject, text and webhook fields are not escaped.
+out); subject, text, webhook and SMS fields are not escaped.
 """
 
 from __future__ import annotations
@@ -29,15 +29,19 @@ from liquid.exceptions import (
 from liquid.output import LimitedStringIO
 from pydantic import ConfigDict, Field
 
+from spotzee.domain.sms_segments import sms_size
 from spotzee.domain.template_bounds import BoundedEnvironment, BudgetContext, RenderTimeout, ValueLimitError
 from spotzee.errors import InvalidInput
 from spotzee.schemas.common import JSONObject, Model
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.template_models import (
+    MAX_SMS_CHARS,
     EmailContent,
     LiquidDialect,
     RenderedEmail,
+    RenderedSms,
     RenderedWebhook,
+    SmsContent,
     TemplateDefinition,
     TemplatePreview,
     TemplatePreviewRequest,
@@ -295,15 +299,35 @@ def render_webhook(
     return RenderedWebhook(method=content.method, url=url, headers=headers, body=body)
 
 
-def render_content(
-    content: EmailContent | WebhookContent,
+def render_sms(
+    content: SmsContent,
     variables: Mapping[str, object],
     limits: RenderLimits = DEFAULT_LIMITS,
     *,
     clock: Clock = time.monotonic,
-) -> RenderedEmail | RenderedWebhook:
+) -> RenderedSms:
+    """The body as it will be sent (surrounding whitespace dropped), with its encoding and
+    segment count; an empty body or one over ``MAX_SMS_CHARS`` is a render error."""
+    body = _Render(variables, limits, clock).field(content.body, "content.body").strip()
+    if not body:
+        raise TemplateRenderError("content.body", "rendered SMS body is empty")
+    if len(body) > MAX_SMS_CHARS:
+        raise TemplateRenderError("content.body", f"rendered SMS body longer than {MAX_SMS_CHARS} characters")
+    size = sms_size(body)
+    return RenderedSms(body=body, encoding=size.encoding, segments=size.segments)
+
+
+def render_content(
+    content: EmailContent | WebhookContent | SmsContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> RenderedEmail | RenderedWebhook | RenderedSms:
     if isinstance(content, EmailContent):
         return render_email(content, variables, limits, clock=clock)
+    if isinstance(content, SmsContent):
+        return render_sms(content, variables, limits, clock=clock)
     return render_webhook(content, variables, limits, clock=clock)
 
 
@@ -338,16 +362,19 @@ def event_variables(data: object) -> dict[str, object] | None:
     return flat
 
 
-def template_fields(content: EmailContent | WebhookContent) -> list[tuple[str, str]]:
+def template_fields(content: EmailContent | WebhookContent | SmsContent) -> list[tuple[str, str]]:
     """Every Liquid source of ``content`` with its path (``content.html``)."""
+    named: dict[str, str | None]
     if isinstance(content, EmailContent):
         named = {"subject": content.subject, "html": content.html, "text": content.text}
+    elif isinstance(content, SmsContent):
+        named = {"body": content.body}
     else:
         named = {"url": content.url, **{f"headers.{k}": v for k, v in content.headers.items()}, "body": content.body}
     return [(f"content.{name}", source) for name, source in named.items() if source is not None]
 
 
-def check_content(content: EmailContent | WebhookContent) -> None:
+def check_content(content: EmailContent | WebhookContent | SmsContent) -> None:
     """Parse every template field (what ``TemplateCreate`` checks when parsing isn't deferred);
     raise ``InvalidInput`` naming each field that fails. Run off the event loop: parsing costs
     up to a second for a source at the size limits."""

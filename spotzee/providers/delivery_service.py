@@ -3,13 +3,21 @@
 Runtime-neutral: the caller gives the contact as it is *now* (consent is checked at send time:
 an unsubscribe stops a send already queued) and the project's definitions, and records the
 result. ``Deliverer.deliver`` makes at most one provider call.
+
+Channels: ``email`` (SMTP) to the contact's ``email``, ``webhook``, and ``sms`` (Twilio, Vonage) to
+the contact's ``phone``; consent is the channel's (``subscriptions.<channel>``). Senders are kept
+per provider version (``Senders``): connections are reused from send to send, a sender replaced
+by a newer version of its provider is closed once its sends in flight are done, and
+``Deliverer.aclose`` closes them all when delivery stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -20,20 +28,31 @@ from spotzee.domain.templates import (
     TemplateRenderError,
     event_variables,
     render_email,
+    render_sms,
     render_webhook,
     template_variables,
 )
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
+from spotzee.providers.sms import SmsDelivery
 from spotzee.providers.smtp import SmtpSender
+from spotzee.providers.twilio import TwilioSender
 from spotzee.providers.unsubscribe_tokens import make_token, unsubscribe_url
+from spotzee.providers.vonage import VonageSender
 from spotzee.providers.webhook import WebhookSender
 from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
-from spotzee.schemas.provider_models import ProviderDefinition, SmtpConfig, StoredProvider, WebhookConfig
-from spotzee.schemas.template_models import EmailContent, TemplateDefinition, WebhookContent
+from spotzee.schemas.provider_models import (
+    ProviderDefinition,
+    SmtpConfig,
+    StoredProvider,
+    TwilioConfig,
+    VonageConfig,
+    WebhookConfig,
+)
+from spotzee.schemas.template_models import EmailContent, SmsContent, TemplateDefinition, WebhookContent
 from spotzee.services.template_workers import TemplateWorkers
 
 log = logging.getLogger(__name__)
@@ -57,6 +76,85 @@ class DeliverySettings:
     tls_context: ssl.SSLContext | None = None
 
 
+@dataclass
+class _Kept:
+    version: int
+    sender: object  # one of the senders; ``Senders.lease`` hands it back typed by its caller
+    users: int = 0
+    retired: bool = False
+
+
+class Senders:
+    """One sender per provider, made for its current version and kept (connections reused)."""
+
+    def __init__(self, settings: DeliverySettings) -> None:
+        self.settings = settings
+        self._kept: dict[str, _Kept] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def make(self, provider: ProviderDefinition) -> object:
+        settings, config = self.settings, provider.config
+        if isinstance(config, SmtpConfig):
+            return SmtpSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, WebhookConfig):
+            return WebhookSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, TwilioConfig):
+            callback = f"{settings.public_base_url.rstrip('/')}/hooks/{provider.id}"
+            return TwilioSender(
+                config, policy=settings.outbound, status_callback=callback, tls_context=settings.tls_context
+            )
+        return VonageSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+
+    def _current(self, provider: ProviderDefinition) -> tuple[_Kept, _Kept | None]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Connections belong to the event loop that made them; another loop starts afresh
+            # (the old one is gone, and its connections with it).
+            self._loop, self._kept = loop, {}
+        kept = self._kept.get(provider.id)
+        if kept is not None and kept.version == provider.version:
+            return kept, None
+        fresh = _Kept(provider.version, self.make(provider))
+        self._kept[provider.id] = fresh
+        if kept is not None:
+            kept.retired = True
+        return fresh, kept
+
+    @asynccontextmanager
+    async def lease(self, provider: ProviderDefinition) -> AsyncIterator[object]:
+        """The provider's sender for one send; a replaced one is closed when its last send ends."""
+        kept, replaced = self._current(provider)
+        if replaced is not None and replaced.users == 0:
+            await _close(replaced.sender)
+        kept.users += 1
+        try:
+            yield kept.sender
+        finally:
+            kept.users -= 1
+            if kept.retired and kept.users == 0:
+                await _close(kept.sender)
+
+    async def aclose(self) -> None:
+        """Close every sender (delivery stops; nothing is sending any more)."""
+        kept, self._kept = list(self._kept.values()), {}
+        for item in kept:
+            item.retired = True
+            await _close(item.sender)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+async def _close(sender: object) -> None:
+    close = getattr(sender, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # a sender failing to close must not stop the others from closing
+        log.exception("closing a provider sender failed")
+
+
 class Deliverer:
     def __init__(
         self,
@@ -70,6 +168,11 @@ class Deliverer:
         # Set by the delivery agent that owns them: renders then run in worker processes with a
         # hard deadline (a slow template fails its own send, never stalls the others).
         self.workers: TemplateWorkers | None = None
+        self.senders = Senders(settings)
+
+    async def aclose(self) -> None:
+        """Release every kept sender's connections: delivery stops (called on its event loop)."""
+        await self.senders.aclose()
 
     async def _render(self, function: Callable[..., R], *args: object) -> R:
         if self.workers is None:
@@ -96,15 +199,17 @@ class Deliverer:
             return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
         try:
             if isinstance(template.content, EmailContent) and isinstance(provider.config, SmtpConfig):
-                return await self._email(command, contact, template.content, provider.config)
+                return await self._email(command, contact, template.content, provider)
             if isinstance(template.content, WebhookContent) and isinstance(provider.config, WebhookConfig):
-                return await self._webhook(command, contact, template.content, provider.config)
+                return await self._webhook(command, contact, template.content, provider)
+            if isinstance(template.content, SmsContent) and isinstance(provider.config, TwilioConfig | VonageConfig):
+                return await self._sms(command, contact, template.content, provider)
         except TemplateRenderError as exc:
             return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
         return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a {template.channel} template"})
 
     async def _email(
-        self, command: SendCommand, contact: ContactState, content: EmailContent, config: SmtpConfig
+        self, command: SendCommand, contact: ContactState, content: EmailContent, provider: ProviderDefinition
     ) -> DeliveryResult:
         if not contact.email:
             return DeliveryResult("failed", {"reason": "the contact has no email address"})
@@ -127,14 +232,12 @@ class Deliverer:
             delivery = EmailDelivery(send_id=command.send_id, to=contact.email, email=rendered, unsubscribe_url=link)
         except ValidationError as exc:
             return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
-        sender = SmtpSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
-        try:
+        async with self.senders.lease(provider) as sender:
+            assert isinstance(sender, SmtpSender)
             return _result(await sender.send(delivery))
-        finally:
-            await sender.aclose()
 
     async def _webhook(
-        self, command: SendCommand, contact: ContactState, content: WebhookContent, config: WebhookConfig
+        self, command: SendCommand, contact: ContactState, content: WebhookContent, provider: ProviderDefinition
     ) -> DeliveryResult:
         variables = template_variables(
             contact,
@@ -142,11 +245,33 @@ class Deliverer:
             journey=_as_dict(command.variables.get("journey")),
         )
         rendered = await self._render(render_webhook, content, variables)
-        sender = WebhookSender(config, policy=self.settings.outbound, tls_context=self.settings.tls_context)
-        try:
+        async with self.senders.lease(provider) as sender:
+            assert isinstance(sender, WebhookSender)
             return _result(await sender.send(WebhookDelivery(send_id=command.send_id, request=rendered)))
-        finally:
-            await sender.aclose()
+
+    async def _sms(
+        self, command: SendCommand, contact: ContactState, content: SmsContent, provider: ProviderDefinition
+    ) -> DeliveryResult:
+        if not contact.phone:
+            return DeliveryResult("failed", {"reason": "the contact has no phone number"})
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+        )
+        rendered = await self._render(render_sms, content, variables)
+        try:
+            delivery = SmsDelivery(send_id=command.send_id, to=contact.phone, message=rendered)
+        except ValidationError as exc:
+            return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
+        async with self.senders.lease(provider) as sender:
+            assert isinstance(sender, TwilioSender | VonageSender)
+            outcome = await sender.send(delivery)
+        result = _result(outcome)
+        if result.status == "sent":
+            detail = {**result.detail, "encoding": rendered.encoding, "segments": rendered.segments}
+            return DeliveryResult("sent", detail)
+        return result
 
 
 Scan = Callable[[str], Iterable[tuple[str, bytes]]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from spotzee.errors import InvalidInput
 from spotzee.providers.safety import DestinationRefused, OutboundPolicy
 from spotzee.schemas.provider_models import ProviderConfig
-from spotzee.schemas.template_models import EmailContent, WebhookContent
+from spotzee.schemas.template_models import Content, WebhookContent
 
 
 async def check_provider(config: ProviderConfig, policy: OutboundPolicy, *, prefix: str = "config") -> None:
@@ -26,7 +26,7 @@ async def check_provider(config: ProviderConfig, policy: OutboundPolicy, *, pref
         raise InvalidInput("provider destination refused", details=details)
 
 
-async def check_template(content: EmailContent | WebhookContent, policy: OutboundPolicy) -> None:
+async def check_template(content: Content, policy: OutboundPolicy) -> None:
     """Refuse a webhook template whose URL names a refused host (a merge-tag host is checked at send)."""
     if not isinstance(content, WebhookContent):
         return

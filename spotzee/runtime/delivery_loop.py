@@ -150,6 +150,7 @@ class DeliveryLoop:
                 busy = False
             if not busy:
                 await self._idle()
+        await self.deliverer.aclose()  # the kept senders' connections, on the loop that made them
 
     async def _pass(self) -> bool:
         sends = list(islice(self.runtime.topic_records(topics.SENDS, self.offset), BATCH))

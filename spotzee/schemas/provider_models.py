@@ -6,11 +6,20 @@ the config model and the channel it serves:
 - ``smtp`` (channel ``email``) -- ``host``, ``port``, ``username``, ``password``, ``security``
   (``none`` | ``starttls`` | ``ssl``), ``timeout``;
 - ``webhook`` (channel ``webhook``) -- ``signing_secret`` (HMAC-SHA256 key the receiver verifies
-  with), ``timeout``, ``max_retries``.
+  with), ``timeout``, ``max_retries``;
+- ``twilio`` (channels ``sms`` and ``whatsapp``) -- ``account_sid``, ``auth_token``, ``from``
+  (E.164, or ``whatsapp:+...`` on channel whatsapp) or ``messaging_service_sid`` (exactly one),
+  ``base_url`` (default ``https://api.twilio.com``), ``timeout``;
+- ``vonage`` (channel ``sms``) -- ``api_key``, ``api_secret``, ``from`` (a number or an
+  alphanumeric sender id), ``base_url`` (default ``https://rest.nexmo.com``), ``timeout``.
+
+A vendor's ``base_url`` lets a relay, a regional endpoint or a test server stand in; its host and
+port are the provider's destination, vetted like an SMTP host.
 
 Secrets are ``SecretStr`` and never leave through the API: ``ProviderPublic`` says only whether
 one is set. A ``PUT`` that omits a secret keeps the stored one (clients cannot read it back to
-send it again); ``ProviderUpdate`` therefore accepts a webhook without ``signing_secret``.
+send it again); ``ProviderUpdate`` therefore accepts a config without its required secrets
+(``required_secrets``: ``signing_secret``, ``auth_token``, ``api_secret``).
 In the definitions store (RocksDB, the Kafka ``definitions`` topic) a provider is a
 ``StoredProvider``: its secret fields sealed (``spotzee.providers.sealing``).
 
@@ -26,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     PlainSerializer,
     SecretStr,
@@ -44,9 +55,15 @@ from pydantic import (
 from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
-ProviderType = Literal["smtp", "webhook"]
-ProviderChannel = Literal["email", "webhook"]
-CHANNEL_OF: Final[dict[str, str]] = {"smtp": "email", "webhook": "webhook"}
+ProviderType = Literal["smtp", "webhook", "twilio", "vonage"]
+ProviderChannel = Literal["email", "webhook", "sms", "whatsapp"]
+# The channels each type serves, the first its default (a type may serve several: Twilio).
+CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
+    "smtp": ("email",),
+    "webhook": ("webhook",),
+    "twilio": ("sms", "whatsapp"),
+    "vonage": ("sms",),
+}
 REVEAL_SECRETS: Final = {"reveal_secrets": True}
 MIN_SIGNING_SECRET: Final = 16
 DEFAULT_SMTP_PORTS: Final = {"none": 25, "starttls": 587, "ssl": 465}
@@ -91,9 +108,11 @@ class Endpoint:
 
 
 class ProviderConfigModel(Model):
-    """What every provider config declares: its secret fields and its destinations."""
+    """What every provider config declares: its secret fields (sealed at rest, masked in views),
+    those required when a provider is created, and its destinations."""
 
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    required_secrets: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -136,6 +155,7 @@ class WebhookConfig(ProviderConfigModel):
     max_retries: Annotated[int, Field(ge=0, le=20)] = 5
 
     secret_fields: ClassVar[tuple[str, ...]] = ("signing_secret",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("signing_secret",)
 
     def destinations(self) -> tuple[Endpoint, ...]:
         return ()  # the URL is part of each webhook template: checked when the template is written
@@ -148,8 +168,120 @@ class WebhookConfig(ProviderConfigModel):
         return value
 
 
-ProviderConfig = SmtpConfig | WebhookConfig
-CONFIG_MODELS: Final[dict[str, type[SmtpConfig] | type[WebhookConfig]]] = {"smtp": SmtpConfig, "webhook": WebhookConfig}
+# -- vendor HTTP APIs ---------------------------------------------------------------------------
+
+E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
+WHATSAPP_PREFIX: Final = "whatsapp:"
+_TWILIO_SID = re.compile(r"^{prefix}[0-9a-fA-F]{{32}}$")
+_ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+DEFAULT_VENDOR_TIMEOUT: Final = 10.0
+
+
+def _base_url(value: str) -> str:
+    """An http(s) API root: scheme and host (IP literals in canonical form), an optional port and
+    path prefix; no credentials, query or fragment. Stored without a trailing slash."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise ValueError("must not hold credentials, a query or a fragment")
+    if any(ch.isspace() for ch in value):
+        raise ValueError("must not contain white space")
+    host = _host(parts.hostname)
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+BaseUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_base_url)]
+
+
+def _url_endpoint(url: str) -> Endpoint:
+    parts = urlsplit(url)
+    return Endpoint("base_url", parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _sid(prefix: str, what: str) -> Callable[[str], str]:
+    pattern = re.compile(_TWILIO_SID.pattern.format(prefix=prefix))
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"not a Twilio {what} ({prefix} followed by 32 hexadecimal digits)")
+        return value
+
+    return check
+
+
+def _twilio_from(value: str) -> str:
+    number = value.removeprefix(WHATSAPP_PREFIX)
+    if not E164.match(number):
+        raise ValueError("must be an E.164 number (+14155550100), or whatsapp:+<E.164> for WhatsApp")
+    return value
+
+
+def _vonage_from(value: str) -> str:
+    if E164.match(value) or E164.match("+" + value) or _ALPHANUMERIC_SENDER.match(value):
+        return value
+    raise ValueError("must be a number in E.164 (with or without +) or an alphanumeric sender id of 1-11 characters")
+
+
+class _VendorConfig(ProviderConfigModel):
+    """A vendor's HTTP API: ``from`` is a Python keyword (attribute ``from_``, JSON key ``from``)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    base_url: BaseUrl
+    timeout: Annotated[float, Field(gt=0, le=60)] = DEFAULT_VENDOR_TIMEOUT
+
+    def destinations(self) -> tuple[Endpoint, ...]:
+        return (_url_endpoint(self.base_url),)
+
+
+class TwilioConfig(_VendorConfig):
+    """Twilio Programmable Messaging (``POST /2010-04-01/Accounts/{sid}/Messages.json``)."""
+
+    account_sid: Annotated[str, AfterValidator(_sid("AC", "account SID"))]
+    auth_token: Secret | None = Field(default=None, description="Required when creating.")
+    from_: Annotated[str, Field(max_length=64), AfterValidator(_twilio_from)] | None = Field(default=None, alias="from")
+    messaging_service_sid: Annotated[str, AfterValidator(_sid("MG", "messaging service SID"))] | None = None
+    base_url: BaseUrl = "https://api.twilio.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("auth_token",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("auth_token",)
+
+    @model_validator(mode="after")
+    def _one_sender(self) -> TwilioConfig:
+        if (self.from_ is None) == (self.messaging_service_sid is None):
+            raise ValueError("exactly one of 'from' and 'messaging_service_sid' is required")
+        return self
+
+
+class VonageConfig(_VendorConfig):
+    """The Vonage SMS API (``POST /sms/json``)."""
+
+    api_key: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
+    api_secret: Secret | None = Field(default=None, description="Required when creating.")
+    from_: Annotated[str, Field(alias="from", max_length=16), AfterValidator(_vonage_from)]
+    base_url: BaseUrl = "https://rest.nexmo.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_secret",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("api_secret",)
+
+
+ProviderConfig = SmtpConfig | WebhookConfig | TwilioConfig | VonageConfig
+CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
+    "smtp": SmtpConfig,
+    "webhook": WebhookConfig,
+    "twilio": TwilioConfig,
+    "vonage": VonageConfig,
+}
 
 
 def _config_by(sibling: str) -> Callable[[Any, ValidatorFunctionWrapHandler, ValidationInfo], Any]:
@@ -170,9 +302,10 @@ TypedConfig = Annotated[ProviderConfig, WrapValidator(_config_by("type"))]
 
 def _channel_matches(value: str, info: ValidationInfo) -> str:
     channel = info.data.get("channel")
-    expected = CHANNEL_OF.get(value)
-    if channel is not None and expected is not None and channel != expected:
-        raise ValueError(f"{value!r} providers deliver on channel {expected!r}, not {channel!r}")
+    served = CHANNELS_OF.get(value)
+    if channel is not None and served is not None and channel not in served:
+        names = " or ".join(repr(c) for c in served)
+        raise ValueError(f"{value!r} providers deliver on channel {names}, not {channel!r}")
     return value
 
 
@@ -187,12 +320,34 @@ class ProviderCreate(Model):
     secrets_required: ClassVar[bool] = True
 
     @model_validator(mode="after")
-    def _has_signing_secret(self) -> ProviderCreate:
-        if self.secrets_required and isinstance(self.config, WebhookConfig) and self.config.signing_secret is None:
+    def _has_required_secrets(self) -> ProviderCreate:
+        missing = [name for name in self.config.required_secrets if getattr(self.config, name) is None]
+        if self.secrets_required and missing:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
-                [{"type": "missing", "loc": ("config", "signing_secret"), "input": self.config.model_dump()}],
+                [{"type": "missing", "loc": ("config", name), "input": self.config.model_dump()} for name in missing],
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sender_fits_channel(self) -> ProviderCreate:
+        """A Twilio ``from`` says its channel: ``whatsapp:+...`` on whatsapp, a bare number on sms."""
+        config = self.config
+        if isinstance(config, TwilioConfig) and config.from_ is not None:
+            whatsapp = config.from_.startswith(WHATSAPP_PREFIX)
+            if whatsapp != (self.channel == "whatsapp"):
+                reason = "must be whatsapp:+<E.164> on channel whatsapp" if not whatsapp else "is a WhatsApp sender"
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ("config", "from"),
+                            "input": config.from_,
+                            "ctx": {"error": ValueError(f"{reason}, not for channel {self.channel!r}")},
+                        }
+                    ],
+                )
         return self
 
     def with_secrets_from(self, previous: ProviderConfig | None) -> ProviderConfig:
@@ -262,9 +417,31 @@ class WebhookPublicConfig(Model):
     max_retries: int
 
 
-def public_config(
-    config: ProviderConfig, secrets_set: frozenset[str] | None = None
-) -> SmtpPublicConfig | WebhookPublicConfig:
+class TwilioPublicConfig(Model):
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    account_sid: str
+    has_auth_token: bool
+    from_: str | None = Field(alias="from")
+    messaging_service_sid: str | None
+    base_url: str
+    timeout: float
+
+
+class VonagePublicConfig(Model):
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    api_key: str
+    has_api_secret: bool
+    from_: str = Field(alias="from")
+    base_url: str
+    timeout: float
+
+
+PublicConfig = SmtpPublicConfig | WebhookPublicConfig | TwilioPublicConfig | VonagePublicConfig
+
+
+def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = None) -> PublicConfig:
     """The config without secrets; ``secrets_set`` names the secrets stored (default: those in ``config``)."""
 
     def has(name: str) -> bool:
@@ -279,20 +456,38 @@ def public_config(
             security=config.security,
             timeout=config.timeout,
         )
+    if isinstance(config, TwilioConfig):
+        return TwilioPublicConfig(
+            account_sid=config.account_sid,
+            has_auth_token=has("auth_token"),
+            from_=config.from_,
+            messaging_service_sid=config.messaging_service_sid,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    if isinstance(config, VonageConfig):
+        return VonagePublicConfig(
+            api_key=config.api_key,
+            has_api_secret=has("api_secret"),
+            from_=config.from_,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
     return WebhookPublicConfig(
         has_signing_secret=has("signing_secret"), timeout=config.timeout, max_retries=config.max_retries
     )
 
 
 class ProviderPublic(Model):
-    """What the API returns: no secret, only ``has_password`` / ``has_signing_secret``."""
+    """What the API returns: no secret, only ``has_password`` / ``has_signing_secret`` /
+    ``has_auth_token`` / ``has_api_secret``."""
 
     id: str
     project_id: str
     name: str
     channel: ProviderChannel
     type: ProviderType
-    config: SmtpPublicConfig | WebhookPublicConfig
+    config: PublicConfig
     version: int
     created_at: datetime
     updated_at: datetime
@@ -310,7 +505,7 @@ class ProviderPublic(Model):
         return cls._of(definition, public_config(definition.config))
 
     @classmethod
-    def _of(cls, item: _ProviderFields, config: SmtpPublicConfig | WebhookPublicConfig) -> ProviderPublic:
+    def _of(cls, item: _ProviderFields, config: PublicConfig) -> ProviderPublic:
         return cls(
             id=item.id,
             project_id=item.project_id,

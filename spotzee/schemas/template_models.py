@@ -4,9 +4,10 @@
 content model applies:
 
 - ``email`` -- ``subject``, ``html`` and/or ``text``, ``from`` (``addr`` or ``Name <addr>``), ``reply_to``;
-- ``webhook`` -- ``method``, ``url``, ``headers``, ``body``.
+- ``webhook`` -- ``method``, ``url``, ``headers``, ``body``;
+- ``sms`` -- ``body`` (a preview reports its encoding, GSM-7 or UCS-2, and its segment count).
 
-Text fields are Liquid templates (subject, html, text; url, header values, body) with the variables
+Text fields are Liquid templates (subject, html, text; url, header values, body; an SMS body) with the variables
 ``contact`` (first-class fields and traits side by side: ``contact.first_name``), ``event`` and
 ``journey``. They are parsed when the template is created: a syntax error, an unknown filter or a
 disallowed tag is rejected with the field's path (``content.html``) and the line in the reason.
@@ -49,7 +50,7 @@ from pydantic_core import PydanticCustomError
 
 from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
 
-TemplateChannel = Literal["email", "webhook"]
+TemplateChannel = Literal["email", "webhook", "sms"]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 MAX_SUBJECT: Final = 2_000
@@ -58,6 +59,9 @@ MAX_MARKUP: Final = 5_000  # Liquid tags and outputs per template (all fields): 
 MAX_URL: Final = 4_096
 MAX_HEADER_VALUE: Final = 8_192
 MAX_HEADERS: Final = 50
+# What an SMS body may hold once rendered: Twilio's limit for one message (1,600 characters, ten
+# concatenated parts or so); a longer one would be refused by the vendor anyway.
+MAX_SMS_CHARS: Final = 1_600
 
 # -- the Liquid dialect -------------------------------------------------------------------------
 
@@ -279,10 +283,21 @@ class WebhookContent(Model):
         return self
 
 
-Content = EmailContent | WebhookContent
-CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent]]] = {
+class SmsContent(Model):
+    """A text message: ``body`` is a template; the number it goes to is the contact's ``phone``."""
+
+    body: Body
+
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
+
+
+Content = EmailContent | WebhookContent | SmsContent
+CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent] | type[SmsContent]]] = {
     "email": EmailContent,
     "webhook": WebhookContent,
+    "sms": SmsContent,
 }
 
 
@@ -396,8 +411,17 @@ class RenderedWebhook(Model):
     body: str | None = None
 
 
+class RenderedSms(Model):
+    """An SMS body as sent, with how it travels: ``encoding`` (GSM-7 or UCS-2) and ``segments``
+    (the parts a carrier bills; ``spotzee.domain.sms_segments``)."""
+
+    body: str
+    encoding: Literal["GSM-7", "UCS-2"]
+    segments: int = Field(ge=0)
+
+
 class TemplatePreview(Model):
     """The answer to a preview: what would be sent (nothing is sent)."""
 
     channel: TemplateChannel
-    rendered: RenderedEmail | RenderedWebhook
+    rendered: RenderedEmail | RenderedWebhook | RenderedSms

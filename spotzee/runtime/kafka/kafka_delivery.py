@@ -158,6 +158,7 @@ class KafkaDelivery:
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop_partition(p) for p in list(self.partitions)))
+        await self.deliverer.aclose()  # the kept senders' connections
         self.workers.close()
 
 

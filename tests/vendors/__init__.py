@@ -1,0 +1,1 @@
+"""Loopback HTTP servers that speak vendors' documented APIs strictly, for tests (Twilio, Vonage)."""
