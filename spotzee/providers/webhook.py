@@ -15,6 +15,22 @@ proxies are ignored: a proxy would connect on our behalf to wherever the name re
 Outcomes: 2xx sent; 408, 425, 429, 5xx, timeouts and connection errors transient (with the
 ``Retry-After`` delay when given); any other status, a refused destination, a TLS certificate that
 does not verify or too many redirects permanent.
+
+Sender contract (``WebhookSender``): build one per provider and keep it.
+
+- ``WebhookSender(config, policy=..., tls_context=...)``; ``send(delivery)`` may be called any
+  number of times, concurrently, from one event loop; it never raises for a delivery failure.
+- Connections are kept alive and reused, per origin *name*: one httpx client per
+  ``(scheme, host, port)`` of the URL as written (at most ``MAX_ORIGINS``, least recently used
+  closed first), each with up to ``CONNECTIONS_PER_ORIGIN`` connections, an idle one kept for
+  ``KEEPALIVE_EXPIRY`` seconds. Connections go to pinned, checked addresses and httpx pools them
+  by that address, so one client per name keeps a request for one host off a connection (and a
+  TLS session verified) for another host at the same address. Every hop of every send is still
+  resolved and checked before it is sent; a pooled connection is only ever to an address that
+  its host name resolved to and that passed the policy.
+- httpx never resends a request on its own, so reuse keeps a send at most once per attempt.
+- ``aclose()`` closes every client. A ``send`` after ``aclose()`` still delivers, over a client
+  of its own closed right after, so a send racing a cache swap is never lost.
 """
 
 from __future__ import annotations
@@ -24,7 +40,9 @@ import hashlib
 import hmac
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -46,6 +64,15 @@ TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
 CREDENTIAL_HEADERS: Final = frozenset({"authorization", "cookie", "proxy-authorization"})
 SNIPPET_BYTES: Final = 512
 USER_AGENT: Final = "Spotzee-Webhooks/1"  # unless the template sets its own
+MAX_ORIGINS: Final = 16
+"""httpx clients (one per origin name) a sender keeps; a provider usually posts to one or two."""
+CONNECTIONS_PER_ORIGIN: Final = 16
+"""Connections open at once per origin, all of them kept alive when idle (a lower keep-alive
+count would close some after every burst and open them again for the next); more concurrent
+requests wait for one, within the send's timeout."""
+KEEPALIVE_EXPIRY: Final = 4.0
+"""Seconds an idle connection is kept: below the 5 s Node.js servers default to, so we drop it
+before the receiver might, rather than race its close with our next request."""
 
 # -- signing ------------------------------------------------------------------------------------
 
@@ -107,8 +134,15 @@ class _Redirect:
     location: str | None
 
 
+@dataclass(eq=False)
+class _Origin:
+    client: httpx.AsyncClient
+    busy: int = 0  # requests in flight: a busy client is never evicted
+
+
 class WebhookSender:
-    """Sends ``WebhookDelivery`` requests for one webhook provider (``Provider[WebhookDelivery]``)."""
+    """Sends ``WebhookDelivery`` requests for one webhook provider (``Provider[WebhookDelivery]``),
+    keeping connections alive per origin; the contract is in the module docstring."""
 
     def __init__(
         self,
@@ -126,19 +160,69 @@ class WebhookSender:
         self._policy = policy
         self._max_redirects = max_redirects
         self._clock = clock
-        # No keep-alive: connections are made to a pinned IP address, and httpx pools them by
-        # URL origin (that IP), which would let a request for one host reuse another host's TLS
-        # session. No environment proxies (see the module docstring).
-        self._client = httpx.AsyncClient(
+        # One context for every client (loading the CA bundle per origin would cost each new one).
+        self._verify = tls_context or httpx.create_ssl_context(trust_env=False)
+        self._origins: OrderedDict[tuple[str, str, int], _Origin] = OrderedDict()  # least recent first
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def _new_client(self) -> httpx.AsyncClient:
+        # No environment proxies (see the module docstring); redirects are followed by hand.
+        return httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
-            timeout=httpx.Timeout(config.timeout),
-            limits=httpx.Limits(max_keepalive_connections=0),
-            verify=tls_context or True,
+            timeout=httpx.Timeout(self._timeout),
+            limits=httpx.Limits(
+                max_connections=CONNECTIONS_PER_ORIGIN,
+                max_keepalive_connections=CONNECTIONS_PER_ORIGIN,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
+            verify=self._verify,
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close every client (a request still in flight finishes first, then its client closes)."""
+        self._closed = True
+        origins = list(self._origins.values())
+        self._origins.clear()
+        for origin in origins:
+            self._close_later(origin)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    @asynccontextmanager
+    async def _lease(self, destination: Destination) -> AsyncIterator[httpx.AsyncClient]:
+        """The client for ``destination``'s origin name (a one-off one after ``aclose``)."""
+        if self._closed:
+            async with self._new_client() as client:
+                yield client
+            return
+        key = (destination.scheme, destination.host.lower(), destination.port)
+        origin = self._origins.pop(key, None) or _Origin(self._new_client())
+        self._origins[key] = origin  # now the most recently used
+        origin.busy += 1
+        try:
+            yield origin.client
+        finally:
+            origin.busy -= 1
+            if self._closed or self._origins.get(key) is not origin:
+                self._close_later(origin)  # closed or evicted meanwhile: close once idle
+            self._evict()
+
+    def _evict(self) -> None:
+        """Over ``MAX_ORIGINS``: close the least recently used idle clients."""
+        while len(self._origins) > MAX_ORIGINS:
+            key = next((k for k, origin in self._origins.items() if origin.busy == 0), None)
+            if key is None:
+                return  # all busy: over the bound only until some finish
+            self._close_later(self._origins.pop(key))
+
+    def _close_later(self, origin: _Origin) -> None:
+        if origin.busy:
+            return  # its lease closes it when the request finishes
+        task = asyncio.get_running_loop().create_task(origin.client.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def send(self, delivery: WebhookDelivery) -> Sent | Transient | Permanent:
         request = delivery.request
@@ -193,22 +277,23 @@ class WebhookSender:
         signed["Host"] = target.netloc.decode("ascii")
         extensions = {} if destination.host_is_address else {"sni_hostname": destination.host}
         error: httpx.ConnectError | None = None
-        for address in destination.addresses:
-            request = self._client.build_request(
-                method, _pinned(target, address), headers=signed, content=body or None, extensions=extensions
-            )
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.ConnectError as exc:
-                error = exc  # try the next address the name resolved to
-                continue
-            try:
-                snippet = await _read_snippet(response)
-            finally:
-                await response.aclose()
-            if response.status_code in REDIRECTS:
-                return _Redirect(response.status_code, response.headers.get("location"))
-            return classify(response.status_code, response.headers, snippet, now=self._clock())
+        async with self._lease(destination) as client:
+            for address in destination.addresses:
+                request = client.build_request(
+                    method, _pinned(target, address), headers=signed, content=body or None, extensions=extensions
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectError as exc:
+                    error = exc  # try the next address the name resolved to
+                    continue
+                try:
+                    snippet = await _read_snippet(response)
+                finally:
+                    await response.aclose()
+                if response.status_code in REDIRECTS:
+                    return _Redirect(response.status_code, response.headers.get("location"))
+                return classify(response.status_code, response.headers, snippet, now=self._clock())
         raise error or httpx.ConnectError(f"no address to connect to for {destination.host}")
 
 
