@@ -69,13 +69,14 @@ class VendorServer:
     def _handle(self, request: Received) -> Answer:
         with self.lock:
             self.received.append(request)
+            delay = self.delay  # as it was when this request arrived
             failure = self.failures[0] if self.failures else None
             if failure is not None:
                 failure.times -= 1
                 if failure.times <= 0:
                     self.failures.pop(0)
-        if self.delay:
-            time.sleep(self.delay)
+        if delay:
+            time.sleep(delay)
         if failure is not None:
             return Answer(failure.status, failure.body, failure.headers)
         return self.answer(request)
