@@ -1,4 +1,5 @@
-"""SMS providers (Twilio, Vonage): their secrets never reach an API response or a log line, and a
+"""SMS providers (Twilio, Vonage): their secrets never reach an API response, a log line or a file
+of the data directory (sealed at rest), and a
 ``base_url`` pointing into the private network is refused when written (400 naming
 ``config.base_url``), as SMTP hosts are; nothing is stored then."""
 
@@ -46,6 +47,18 @@ def twilio_body(base_url: str, **config: Any) -> dict[str, Any]:
 def vonage_body(base_url: str, **config: Any) -> dict[str, Any]:
     values = {"api_key": "k3y01", "api_secret": VONAGE_SECRET, "from": "Shop", "base_url": base_url}
     return {"name": "vonage", "channel": "sms", "type": "vonage", "config": {**values, **config}}
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    """Files under ``root`` holding ``needle`` (the server runs: a file may vanish while we look)."""
+    found = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and needle in path.read_bytes():
+                found.append(path)
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -116,6 +129,11 @@ def test_sms_secrets_never_leave_through_the_api_or_the_log(
     log = log_path.read_text(errors="replace")
     assert len(log) > 200, "the server logged nothing: the test would prove nothing"
     assert_no_secret(log, "the log")
+    # sealed at rest: no file of the data directory holds a secret, though it holds the providers
+    data = log_path.parent / "data"
+    assert files_holding(data, ACCOUNT.encode()), "the grep must see the stored providers"
+    for secret in (TWILIO_TOKEN, VONAGE_SECRET):
+        assert files_holding(data, secret.encode()) == [], secret[:6]
     # what reached the vendors did carry them: the test looked where they could have leaked
     assert twilio.accepted[0].headers["authorization"] == f"Basic {SECRETS[2]}"
     assert vonage.received[0].form()["api_secret"] == VONAGE_SECRET
