@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from spotzee.services.template_workers import TemplateWorkers
 log = logging.getLogger(__name__)
 
 Status = Literal["sent", "retry", "failed", "suppressed"]
+MAX_KEPT_SENDERS = 256  # providers with a kept sender (and its connections) per delivery agent
 R = TypeVar("R")
 
 
@@ -89,7 +91,7 @@ class Senders:
 
     def __init__(self, settings: DeliverySettings) -> None:
         self.settings = settings
-        self._kept: dict[str, _Kept] = {}
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def make(self, provider: ProviderDefinition) -> object:
@@ -110,7 +112,7 @@ class Senders:
         if self._loop is not loop:
             # Connections belong to the event loop that made them; another loop starts afresh
             # (the old one is gone, and its connections with it).
-            self._loop, self._kept = loop, {}
+            self._loop, self._kept = loop, OrderedDict()
         kept = self._kept.get(provider.id)
         if kept is not None and kept.version == provider.version:
             return kept, None
@@ -120,14 +122,28 @@ class Senders:
             kept.retired = True
         return fresh, kept
 
+    def _evicted(self) -> list[_Kept]:
+        """Idle senders beyond ``MAX_KEPT_SENDERS``, least recently used first (a deleted
+        provider's sender is never asked for again: it ages out)."""
+        idle = [(pid, k) for pid, k in self._kept.items() if k.users == 0]
+        extra = len(self._kept) - MAX_KEPT_SENDERS
+        out = idle[: max(0, extra)]
+        for pid, _ in out:
+            del self._kept[pid]
+        return [k for _, k in out]
+
     @asynccontextmanager
     async def lease(self, provider: ProviderDefinition) -> AsyncIterator[object]:
         """The provider's sender for one send; a replaced one is closed when its last send ends."""
         kept, replaced = self._current(provider)
-        if replaced is not None and replaced.users == 0:
-            await _close(replaced.sender)
+        self._kept.move_to_end(provider.id)  # most recently used last
         kept.users += 1
         try:
+            if replaced is not None and replaced.users == 0:
+                await _close(replaced.sender)
+            for old in self._evicted():
+                old.retired = True
+                await _close(old.sender)
             yield kept.sender
         finally:
             kept.users -= 1
@@ -136,7 +152,7 @@ class Senders:
 
     async def aclose(self) -> None:
         """Close every sender (delivery stops; nothing is sending any more)."""
-        kept, self._kept = list(self._kept.values()), {}
+        kept, self._kept = list(self._kept.values()), OrderedDict()
         for item in kept:
             item.retired = True
             await _close(item.sender)

@@ -167,3 +167,26 @@ def test_senders_are_kept_per_version_and_closed_when_replaced_and_at_the_end(tw
         assert len(deliverer.senders) == 0
 
     asyncio.run(run())
+
+
+def test_idle_senders_beyond_the_limit_are_closed_least_recently_used_first(
+    twilio: TwilioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spotzee.providers.delivery_service.MAX_KEPT_SENDERS", 2)
+    world = World(twilio)
+    deliverer = world.deliverer()
+    providers = {f"prv_{n}": world.version(1, "+14155550100").model_copy(update={"id": f"prv_{n}"}) for n in range(3)}
+
+    async def run() -> None:
+        senders = {}
+        for name in ("prv_0", "prv_1", "prv_0", "prv_2"):  # prv_1 is then the least recently used
+            world.provider = providers[name]
+            assert (await deliverer.deliver(command(len(senders)), ada())).status == "sent"
+            senders[name] = deliverer.senders._kept[name].sender
+        assert list(deliverer.senders._kept) == ["prv_0", "prv_2"]
+        assert all(isinstance(s, TwilioSender) for s in senders.values())
+        closed = {name: s._http._client.is_closed for name, s in senders.items()}  # type: ignore[attr-defined]
+        assert closed == {"prv_0": False, "prv_1": True, "prv_2": False}
+        await deliverer.aclose()
+
+    asyncio.run(run())
