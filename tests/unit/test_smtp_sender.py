@@ -9,22 +9,26 @@ import email
 import email.policy
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from pydantic import SecretStr
 
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient
 from spotzee.providers.safety import IPNetwork, OutboundPolicy
 from spotzee.providers.smtp import POOL_SIZE, PoolLimits, SmtpSender, build_message, message_id, serialize
 from spotzee.schemas.provider_models import SmtpConfig
 from spotzee.schemas.template_models import RenderedEmail
+from tests.unit.test_providers import self_signed_certificate
 
 LOOPBACK: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),)
 RELAY = OutboundPolicy(allowed_networks=LOOPBACK)
@@ -435,3 +439,69 @@ def test_the_wire_format_keeps_list_unsubscribe_whole_in_every_mode() -> None:
     assert serialize(message, eight_bit=False).isascii()
     assert "Subject: Grüße".encode() in serialize(message, utf8=True).split(b"\r\n")
     assert b"Subject: =?utf-8?" in serialize(message)
+
+
+async def test_starttls_and_login_happen_once_per_connection(tmp_path: Path) -> None:
+    """Over STARTTLS + AUTH the pooled sender logs in once and carries every message on that
+    session; the certificate is still verified against the configured host."""
+    cert, key = self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    relay, stats = Relay(), Stats()
+    logins: list[bytes] = []
+
+    def login(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"app", b"s3cret")
+        logins.append(data.login if isinstance(data, LoginPassword) else b"?")
+        return AuthResult(success=ok, handled=False)
+
+    port = free_port()
+    controller = CountingController(
+        relay,
+        stats=stats,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=login,
+        auth_require_tls=True,
+    )
+    controller.start()
+    secure = SmtpConfig(
+        host="127.0.0.1", port=port, security="starttls", username="app", password=SecretStr("s3cret"), timeout=5
+    )
+    sender = SmtpSender(secure, policy=RELAY, tls_context=ssl.create_default_context(cafile=str(cert)))
+    try:
+        outcomes = [await sender.send(delivery(n)) for n in range(10)]
+    finally:
+        await sender.aclose()
+        controller.stop()
+    assert all(isinstance(outcome, Sent) for outcome in outcomes), outcomes
+    assert relay.message_ids() == [mid(n) for n in range(10)]
+    assert logins == [b"app"]  # one session: STARTTLS, EHLO and AUTH once for ten messages
+    assert len({session for session, _ in relay.received}) == 1
+
+
+async def test_a_non_ascii_address_uses_smtputf8_or_is_refused_without_it() -> None:
+    recipient = "zoë@example.com"
+    for smtputf8 in (True, False):
+        relay = Relay()
+        port = free_port()
+        controller = Controller(relay, hostname="127.0.0.1", port=port, enable_SMTPUTF8=smtputf8)
+        controller.start()
+        sender = SmtpSender(config(port), policy=RELAY)
+        try:
+            outcome = await sender.send(delivery(1, to=recipient))
+        finally:
+            await sender.aclose()
+            controller.stop()
+        if smtputf8:
+            assert isinstance(outcome, Sent), outcome
+            [(_session, raw)] = relay.received
+            head = raw.partition(b"\r\n\r\n")[0].split(b"\r\n")
+            assert f"To: {recipient}".encode() in head  # UTF-8 on the wire, as SMTPUTF8 allows
+            assert b"List-Unsubscribe: <https://mail.example.com/u/token-1>" in head
+        else:
+            assert isinstance(outcome, Permanent), outcome
+            assert "SMTPUTF8" in outcome.reason
+            assert relay.received == []
