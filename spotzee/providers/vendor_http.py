@@ -35,7 +35,9 @@ from spotzee.providers.webhook import parse_retry_after
 MAX_BODY_BYTES: Final = 64 * 1024  # a vendor's answer is small; more is not read
 SNIPPET_CHARS: Final = 300
 TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
-KEEPALIVE: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=15.0)
+# As many idle connections kept as may be open: concurrent sends beyond that wait for one (within
+# the send's timeout) rather than open and close connections at every send.
+KEEPALIVE: Final = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=15.0)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ class VendorServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version: ClassVar[str] = "HTTP/1.1"  # keep-alive: connection reuse is visible
+            disable_nagle_algorithm: ClassVar[bool] = True  # headers and body are two writes
 
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
@@ -117,7 +118,10 @@ class VendorServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        server.request_queue_size = 128  # many concurrent connects (the default backlog is 5)
+        server.server_bind()
+        server.server_activate()
         server.daemon_threads = True
         self.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
