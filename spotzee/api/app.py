@@ -20,6 +20,7 @@ from spotzee.api import (
     sql_routes,
     template_routes,
     tenancy_routes,
+    topic_routes,
     unsubscribe_routes,
 )
 from spotzee.api.metrics import Metrics
@@ -59,6 +60,7 @@ TAGS = [
     {"name": "lists", "description": "Static lists: members, CSV/NDJSON import and export; secret key."},
     {"name": "templates", "description": "Message templates (Liquid) and previews for a contact; secret key."},
     {"name": "providers", "description": "Delivery providers (SMTP, webhook); secrets are never returned; secret key."},
+    {"name": "topics", "description": "Subscription topics (name, description, default consent); secret key."},
     {"name": "journeys", "description": "Journeys: drafts, versions, lifecycle, API entry, stats; secret key."},
     {"name": "tenancy", "description": "Projects, keys and the audit history; admin key (audit: secret key too)."},
     {"name": "analytics", "description": "Read-only SQL over the ClickHouse history; installation admin key."},
@@ -110,6 +112,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, services: Serv
         template_routes.router,
         provider_routes.router,
         journey_routes.router,
+        topic_routes.router,
         unsubscribe_routes.router,
         tenancy_routes.router,
         sql_routes.router,

@@ -38,6 +38,7 @@ from spotzee.services.segment_service import Segments
 from spotzee.services.template_service import Templates
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.services.tenancy_service import Tenancy
+from spotzee.services.topic_service import Topics
 from spotzee.settings import Settings
 from spotzee.streams.interface import Clock, clock_from
 from spotzee.streams.journey_processor import JourneyRegistry
@@ -59,6 +60,7 @@ class Services:
     templates: Templates
     providers: Providers
     journeys: Journeys
+    topics: Topics  # subscription topics (consent per topic comes later)
     scheduler: Scheduler | None = None  # fires scheduled journeys (both runtimes)
     started: bool = field(default=False)
 
@@ -110,6 +112,7 @@ class Services:
             templates,
             providers,
             journeys,
+            Topics(catalogue, clock),
             Scheduler(runtime, journey_registry, registry, tenancy.project_timezone, clock),
         )
 

@@ -56,6 +56,7 @@ def _make_objects(client: httpx.Client, contact: str) -> dict[str, str]:
             {"name": "hook", "channel": "webhook", "type": "webhook", "config": {"signing_secret": "s" * 32}},
         ),
         "journey_id": created("/api/v1/journeys", welcome_journey(template)),
+        "topic_id": created("/api/v1/topics", {"name": "News", "default": "opted_in"}),
         "contact_id": contact,
     }
 
@@ -135,6 +136,7 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
             "config": {"signing_secret": "s" * 32},
         },
         r"/enter$": {"ids": ["own-contact"]},
+        r"/topics(/[^/]+)?$": {"name": "x"},
         r"/journeys(/[^/]+)?$": welcome_journey("tpl_0000000000000000"),
         r"/contacts/.+": {"traits": {"plan": "intruder"}},
         r"/projects(/[^/]+/keys)?$": {"name": "x", "kind": "secret"},
@@ -228,6 +230,7 @@ def test_nothing_of_the_other_project_changed(world: tuple[Stack, Tenant, Tenant
             ("template_id", "/api/v1/templates/{}"),
             ("provider_id", "/api/v1/providers/{}"),
             ("journey_id", "/api/v1/journeys/{}"),
+            ("topic_id", "/api/v1/topics/{}"),
             ("contact_id", "/api/v1/contacts/{}"),
         ):
             response = client.get(path.format(theirs.objects[name]))
@@ -235,3 +238,5 @@ def test_nothing_of_the_other_project_changed(world: tuple[Stack, Tenant, Tenant
         contact = client.get(f"/api/v1/contacts/{theirs.objects['contact_id']}").json()
         assert contact["traits"]["plan"] == "x"
         assert client.get(f"/api/v1/journeys/{theirs.objects['journey_id']}").json()["status"] == "draft"
+        topic = client.get(f"/api/v1/topics/{theirs.objects['topic_id']}").json()
+        assert (topic["name"], topic["version"]) == ("News", 1)
