@@ -54,6 +54,7 @@ class VendorServer:
         self.accepted: list[Received] = []
         self.failures: list[Failure] = []
         self.delay = 0.0
+        self.hold: threading.Event | None = None  # when set here, requests wait for it before answering
         self.lock = threading.Lock()
         self.port = 0
 
@@ -70,6 +71,7 @@ class VendorServer:
         with self.lock:
             self.received.append(request)
             delay = self.delay  # as it was when this request arrived
+            hold = self.hold
             failure = self.failures[0] if self.failures else None
             if failure is not None:
                 failure.times -= 1
@@ -77,6 +79,8 @@ class VendorServer:
                     self.failures.pop(0)
         if delay:
             time.sleep(delay)
+        if hold is not None:
+            hold.wait(timeout=300)
         if failure is not None:
             return Answer(failure.status, failure.body, failure.headers)
         return self.answer(request)
