@@ -16,7 +16,7 @@ from spotzee.schemas.common import Model
 from spotzee.schemas.provider_models import E164
 from spotzee.schemas.template_models import RenderedSms
 
-E164_PATTERN = E164.pattern
+E164_PATTERN = f"^{E164.pattern}$"
 
 
 class SmsDelivery(Model):

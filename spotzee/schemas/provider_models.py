@@ -57,7 +57,7 @@ from spotzee.schemas.common import Model, UTCDateTime
 
 ProviderType = Literal["smtp", "webhook", "twilio", "vonage"]
 ProviderChannel = Literal["email", "webhook", "sms", "whatsapp"]
-# The channels each type serves, the first its default (a type may serve several: Twilio).
+# The channels each type serves (a type may serve several: Twilio).
 CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "smtp": ("email",),
     "webhook": ("webhook",),
@@ -170,10 +170,9 @@ class WebhookConfig(ProviderConfigModel):
 
 # -- vendor HTTP APIs ---------------------------------------------------------------------------
 
-E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
+E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")  # matched whole (fullmatch): no trailing newline
 WHATSAPP_PREFIX: Final = "whatsapp:"
-_TWILIO_SID = re.compile(r"^{prefix}[0-9a-fA-F]{{32}}$")
-_ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
+_ALPHANUMERIC_SENDER = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 DEFAULT_VENDOR_TIMEOUT: Final = 10.0
 
 
@@ -209,10 +208,10 @@ def _url_endpoint(url: str) -> Endpoint:
 
 
 def _sid(prefix: str, what: str) -> Callable[[str], str]:
-    pattern = re.compile(_TWILIO_SID.pattern.format(prefix=prefix))
+    pattern = re.compile(re.escape(prefix) + "[0-9a-fA-F]{32}")
 
     def check(value: str) -> str:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise ValueError(f"not a Twilio {what} ({prefix} followed by 32 hexadecimal digits)")
         return value
 
@@ -221,13 +220,13 @@ def _sid(prefix: str, what: str) -> Callable[[str], str]:
 
 def _twilio_from(value: str) -> str:
     number = value.removeprefix(WHATSAPP_PREFIX)
-    if not E164.match(number):
+    if not E164.fullmatch(number):
         raise ValueError("must be an E.164 number (+14155550100), or whatsapp:+<E.164> for WhatsApp")
     return value
 
 
 def _vonage_from(value: str) -> str:
-    if E164.match(value) or E164.match("+" + value) or _ALPHANUMERIC_SENDER.match(value):
+    if E164.fullmatch(value) or E164.fullmatch("+" + value) or _ALPHANUMERIC_SENDER.fullmatch(value):
         return value
     raise ValueError("must be a number in E.164 (with or without +) or an alphanumeric sender id of 1-11 characters")
 

@@ -338,6 +338,8 @@ def test_twilio_serves_sms_and_whatsapp_vonage_only_sms() -> None:
     [
         ({**TWILIO, "account_sid": "AC123"}, "config.account_sid"),
         ({**TWILIO, "from": "4155550100"}, "config.from"),
+        ({**TWILIO, "from": "+14155550100\n"}, "config.from"),  # matched whole: no trailing newline
+        ({**TWILIO, "account_sid": ACCOUNT + "\n"}, "config.account_sid"),
         ({**TWILIO, "from": "whatsapp:+14155550100"}, "config.from"),  # a WhatsApp sender on channel sms
         ({**TWILIO, "messaging_service_sid": SERVICE}, "config"),  # both senders
         ({k: v for k, v in TWILIO.items() if k != "from"}, "config"),  # neither

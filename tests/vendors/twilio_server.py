@@ -19,9 +19,9 @@ from typing import Any, Final
 
 from tests.vendors.http_vendor import Answer, Received, VendorServer
 
-E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
+E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
 KNOWN: Final = frozenset({"To", "From", "MessagingServiceSid", "Body", "StatusCallback"})
-PATH: Final = re.compile(r"^/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages\.json$")
+PATH: Final = re.compile(r"/2010-04-01/Accounts/(AC[0-9a-f]{32})/Messages\.json")
 
 
 def twilio_error(status: int, code: int, message: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ class TwilioServer(VendorServer):
         self.auth_token = auth_token
 
     def answer(self, request: Received) -> Answer:
-        match = PATH.match(request.path)
+        match = PATH.fullmatch(request.path)
         if request.method != "POST" or match is None:
             return Answer(404, twilio_error(404, 20404, f"The requested resource {request.path} was not found"))
         expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
@@ -55,7 +55,7 @@ class TwilioServer(VendorServer):
         to = form.get("To", "")
         if not to:
             return Answer(400, twilio_error(400, 21604, "A 'To' phone number is required."))
-        if not E164.match(to.removeprefix("whatsapp:")):
+        if not E164.fullmatch(to.removeprefix("whatsapp:")):
             return Answer(400, twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number."))
         if not form.get("Body"):
             return Answer(400, twilio_error(400, 21602, "Message body is required."))
@@ -66,7 +66,7 @@ class TwilioServer(VendorServer):
         if ("From" in form) == ("MessagingServiceSid" in form):
             return Answer(400, twilio_error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required."))
         callback = form.get("StatusCallback")
-        if callback is not None and not re.match(r"^https?://[^/\s]+/\S*$", callback):
+        if callback is not None and not re.fullmatch(r"https?://[^/\s]+/\S*", callback):
             return Answer(400, twilio_error(400, 21609, "Invalid StatusCallback URL"))
         sid = "SM" + secrets.token_hex(16)
         with self.lock:

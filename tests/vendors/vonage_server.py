@@ -55,7 +55,7 @@ class VonageServer(VendorServer):
             return Answer(200, vonage_error("3", f"Invalid parameters {sorted(unknown)}"))
         if (params["api_key"], params["api_secret"]) != (self.api_key, self.api_secret):
             return Answer(200, vonage_error("4", "Bad Credentials"))
-        if not re.match(r"^[1-9][0-9]{6,14}$", params["to"]):
+        if not re.fullmatch(r"[1-9][0-9]{6,14}", params["to"]):
             return Answer(200, vonage_error("3", "Invalid to param"))
         kind = params.get("type", "text")
         if kind not in ("text", "unicode", "binary"):
