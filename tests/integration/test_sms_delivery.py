@@ -183,3 +183,36 @@ def test_a_permanent_refusal_is_failed_and_never_retried(stack: Stack, twilio: T
     wait_until(failed, timeout=60, interval=0.5)
     assert len(twilio.received) == 1
     assert "Twilio error 21610" in rows(stack, "cy")[1][2]["reason"]
+
+
+def test_stopping_the_embedded_runtime_closes_the_kept_senders(tmp_path: Path, twilio: TwilioServer) -> None:
+    with running_stack(tmp_path / "data", delivery_retry_base=0.2, **LOOPBACK_RELAY) as stack:
+        provider = {
+            "name": "Twilio",
+            "channel": "sms",
+            "type": "twilio",
+            "config": {
+                "account_sid": ACCOUNT,
+                "auth_token": TOKEN,
+                "from": "+14155550100",
+                "base_url": twilio.base_url,
+            },
+        }
+        set_up(stack, provider, "Hello", "poked")
+        for user in ("u1", "u2", "u3"):
+            stack.ingest.post("/v1/identify", json={"userId": user, "traits": {"phone": "+14155550123"}})
+            stack.ingest.post("/v1/track", json={"userId": user, "event": "poked"})
+        wait_until(lambda: len(twilio.accepted) == 3, timeout=60)
+        delivery = stack.services.runtime.delivery
+        assert delivery is not None
+        senders = delivery.deliverer.senders
+        [kept] = senders._kept.values()
+        client = kept.sender._http._client  # type: ignore[attr-defined]
+        assert not client.is_closed
+        # A later send goes over a connection an earlier one opened (kept alive in between).
+        stack.ingest.post("/v1/identify", json={"userId": "u4", "traits": {"phone": "+14155550123"}})
+        stack.ingest.post("/v1/track", json={"userId": "u4", "event": "poked"})
+        wait_until(lambda: len(twilio.accepted) == 4, timeout=60)
+        assert twilio.accepted[3].client_port in {r.client_port for r in twilio.accepted[:3]}
+    assert client.is_closed  # the delivery loop closed it when it stopped
+    assert len(senders) == 0
