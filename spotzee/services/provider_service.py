@@ -1,4 +1,4 @@
-"""Delivery providers per project (SMTP, webhook): definitions with secrets that never leave.
+"""Delivery providers per project (SMTP, webhook, Twilio, Vonage): definitions with secrets that never leave.
 
 A provider's destinations are vetted by the outbound policy before it is stored (400 with the
 field path), and its secret fields are sealed in the definitions store (``providers.sealing``).
