@@ -11,6 +11,7 @@ Outputs: ``analytics`` rows and history mutations; ``events`` records to other c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
@@ -146,12 +147,20 @@ class ContactProcessor:
         contact_id = record.contact_id
         key = contact_key(record.project_id, contact_id)  # record_key(record), its contact id read once
         now = ctx.clock.now()
-        if self._is_duplicate(ctx, key, record.message_id, now):
+        tables = self._tables(ctx)
+        # A message seen within the dedupe window is dropped; the first sighting is kept, and swept later
+        dedupe_key = sub_key(key, record.message_id)
+        seen = tables.dedupe.get(dedupe_key)
+        if seen is not None and seen > now - self.dedupe_window:
             return
-        self._remember(ctx, record.project_id, contact_id, record.message_id, now)
-        if self._forward_if_merged(ctx, key, record, "forwarded_to"):
+        tables.dedupe.put(dedupe_key, now)
+        self._keep_sweep(ctx, key, record.project_id, contact_id, now)
+        alias = tables.aliases.get(key)
+        if alias is not None:  # ``_forward_if_merged``
+            forwarded = replace(record, forwarded_to=alias.merged_into)
+            ctx.emit(topics.EVENTS, record_key(forwarded), dumps(forwarded))
             return
-        contacts = self._tables(ctx).contacts
+        contacts = tables.contacts
         state = contacts.get(key)
         outcome = domain.apply_message(
             state,
@@ -416,16 +425,15 @@ class ContactProcessor:
     def _alias(self, ctx: Context, key: str) -> AliasState | None:
         return self._tables(ctx).aliases.get(key)
 
-    def _is_duplicate(self, ctx: Context, key: str, message_id: str, now: datetime) -> bool:
-        seen = self._tables(ctx).dedupe.get(sub_key(key, message_id))
-        return seen is not None and seen > now - self.dedupe_window
-
-    def _remember(self, ctx: Context, project_id: str, contact_id: str, message_id: str, now: datetime) -> None:
-        key = contact_key(project_id, contact_id)
-        self._tables(ctx).dedupe.put(sub_key(key, message_id), now)
-        sweep = DedupeSweep(project_id=project_id, id=contact_id)
+    def _keep_sweep(self, ctx: Context, key: str, project_id: str, contact_id: str, now: datetime) -> None:
+        """The contact's dedupe sweep, armed unless it is already."""
         ctx.schedule(
-            self._sweep_timer(key), now + self.dedupe_window, topics.EVENTS, key, dumps(sweep), keep_existing=True
+            self._sweep_timer(key),
+            now + self.dedupe_window,
+            topics.EVENTS,
+            key,
+            _sweep_record(project_id, contact_id),
+            keep_existing=True,
         )
 
     @staticmethod
@@ -452,6 +460,13 @@ class ContactProcessor:
             context=_json(message.context),
             raw=record.raw,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _sweep_record(project_id: str, contact_id: str) -> bytes:
+    """A contact's ``DedupeSweep`` record: offered with every message (and mostly not kept, the timer being
+    armed already), always the same bytes for the contact -- encoded once for the contacts seen lately."""
+    return dumps(DedupeSweep(project_id=project_id, id=contact_id))
 
 
 def change_rows(

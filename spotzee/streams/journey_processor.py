@@ -53,7 +53,7 @@ from spotzee.schemas.journey_models import (
 )
 from spotzee.schemas.messages import JourneyAdvance, SendCommand, message_row, track_record
 from spotzee.schemas.records import JourneyEntry, JourneyWake
-from spotzee.schemas.rules import RuleNode
+from spotzee.schemas.rules import AllRule, AnyRule, EventRule, NoneRule, RuleNode
 from spotzee.schemas.segment_models import HistoryFact
 from spotzee.schemas.structs import Struct, convert, encode
 from spotzee.streams import topics
@@ -247,7 +247,8 @@ class JourneyRunner:
     def __init__(self, registry: JourneyRegistry, update_contact: UpdateContact) -> None:
         self.registry = registry
         self.update_contact = update_contact
-        self._compiled: dict[int, tuple[RuleNode, CompiledRule, frozenset[str]]] = {}
+        self._compiled: dict[int, tuple[RuleNode, CompiledRule, frozenset[str], frozenset[str]]] = {}
+        self._heard: dict[str, tuple[JourneyDefinition, frozenset[str]]] = {}  # journey id -> names its runs hear
         self._last: tuple[Context, _Tables] | None = None
 
     def _tables(self, ctx: Context) -> _Tables:
@@ -274,11 +275,16 @@ class JourneyRunner:
             return  # no journey, so no run to see it and no trigger: the run index is not even read
         runs = self._runs(ctx, _key(contact))
         if runs:
-            seen = machine.EventSeen(
-                name=fact.name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
-            )
+            seen: machine.EventSeen | None = None
+            name = fact.name
             # Each run (and each new one) sees the contact as the previous transitions left it.
             for run in runs:
+                if self._deaf(run, name):
+                    continue  # the transition would ignore the event: not even built
+                if seen is None:
+                    seen = machine.EventSeen(
+                        name=name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
+                    )
                 contact = self._apply(ctx, contact, run.journey_id, run, seen)
         for journey in self.registry.triggered_by_event(contact.project_id, fact.name):
             if machine.event_triggers(journey.trigger, fact.name, fact.properties):
@@ -286,6 +292,19 @@ class JourneyRunner:
                     name=fact.name, properties=fact.properties, message_id=fact.message_id, timestamp=fact.timestamp
                 )
                 contact = self._enter(ctx, contact, journey, _Trigger(fact.message_id, event, ctx.clock.now()))
+
+    def _deaf(self, run: machine.RunState, name: str) -> bool:
+        """Whether an event ``name`` leaves ``run`` as it is, told from its journey's definition alone: a
+        run of a live journey, on its version, that neither waits for nor exits on an event of that name
+        (``machine.refusal`` would refuse it: "not waiting for an event" / "not the awaited event"). A run
+        of a journey not live, or of another version, is left to ``_apply`` (held, archived, migrated)."""
+        journey = self.registry.get(run.journey_id)
+        if journey is None or journey.status != JourneyStatus.live or journey.version != run.journey_version:
+            return False
+        known = self._heard.get(journey.id)
+        if known is None or known[0] is not journey:  # once per definition
+            known = self._heard[journey.id] = (journey, machine.heard_events(journey))
+        return name not in known[1]
 
     def on_segments(self, ctx: Context, contact: ContactState, transitions: list[SegmentTransition]) -> None:
         if not self.registry.has_journeys(contact.project_id):
@@ -448,11 +467,41 @@ class JourneyRunner:
         state = outcome.state
         self._keep(ctx, contact, owner, journey.id, run, outcome, now)
         carrying = _Carrying(ctx, journey, state, now, owner)
+        # Most effects are history lines (2-3 per step walked): written here, as ``_record_step`` does, with
+        # what every line of the transition shares read once (an update step changes the contact's state,
+        # never its project or id).
+        pid, cid, jid, version, run_id = contact.project_id, contact.id, journey.id, state.journey_version, state.run_id
+        emit = ctx.emit
         for seq, effect in enumerate(outcome.effects):
-            if type(effect) is machine.StepRecorded:  # most effects: their history line, directly
-                self._record_step(
-                    carrying, contact, effect.step_id, effect.visit, effect.kind, effect.at, effect.detail, seq
+            if type(effect) is machine.StepRecorded:
+                step_id, visit, kind, at, detail = effect.step_id, effect.visit, effect.kind, effect.at, effect.detail
+                advance = JourneyAdvance(
+                    project_id=pid,
+                    contact_id=cid,
+                    journey_id=jid,
+                    journey_version=version,
+                    run_id=run_id,
+                    step_id=step_id,
+                    visit=visit,
+                    kind=kind,
+                    at=at,
+                    detail=detail,
                 )
+                emit(topics.JOURNEY_ADVANCE, owner, encode(advance))
+                row = JourneyStepRow(
+                    project_id=pid,
+                    journey_id=jid,
+                    journey_version=version,
+                    run_id=run_id,
+                    contact_id=cid,
+                    step_id=step_id,
+                    visit=visit,
+                    kind=kind,
+                    at=at,
+                    seq=seq,
+                    detail=orjson.dumps(detail, default=str).decode(),
+                )
+                emit(topics.ANALYTICS, owner, encode(row))
             else:
                 contact = self._carry_out(carrying, contact, effect, seq)
         return contact
@@ -562,7 +611,8 @@ class JourneyRunner:
         detail: dict[str, Any],
         seq: int,
     ) -> None:
-        """A transition's line on ``journey-advance`` and its ``journey_steps`` row."""
+        """A transition's line on ``journey-advance`` and its ``journey_steps`` row (a variant's; ``_apply``
+        writes the lines of ``StepRecorded`` effects itself, the same records)."""
         ctx, journey, run, _, key = carrying
         advance = JourneyAdvance(
             project_id=contact.project_id,
@@ -601,15 +651,34 @@ class JourneyRunner:
         known = self._compiled.get(id(rule))
         if known is None or known[0] is not rule:  # compiled once per definition's rule
             compiled_rule = compile(rule)
-            known = self._compiled[id(rule)] = (rule, compiled_rule, frozenset(compiled_rule.trackers))
-        _, compiled, trackers = known
+            known = self._compiled[id(rule)] = (
+                rule,
+                compiled_rule,
+                frozenset(compiled_rule.trackers),
+                frozenset(_event_names(rule)),
+            )
+        _, compiled, trackers, names = known
         cs = self._tables(ctx).segments.get(owner) or ContactSegments()
         # Membership is looked up by id: the stored list and dict answer ``in`` as sets of them would.
         context = MembershipContext(lists=cs.lists, segments=cs.members)
         if not trackers or trackers.issubset(cs.complete):
             return bool(matches(compiled, cs.state, contact, now, context))
-        facts = [EventFact(name=e.event, timestamp=e.timestamp, properties=e.properties) for e in contact.recent_events]
+        # Only events the rule names can count (``oracle.in_scope`` compares the name first).
+        facts = [
+            EventFact(name=e.event, timestamp=e.timestamp, properties=e.properties)
+            for e in contact.recent_events
+            if e.event in names
+        ]
         return evaluate(rule, contact, facts, now, context)
+
+
+def _event_names(rule: RuleNode) -> Iterator[str]:
+    """The event names a rule's event conditions count (the only events ``evaluate`` reads)."""
+    if isinstance(rule, EventRule):
+        yield rule.name
+    elif isinstance(rule, AllRule | AnyRule | NoneRule):
+        for child in rule.rules:
+            yield from _event_names(child)
 
 
 def _render(template: str, variables: Mapping[str, Any]) -> str:

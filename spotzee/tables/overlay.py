@@ -63,6 +63,9 @@ class OverlayTable:
         self.batch: dict[str, Entry] = {}
         self.record: dict[str, Entry] = {}
         self._read: dict[str, Any] = {}  # key -> value decoded from the store (or the cache) this batch
+        # The keys of ``_read`` decoded from the store (not found in the cache): only these are new to the
+        # cache at ``publish`` (a value found there is there already, and was made most recent when read).
+        self._loaded: list[str] = []
         # The batch context's list of tables the record in progress wrote to: this table joins it on
         # its first write of a record, so a record's end folds (or rolls back) only those tables.
         self._touched = touched
@@ -109,6 +112,7 @@ class OverlayTable:
         if not found:
             raw = self.cf.get(key.encode())
             value = None if raw is None else spec.decode(bytes(raw))
+            self._loaded.append(key)
         self._read[key] = value
         return value  # type: ignore[no-any-return]
 
@@ -138,17 +142,19 @@ class OverlayTable:
 
     def publish(self) -> None:
         """After the batch committed: the cache learns what the store now holds."""
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return
-        for key, value in self._read.items():
-            self.cache.put(key, value)
+        read = self._read
+        for key in self._loaded:
+            cache.put(key, read[key])
         for key, entry in self.batch.items():
-            if isinstance(entry, Decoded):
-                self.cache.put(key, entry.value)
+            if type(entry) is Decoded:
+                cache.put(key, entry.value)
             elif entry is None:
-                self.cache.put(key, None)
+                cache.put(key, None)
             else:
-                self.cache.discard(key)  # written as bytes: decoded on its next read
+                cache.discard(key)  # written as bytes: decoded on its next read
 
     def _staged(self, key: str) -> Entry | object:
         record = self.record
@@ -215,7 +221,7 @@ class BatchContext:
         caches: dict[str, StateCache] | None = None,
     ) -> None:
         self._db = db
-        self._clock = clock
+        self.clock = clock  # an attribute, not a property: read several times per record
         self._stored_timer_exists = timer_exists or (
             lambda timer_id: db.cf(TIMER_INDEX).get(timer_id.encode()) is not None
         )
@@ -233,10 +239,6 @@ class BatchContext:
         self._timers_batch: dict[str, bool] = {}
         self._timers_record: dict[str, bool] = {}
         self._stored_timers: dict[str, bool] = {}
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     def table(self, name: str) -> OverlayTable:
         return self.tables[name]

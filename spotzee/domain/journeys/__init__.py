@@ -43,7 +43,7 @@ from spotzee.domain.journeys.entrance import (
 )
 from spotzee.domain.journeys.env import JourneyEnv
 from spotzee.domain.journeys.inputs import Enter, EventData, EventSeen, Exit, JourneyInput, SegmentExited, Wake
-from spotzee.domain.journeys.machine import TIMER_EARLY, refusal, step_kind, transition
+from spotzee.domain.journeys.machine import TIMER_EARLY, heard_events, refusal, step_kind, transition
 from spotzee.domain.journeys.routing import variant_for
 from spotzee.domain.journeys.runs import Outcome, RunState, RunVariables
 from spotzee.domain.journeys.schedule import next_fire
@@ -74,6 +74,7 @@ __all__ = [
     "entrance_refusal",
     "event_triggers",
     "exit_event_matches",
+    "heard_events",
     "may_enter",
     "next_fire",
     "occurrence_iso",

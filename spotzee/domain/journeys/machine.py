@@ -37,6 +37,7 @@ from spotzee.domain.journeys.timing import utc
 from spotzee.domain.segments.operators import filters_pass
 from spotzee.schemas import structs
 from spotzee.schemas.journey_models import (
+    ExitOnEvent,
     ExitOnSegmentExited,
     JourneyDefinition,
     JourneyStatus,
@@ -86,6 +87,15 @@ def refusal(journey: JourneyDefinition, state: RunState, input: JourneyInput, no
     if state.journey_id != journey.id:
         return None  # the transition raises: not for this function to hide
     return _refusal(journey, state, input, utc(now))
+
+
+def heard_events(journey: JourneyDefinition) -> frozenset[str]:
+    """The event names a run of ``journey`` (on its version) can react to: those its ``wait_for_event``
+    steps wait for and its ``exit_when`` conditions exit on. ``refusal`` refuses an ``EventSeen`` of any
+    other name ("not waiting for an event" or "not the awaited event"): the caller may skip such runs."""
+    waits = (step.event for step in journey.steps.values() if type(step) is WaitForEventStep)
+    exits = (c.event for c in journey.exit_when if isinstance(c, ExitOnEvent))
+    return frozenset((*waits, *exits))
 
 
 def _refusal(journey: JourneyDefinition, state: RunState, input: JourneyInput, now: datetime) -> str | None:

@@ -25,7 +25,7 @@ from spotzee.schemas.analytics_models import DeadLetterRow
 from spotzee.streams import topics
 from spotzee.streams.interface import Clock, Processor
 from spotzee.streams.record_codec import dumps
-from spotzee.tables.overlay import BatchContext
+from spotzee.tables.overlay import BatchContext, Decoded
 from spotzee.tables.rocksdb_store import LOG, LOG_KEY, META, TABLE_PREFIX, U64
 from spotzee.tables.table_specs import state_caches
 
@@ -35,15 +35,19 @@ log = logging.getLogger(__name__)
 def stage_tables(commit: Commit, ctx: BatchContext) -> None:
     """Step 8: every table write of the batch (``None``: a delete) into its column family."""
     batch, db = commit.batch, commit.db
+    put, delete = batch.put, batch.delete
     for name, table in ctx.tables.items():
         if not table.batch:
             continue
         handle = db.handle(TABLE_PREFIX + name)
-        for key, value in table.encoded_batch():
-            if value is None:
-                batch.delete(key.encode(), handle)
+        # ``table.encoded_batch()``, inlined: a value held decoded is encoded here, once, with its spec.
+        for key, entry in table.batch.items():
+            if entry is None:
+                delete(key.encode(), handle)
+            elif type(entry) is Decoded:
+                put(key.encode(), entry.spec.encode(entry.value), handle)
             else:
-                batch.put(key.encode(), value, handle)
+                put(key.encode(), entry, handle)
 
 
 class ProcessorLoop:
