@@ -103,7 +103,11 @@ class Senders:
         if isinstance(config, TwilioConfig):
             callback = f"{settings.public_base_url.rstrip('/')}/hooks/{provider.id}"
             return TwilioSender(
-                config, policy=settings.outbound, status_callback=callback, tls_context=settings.tls_context
+                config,
+                policy=settings.outbound,
+                status_callback=callback,
+                channel=provider.channel,
+                tls_context=settings.tls_context,
             )
         return VonageSender(config, policy=settings.outbound, tls_context=settings.tls_context)
 

@@ -49,6 +49,7 @@ class TwilioSender:
         *,
         policy: OutboundPolicy,
         status_callback: str | None = None,
+        channel: str = "sms",
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -57,6 +58,9 @@ class TwilioSender:
         self._config = config
         self._auth = (config.account_sid, config.auth_token.get_secret_value())
         self._status_callback = status_callback
+        # WhatsApp addresses carry a ``whatsapp:`` prefix (a WhatsApp sender, or the provider's
+        # channel when a Messaging Service picks the sender).
+        self._whatsapp = channel == "whatsapp" or (config.from_ or "").startswith(WHATSAPP_PREFIX)
         self._clock = clock
         self._http = VendorClient(
             config.base_url,
@@ -73,8 +77,8 @@ class TwilioSender:
     def form(self, delivery: SmsDelivery) -> dict[str, str]:
         """The request's form fields."""
         config = self._config
-        whatsapp = config.from_ is not None and config.from_.startswith(WHATSAPP_PREFIX)
-        form = {"To": f"{WHATSAPP_PREFIX}{delivery.to}" if whatsapp else delivery.to, "Body": delivery.message.body}
+        to = f"{WHATSAPP_PREFIX}{delivery.to}" if self._whatsapp else delivery.to
+        form = {"To": to, "Body": delivery.message.body}
         if config.messaging_service_sid is not None:
             form["MessagingServiceSid"] = config.messaging_service_sid
         elif config.from_ is not None:

@@ -122,6 +122,13 @@ def test_twilio_whatsapp_sender_addresses_the_whatsapp_channel(twilio: TwilioSer
     assert twilio.accepted[0].form()["To"] == "whatsapp:+447700900123"
 
 
+def test_twilio_whatsapp_through_a_messaging_service_addresses_the_whatsapp_channel(twilio: TwilioServer) -> None:
+    config = twilio_config(twilio, **{"from": None, "messaging_service_sid": SERVICE})
+    [outcome] = send(TwilioSender(config, policy=RELAY, channel="whatsapp"), sms())
+    assert isinstance(outcome, Sent)
+    assert twilio.accepted[0].form()["To"] == "whatsapp:+447700900123"
+
+
 def test_twilio_wrong_token_is_permanent(twilio: TwilioServer) -> None:
     config = twilio_config(twilio, auth_token="not-the-token-0001")
     [outcome] = send(TwilioSender(config, policy=RELAY))
