@@ -7,7 +7,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import ColumnFamily, Options, Rdict, WriteBatch, WriteOptions
 
 from spotzee.errors import LogUnavailable
 
@@ -36,19 +36,6 @@ def _options() -> Options:
     return opts
 
 
-def _point_lookup_options() -> Options:
-    """A column family read by key, often for a key it does not hold (every message's dedupe entry, a
-    new contact's state, a timer that was never armed): bloom filters, in the memtable and in each SST,
-    answer most misses without a search. Read-side only: the data and its format are the same."""
-    opts = Options(raw_mode=True)
-    opts.set_memtable_prefix_bloom_ratio(0.1)
-    opts.set_memtable_whole_key_filtering(True)
-    table = BlockBasedOptions()
-    table.set_bloom_filter(10, False)
-    opts.set_block_based_table_factory(table)
-    return opts
-
-
 class RocksDB:
     """The process's RocksDB: column families by name, atomic synced batch writes."""
 
@@ -57,9 +44,7 @@ class RocksDB:
         state, the API's replica): a write batch stays atomic, only the fsync is skipped, and a
         crash loses at most the newest batches, which are replayed from the changelog."""
         path.mkdir(parents=True, exist_ok=True)
-        families = {name: Options(raw_mode=True) for name in BASE_FAMILIES}
-        families[TIMER_INDEX] = _point_lookup_options()
-        families.update((TABLE_PREFIX + t, _point_lookup_options()) for t in tables)
+        families = {name: Options(raw_mode=True) for name in (*BASE_FAMILIES, *(TABLE_PREFIX + t for t in tables))}
         self.db = Rdict(str(path), _options(), column_families=families)
         self._cfs = {name: self.db.get_column_family(name) for name in families}
         self._handles = {name: self.db.get_column_family_handle(name) for name in families}

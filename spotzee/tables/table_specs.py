@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from spotzee.schemas import structs
@@ -65,19 +64,20 @@ class _HasTables(Protocol):
 class TypedTable(Generic[V]):
     """One table of the record in progress, seen as values of its spec."""
 
-    __slots__ = ("_spec", "_table", "delete", "get", "put")
+    __slots__ = ("_spec", "_table")
 
     def __init__(self, table: ValueTable, spec: TableSpec[V]) -> None:
         self._table = table
         self._spec = spec
-        # The table's own methods with the spec bound (C partials): a read or write through the view is one
-        # Python call, not two -- several per record.
-        self.get: Callable[[str], V | None] = partial(table.get_value, spec=spec)
-        """The value under ``key`` (None: absent)."""
-        self.put: Callable[[str, V], None] = partial(table.put_value, spec=spec)
-        """Write ``value`` under ``key``."""
-        self.delete: Callable[[str], None] = table.delete
-        """Delete ``key``."""
+
+    def get(self, key: str) -> V | None:
+        return self._table.get_value(key, self._spec)
+
+    def put(self, key: str, value: V) -> None:
+        self._table.put_value(key, value, self._spec)
+
+    def delete(self, key: str) -> None:
+        self._table.delete(key)
 
     def scan_prefix(self, prefix: str) -> Iterator[tuple[str, V]]:
         """Live entries under ``prefix`` in key order, the record's own writes included."""
