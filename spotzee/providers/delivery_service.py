@@ -4,11 +4,11 @@ Runtime-neutral: the caller gives the contact as it is *now* (consent is checked
 an unsubscribe stops a send already queued) and the project's definitions, and records the
 result. ``Deliverer.deliver`` makes at most one provider call.
 
-Channels: ``email`` (SMTP) to the contact's ``email``, ``webhook``, and ``sms`` (Twilio, Vonage) to
-the contact's ``phone``; consent is the channel's (``subscriptions.<channel>``). Senders are kept
-per provider version (``Senders``): connections are reused from send to send, a sender replaced
-by a newer version of its provider is closed once its sends in flight are done, and
-``Deliverer.aclose`` closes them all when delivery stops.
+Channels: ``email`` (SMTP, SendGrid, Postmark, SES) to the contact's ``email``, ``webhook``,
+and ``sms`` (Twilio, Vonage) to the contact's ``phone``; consent is the channel's
+(``subscriptions.<channel>``). Senders are kept per provider version (``Senders``): connections
+are reused from send to send, a sender replaced by a newer version of its provider is closed once
+its sends in flight are done, and ``Deliverer.aclose`` closes them all when delivery stops.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ from spotzee.domain.templates import (
     template_variables,
 )
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.postmark import PostmarkSender
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
+from spotzee.providers.sendgrid import SendgridSender
+from spotzee.providers.ses import SesSender
 from spotzee.providers.sms import SmsDelivery
 from spotzee.providers.smtp import SmtpSender
 from spotzee.providers.twilio import TwilioSender
@@ -46,7 +49,11 @@ from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.schemas.provider_models import (
+    EMAIL_CONFIGS,
+    PostmarkConfig,
     ProviderDefinition,
+    SendgridConfig,
+    SesConfig,
     SmtpConfig,
     StoredProvider,
     TwilioConfig,
@@ -98,6 +105,12 @@ class Senders:
         settings, config = self.settings, provider.config
         if isinstance(config, SmtpConfig):
             return SmtpSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, SendgridConfig):
+            return SendgridSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, PostmarkConfig):
+            return PostmarkSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, SesConfig):
+            return SesSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         if isinstance(config, WebhookConfig):
             return WebhookSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         if isinstance(config, TwilioConfig):
@@ -218,7 +231,7 @@ class Deliverer:
         if provider is None:
             return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
         try:
-            if isinstance(template.content, EmailContent) and isinstance(provider.config, SmtpConfig):
+            if isinstance(template.content, EmailContent) and isinstance(provider.config, EMAIL_CONFIGS):
                 return await self._email(command, contact, template.content, provider)
             if isinstance(template.content, WebhookContent) and isinstance(provider.config, WebhookConfig):
                 return await self._webhook(command, contact, template.content, provider)
@@ -253,7 +266,7 @@ class Deliverer:
         except ValidationError as exc:
             return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
         async with self.senders.lease(provider) as sender:
-            assert isinstance(sender, SmtpSender)
+            assert isinstance(sender, SmtpSender | SendgridSender | PostmarkSender | SesSender)
             return _result(await sender.send(delivery))
 
     async def _webhook(

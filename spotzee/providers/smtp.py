@@ -56,7 +56,7 @@ from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import Final
 
 import aiosmtplib
@@ -70,12 +70,12 @@ from aiosmtplib.errors import (
 )
 
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient
+from spotzee.providers.email_headers import addr_spec, unsubscribe_headers
 from spotzee.providers.safety import DestinationRefused, DestinationUnresolved, IPAddress, OutboundPolicy
 from spotzee.schemas.provider_models import SmtpConfig
 
 POLICY: Final = SMTP.clone(max_line_length=998)
 UTF8_POLICY: Final = SMTPUTF8.clone(max_line_length=998)  # when an envelope address is not ASCII
-ONE_CLICK: Final = "List-Unsubscribe=One-Click"
 
 POOL_SIZE: Final = 4
 """Connections one sender keeps at most. A few in parallel hide the per-message round trips;
@@ -105,9 +105,7 @@ class PoolLimits:
 QUIT_TIMEOUT: Final = 2.0  # a polite QUIT on an idle connection; then the socket is closed anyway
 
 
-def _addr_spec(mailbox: str) -> str:
-    """``Name <a@b>`` -> ``a@b`` (mailboxes were validated when the template was created)."""
-    return getaddresses([mailbox])[0][1]
+_addr_spec = addr_spec
 
 
 def message_id(send_id: str, domain: str) -> str:
@@ -127,12 +125,8 @@ def build_message(delivery: EmailDelivery, *, now: datetime, message_id_domain: 
         message["Reply-To"] = email.reply_to
     message["Date"] = format_datetime(now.astimezone(UTC))
     message["Message-ID"] = message_id(delivery.send_id, message_id_domain or Address(addr_spec=sender).domain)
-    targets = [f"<{delivery.unsubscribe_url}>"]
-    if delivery.unsubscribe_mailto is not None:
-        targets.append(f"<mailto:{_addr_spec(delivery.unsubscribe_mailto)}?subject=unsubscribe>")
-    message["List-Unsubscribe"] = ", ".join(targets)
-    if delivery.unsubscribe_url.startswith("https://"):
-        message["List-Unsubscribe-Post"] = ONE_CLICK  # RFC 8058 requires an HTTPS URI
+    for name, value in unsubscribe_headers(delivery):  # the same on every email path
+        message[name] = value
     if email.text is not None and email.html is not None:
         message.set_content(email.text)
         message.add_alternative(email.html, subtype="html")

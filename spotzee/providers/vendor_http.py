@@ -82,7 +82,7 @@ class VendorClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def exchange(
+    async def exchange(  # noqa: PLR0913 -- the request's parts, each optional
         self,
         method: str,
         path: str,
@@ -90,6 +90,7 @@ class VendorClient:
         headers: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
         json: object = None,
+        content: bytes | None = None,
         auth: tuple[str, str] | None = None,
     ) -> VendorResponse:
         """One request to ``base_url + path`` within ``timeout`` (raises what ``outcome_of_error`` maps)."""
@@ -107,6 +108,7 @@ class VendorClient:
                     headers=sent_headers,
                     data=data,
                     json=json,
+                    content=content,  # bytes sent as given (a signed body: SigV4 hashes them)
                     extensions=extensions,
                 )
                 try:

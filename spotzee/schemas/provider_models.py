@@ -11,7 +11,14 @@ the config model and the channel it serves:
   (E.164, or ``whatsapp:+...`` on channel whatsapp) or ``messaging_service_sid`` (exactly one),
   ``base_url`` (default ``https://api.twilio.com``), ``timeout``;
 - ``vonage`` (channel ``sms``) -- ``api_key``, ``api_secret``, ``from`` (a number or an
-  alphanumeric sender id), ``base_url`` (default ``https://rest.nexmo.com``), ``timeout``.
+  alphanumeric sender id), ``base_url`` (default ``https://rest.nexmo.com``), ``timeout``;
+- ``sendgrid`` (channel ``email``) -- ``api_key``, ``base_url`` (default
+  ``https://api.sendgrid.com``), ``timeout``;
+- ``postmark`` (channel ``email``) -- ``server_token``, ``message_stream`` (default
+  ``outbound``), ``base_url`` (default ``https://api.postmarkapp.com``), ``timeout``;
+- ``ses`` (channel ``email``) -- ``region``, ``access_key_id``, ``secret_access_key``,
+  ``configuration_set``, ``base_url`` (default ``https://email.{region}.amazonaws.com``),
+  ``timeout``.
 
 A vendor's ``base_url`` lets a relay, a regional endpoint or a test server stand in; its host and
 port are the provider's destination, vetted like an SMTP host.
@@ -19,7 +26,8 @@ port are the provider's destination, vetted like an SMTP host.
 Secrets are ``SecretStr`` and never leave through the API: ``ProviderPublic`` says only whether
 one is set. A ``PUT`` that omits a secret keeps the stored one (clients cannot read it back to
 send it again); ``ProviderUpdate`` therefore accepts a config without its required secrets
-(``required_secrets``: ``signing_secret``, ``auth_token``, ``api_secret``).
+(``required_secrets``: ``signing_secret``, ``auth_token``, ``api_secret``, ``api_key``,
+``server_token``, ``secret_access_key``).
 In the definitions store (RocksDB, the Kafka ``definitions`` topic) a provider is a
 ``StoredProvider``: its secret fields sealed (``spotzee.providers.sealing``).
 
@@ -55,7 +63,7 @@ from pydantic import (
 from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
-ProviderType = Literal["smtp", "webhook", "twilio", "vonage"]
+ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses"]
 ProviderChannel = Literal["email", "webhook", "sms", "whatsapp"]
 # The channels each type serves (a type may serve several: Twilio).
 CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
@@ -63,6 +71,9 @@ CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "webhook": ("webhook",),
     "twilio": ("sms", "whatsapp"),
     "vonage": ("sms",),
+    "sendgrid": ("email",),
+    "postmark": ("email",),
+    "ses": ("email",),
 }
 REVEAL_SECRETS: Final = {"reveal_secrets": True}
 MIN_SIGNING_SECRET: Final = 16
@@ -274,12 +285,81 @@ class VonageConfig(_VendorConfig):
     required_secrets: ClassVar[tuple[str, ...]] = ("api_secret",)
 
 
-ProviderConfig = SmtpConfig | WebhookConfig | TwilioConfig | VonageConfig
+# -- email over vendor HTTP APIs ----------------------------------------------------------------
+
+AWS_REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?")
+
+
+class SendgridConfig(_VendorConfig):
+    """SendGrid v3 Mail Send (``POST /v3/mail/send``, ``Authorization: Bearer <api_key>``)."""
+
+    api_key: Secret | None = Field(default=None, description="Required when creating.")
+    base_url: BaseUrl = "https://api.sendgrid.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("api_key",)
+
+
+class PostmarkConfig(_VendorConfig):
+    """Postmark's email API (``POST /email``, ``X-Postmark-Server-Token``)."""
+
+    server_token: Secret | None = Field(default=None, description="Required when creating.")
+    message_stream: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=100,
+            pattern=r"^[a-z0-9][a-z0-9-]*$",
+            description="The Postmark message stream: 'outbound' (transactional) or 'broadcast' (marketing).",
+        ),
+    ] = "outbound"
+    base_url: BaseUrl = "https://api.postmarkapp.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("server_token",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("server_token",)
+
+
+class SesConfig(_VendorConfig):
+    """Amazon SES v2 ``SendEmail`` (``POST /v2/email/outbound-emails``, AWS Signature Version 4)."""
+
+    region: Annotated[str, Field(min_length=1, max_length=32)]
+    access_key_id: Annotated[str, Field(min_length=16, max_length=128, pattern=r"^[A-Z0-9]+$")]
+    secret_access_key: Secret | None = Field(default=None, description="Required when creating.")
+    configuration_set: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    base_url: BaseUrl = Field(default="", description="Default: https://email.{region}.amazonaws.com")
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("secret_access_key",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("secret_access_key",)
+
+    @field_validator("region")
+    @classmethod
+    def _a_region(cls, value: str) -> str:
+        if not AWS_REGION.fullmatch(value):
+            raise ValueError("not an AWS region (like us-east-1 or eu-west-2)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regional_endpoint(cls, data: Any) -> Any:
+        """No ``base_url``: the region's SES endpoint (only for a valid region; else its error alone)."""
+        if isinstance(data, dict) and data.get("base_url") is None:
+            region = data.get("region")
+            if isinstance(region, str) and AWS_REGION.fullmatch(region):
+                return {**data, "base_url": f"https://email.{region}.amazonaws.com"}
+            return {**data, "base_url": "https://email.invalid"}  # the region's own error is reported
+        return data
+
+
+ProviderConfig = SmtpConfig | WebhookConfig | TwilioConfig | VonageConfig | SendgridConfig | PostmarkConfig | SesConfig
+EMAIL_CONFIGS: Final = (SmtpConfig, SendgridConfig, PostmarkConfig, SesConfig)  # channel email
 CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
     "smtp": SmtpConfig,
     "webhook": WebhookConfig,
     "twilio": TwilioConfig,
     "vonage": VonageConfig,
+    "sendgrid": SendgridConfig,
+    "postmark": PostmarkConfig,
+    "ses": SesConfig,
 }
 
 
@@ -437,7 +517,37 @@ class VonagePublicConfig(Model):
     timeout: float
 
 
-PublicConfig = SmtpPublicConfig | WebhookPublicConfig | TwilioPublicConfig | VonagePublicConfig
+class SendgridPublicConfig(Model):
+    has_api_key: bool
+    base_url: str
+    timeout: float
+
+
+class PostmarkPublicConfig(Model):
+    has_server_token: bool
+    message_stream: str
+    base_url: str
+    timeout: float
+
+
+class SesPublicConfig(Model):
+    region: str
+    access_key_id: str
+    has_secret_access_key: bool
+    configuration_set: str | None
+    base_url: str
+    timeout: float
+
+
+PublicConfig = (
+    SmtpPublicConfig
+    | WebhookPublicConfig
+    | TwilioPublicConfig
+    | VonagePublicConfig
+    | SendgridPublicConfig
+    | PostmarkPublicConfig
+    | SesPublicConfig
+)
 
 
 def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = None) -> PublicConfig:
@@ -469,6 +579,24 @@ def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = N
             api_key=config.api_key,
             has_api_secret=has("api_secret"),
             from_=config.from_,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    if isinstance(config, SendgridConfig):
+        return SendgridPublicConfig(has_api_key=has("api_key"), base_url=config.base_url, timeout=config.timeout)
+    if isinstance(config, PostmarkConfig):
+        return PostmarkPublicConfig(
+            has_server_token=has("server_token"),
+            message_stream=config.message_stream,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    if isinstance(config, SesConfig):
+        return SesPublicConfig(
+            region=config.region,
+            access_key_id=config.access_key_id,
+            has_secret_access_key=has("secret_access_key"),
+            configuration_set=config.configuration_set,
             base_url=config.base_url,
             timeout=config.timeout,
         )

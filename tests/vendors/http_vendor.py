@@ -42,7 +42,7 @@ class Failure:
 @dataclass
 class Answer:
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None: an empty body (SendGrid's 202)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -108,9 +108,10 @@ class VendorServer:
                     self.client_address[1],
                 )
                 answer = vendor._handle(request)
-                raw = json.dumps(answer.body).encode()
+                raw = json.dumps(answer.body).encode() if answer.body is not None else b""
                 self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                if answer.body is not None:
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(raw)))
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
