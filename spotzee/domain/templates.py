@@ -7,7 +7,7 @@ naming the field, and the caller sends nothing.
 Limits (``RenderLimits``) bound one rendered message: the bytes of output of all its fields
 together, loop iterations, the bytes held in ``assign``/``capture`` variables, and wall time. HTML
 bodies are rendered with auto-escaping (``{{ event.note }}`` cannot inject markup; ``| safe`` opts
-out); subject, text, webhook and SMS fields are not escaped.
+out); subject, text, webhook, SMS and WhatsApp fields are not escaped.
 """
 
 from __future__ import annotations
@@ -36,19 +36,29 @@ from spotzee.schemas.common import JSONObject, Model
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.template_models import (
     MAX_SMS_CHARS,
+    MAX_WHATSAPP_PARAMETER,
+    MAX_WHATSAPP_TEXT,
     EmailContent,
     LiquidDialect,
     RenderedEmail,
     RenderedSms,
     RenderedWebhook,
+    RenderedWhatsAppTemplate,
+    RenderedWhatsAppText,
     SmsContent,
     TemplateDefinition,
     TemplatePreview,
     TemplatePreviewRequest,
     WebhookContent,
+    WhatsAppTemplateContent,
+    WhatsAppTextContent,
     liquid_problem,
     source_problem,
+    whatsapp_sources,
 )
+
+AnyContent = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent
+AnyRendered = RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText
 
 Clock = Callable[[], float]
 
@@ -317,17 +327,63 @@ def render_sms(
     return RenderedSms(body=body, encoding=size.encoding, segments=size.segments)
 
 
-def render_content(
-    content: EmailContent | WebhookContent | SmsContent,
+def render_whatsapp(
+    content: WhatsAppTemplateContent | WhatsAppTextContent,
     variables: Mapping[str, object],
     limits: RenderLimits = DEFAULT_LIMITS,
     *,
     clock: Clock = time.monotonic,
-) -> RenderedEmail | RenderedWebhook | RenderedSms:
+) -> RenderedWhatsAppTemplate | RenderedWhatsAppText:
+    """A session text (trimmed, 1-4,096 characters) or an approved template with every parameter
+    rendered (trimmed, 1-1,024 characters: Meta refuses an empty parameter), errors at the field's
+    path (``content.components.0.parameters.1.text``)."""
+    render = _Render(variables, limits, clock)
+    if isinstance(content, WhatsAppTextContent):
+        text = render.field(content.text, "content.text").strip()
+        if not text:
+            raise TemplateRenderError("content.text", "rendered WhatsApp text is empty")
+        if len(text) > MAX_WHATSAPP_TEXT:
+            raise TemplateRenderError(
+                "content.text", f"rendered WhatsApp text longer than {MAX_WHATSAPP_TEXT} characters"
+            )
+        return RenderedWhatsAppText(text=text)
+    components: list[dict[str, Any]] = []
+    for i, component in enumerate(content.components):
+        parameters: list[dict[str, str]] = []
+        for j, parameter in enumerate(component.parameters):
+            name = parameter.type
+            path = f"content.components.{i}.parameters.{j}.{name}"
+            value = render.field(parameter.value, path).strip()
+            if not value:
+                raise TemplateRenderError(path, "rendered parameter is empty (WhatsApp refuses empty parameters)")
+            if len(value) > MAX_WHATSAPP_PARAMETER:
+                raise TemplateRenderError(path, f"rendered parameter longer than {MAX_WHATSAPP_PARAMETER} characters")
+            parameters.append({"type": parameter.type, name: value})
+        out: dict[str, Any] = {"type": component.type}
+        if component.sub_type is not None:
+            out["sub_type"] = component.sub_type
+        if component.index is not None:
+            out["index"] = str(component.index)  # Meta documents the index as a string ("0")
+        out["parameters"] = parameters
+        components.append(out)
+    return RenderedWhatsAppTemplate(
+        template_name=content.template_name, language=content.language, components=components
+    )
+
+
+def render_content(
+    content: AnyContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> AnyRendered:
     if isinstance(content, EmailContent):
         return render_email(content, variables, limits, clock=clock)
     if isinstance(content, SmsContent):
         return render_sms(content, variables, limits, clock=clock)
+    if isinstance(content, WhatsAppTemplateContent | WhatsAppTextContent):
+        return render_whatsapp(content, variables, limits, clock=clock)
     return render_webhook(content, variables, limits, clock=clock)
 
 
@@ -362,19 +418,23 @@ def event_variables(data: object) -> dict[str, object] | None:
     return flat
 
 
-def template_fields(content: EmailContent | WebhookContent | SmsContent) -> list[tuple[str, str]]:
+def template_fields(content: AnyContent) -> list[tuple[str, str]]:
     """Every Liquid source of ``content`` with its path (``content.html``)."""
     named: dict[str, str | None]
     if isinstance(content, EmailContent):
         named = {"subject": content.subject, "html": content.html, "text": content.text}
     elif isinstance(content, SmsContent):
         named = {"body": content.body}
+    elif isinstance(content, WhatsAppTextContent):
+        named = {"text": content.text}
+    elif isinstance(content, WhatsAppTemplateContent):
+        named = dict(whatsapp_sources(content))
     else:
         named = {"url": content.url, **{f"headers.{k}": v for k, v in content.headers.items()}, "body": content.body}
     return [(f"content.{name}", source) for name, source in named.items() if source is not None]
 
 
-def check_content(content: EmailContent | WebhookContent | SmsContent) -> None:
+def check_content(content: AnyContent) -> None:
     """Parse every template field (what ``TemplateCreate`` checks when parsing isn't deferred);
     raise ``InvalidInput`` naming each field that fails. Run off the event loop: parsing costs
     up to a second for a source at the size limits."""

@@ -5,9 +5,13 @@ content model applies:
 
 - ``email`` -- ``subject``, ``html`` and/or ``text``, ``from`` (``addr`` or ``Name <addr>``), ``reply_to``;
 - ``webhook`` -- ``method``, ``url``, ``headers``, ``body``;
-- ``sms`` -- ``body`` (a preview reports its encoding, GSM-7 or UCS-2, and its segment count).
+- ``sms`` -- ``body`` (a preview reports its encoding, GSM-7 or UCS-2, and its segment count);
+- ``whatsapp`` -- either ``template_name``, ``language`` and ``components`` (an approved template;
+  components in Meta's Cloud API shape, Liquid in their parameter values) or ``text`` (a session
+  message: the vendor only delivers it within 24 hours of the contact's last message).
 
-Text fields are Liquid templates (subject, html, text; url, header values, body; an SMS body) with the variables
+Text fields are Liquid templates (subject, html, text; url, header values, body; an SMS body; a
+WhatsApp text or template parameter) with the variables
 ``contact`` (first-class fields and traits side by side: ``contact.first_name``), ``event`` and
 ``journey``. They are parsed when the template is created: a syntax error, an unknown filter or a
 disallowed tag is rejected with the field's path (``content.html``) and the line in the reason.
@@ -41,16 +45,18 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
 
-TemplateChannel = Literal["email", "webhook", "sms"]
+TemplateChannel = Literal["email", "webhook", "sms", "whatsapp"]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 MAX_SUBJECT: Final = 2_000
@@ -62,6 +68,12 @@ MAX_HEADERS: Final = 50
 # What an SMS body may hold once rendered: Twilio's limit for one message (1,600 characters, ten
 # concatenated parts or so); a longer one would be refused by the vendor anyway.
 MAX_SMS_CHARS: Final = 1_600
+# WhatsApp (Meta's Cloud API limits): a session text's body, one template parameter once rendered,
+# the parameters of one component, the buttons of a template.
+MAX_WHATSAPP_TEXT: Final = 4_096
+MAX_WHATSAPP_PARAMETER: Final = 1_024
+MAX_WHATSAPP_PARAMETERS: Final = 100
+MAX_WHATSAPP_BUTTONS: Final = 10
 
 # -- the Liquid dialect -------------------------------------------------------------------------
 
@@ -293,12 +305,146 @@ class SmsContent(Model):
         return _markup_within_limit(self)
 
 
-Content = EmailContent | WebhookContent | SmsContent
+class WhatsAppParameter(Model):
+    """``{"type": "text", "text": "..."}`` or ``{"type": "payload", "payload": "..."}`` (what a
+    quick-reply button sends back); the value is a Liquid template, rendered per contact. One model
+    (not a tagged union) so that an error's path is the value's own (``parameters.0.text``)."""
+
+    type: Literal["text", "payload"]
+    text: Annotated[str, Field(min_length=1), AfterValidator(_liquid)] | None = None
+    payload: Annotated[str, Field(min_length=1), AfterValidator(_liquid)] | None = None
+
+    @model_validator(mode="after")
+    def _value_of_its_type(self) -> WhatsAppParameter:
+        other = "payload" if self.type == "text" else "text"
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a {self.type!r} parameter needs {self.type!r}")
+        if getattr(self, other) is not None:
+            raise ValueError(f"a {self.type!r} parameter has no {other!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_its_value(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {"type": data["type"], self.type: data[self.type]}
+
+    @property
+    def value(self) -> str:
+        return self.text if self.text is not None else self.payload or ""
+
+
+# Template names as Meta accepts them: lowercase letters, digits and underscores.
+_WHATSAPP_TEMPLATE_NAME = r"^[a-z0-9_]{1,512}$"
+# A language (and locale) code of Meta's list: en, en_US, pt_BR, zh_HK, fil, ...
+_WHATSAPP_LANGUAGE = r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$"
+
+
+class WhatsAppComponent(Model):
+    """One component of a template message, as Meta's Cloud API takes it: ``header`` and ``body``
+    carry text parameters; a ``button`` names its ``sub_type`` (``quick_reply``: a ``payload``;
+    ``url``: the ``text`` of the URL's variable part) and its ``index`` (0-9)."""
+
+    type: Literal["header", "body", "button"]
+    sub_type: Literal["quick_reply", "url"] | None = None
+    index: Annotated[int, Field(ge=0, le=MAX_WHATSAPP_BUTTONS - 1)] | None = None
+    parameters: Annotated[list[WhatsAppParameter], Field(min_length=1, max_length=MAX_WHATSAPP_PARAMETERS)]
+
+    @model_validator(mode="after")
+    def _shape(self) -> WhatsAppComponent:
+        kinds = [p.type for p in self.parameters]
+        if self.type != "button":
+            if self.sub_type is not None or self.index is not None:
+                raise ValueError(f"a {self.type} component has no sub_type or index (only buttons do)")
+            if "payload" in kinds:
+                raise ValueError(f"a {self.type} component takes text parameters only")
+            if self.type == "header" and len(self.parameters) > 1:
+                raise ValueError("a header component takes one parameter")
+            return self
+        if self.sub_type is None or self.index is None:
+            raise ValueError("a button component needs sub_type ('quick_reply' or 'url') and index (0-9)")
+        if len(self.parameters) != 1:
+            raise ValueError("a button component takes exactly one parameter")
+        expected = "payload" if self.sub_type == "quick_reply" else "text"
+        if kinds != [expected]:
+            raise ValueError(f"a {self.sub_type} button takes one {expected!r} parameter")
+        return self
+
+
+class WhatsAppTemplateContent(Model):
+    """An approved WhatsApp template: its ``template_name`` and ``language`` code as approved at
+    Meta, and the ``components`` whose parameters fill its variables (Liquid in each value)."""
+
+    template_name: Annotated[str, Field(pattern=_WHATSAPP_TEMPLATE_NAME)]
+    language: Annotated[str, Field(pattern=_WHATSAPP_LANGUAGE)]
+    components: Annotated[list[WhatsAppComponent], Field(max_length=2 + MAX_WHATSAPP_BUTTONS)] = Field(
+        default_factory=list
+    )
+
+    @model_validator(mode="after")
+    def _each_once(self) -> WhatsAppTemplateContent:
+        seen: set[tuple[str, int | None]] = set()
+        for component in self.components:
+            key = (component.type, component.index)
+            if key in seen:
+                what = f"button {component.index}" if component.type == "button" else f"{component.type} component"
+                raise ValueError(f"the {what} is given twice")
+            seen.add(key)
+        markup = sum(s.count("{{") + s.count("{%") for _, s in whatsapp_sources(self))
+        if markup > MAX_MARKUP:
+            raise ValueError(f"more than {MAX_MARKUP} Liquid tags and outputs in the template ({markup})")
+        return self
+
+
+class WhatsAppTextContent(Model):
+    """A session message: free ``text`` (Liquid), delivered only within the 24-hour customer-service
+    window (the contact wrote to the business in the last 24 hours); the vendor refuses it otherwise."""
+
+    text: Body
+
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
+
+
+WhatsAppContent = WhatsAppTemplateContent | WhatsAppTextContent
+
+
+def whatsapp_sources(content: WhatsAppTemplateContent) -> list[tuple[str, str]]:
+    """Every Liquid source of a template content with its path (``components.0.parameters.1.text``)."""
+    out: list[tuple[str, str]] = []
+    for i, component in enumerate(content.components):
+        for j, parameter in enumerate(component.parameters):
+            out.append((f"components.{i}.parameters.{j}.{parameter.type}", parameter.value))
+    return out
+
+
+def _whatsapp_model(value: Any) -> type[WhatsAppTemplateContent] | type[WhatsAppTextContent]:
+    """A session text says ``text``; anything else is read as a template (its errors name fields)."""
+    if isinstance(value, WhatsAppTextContent) or (isinstance(value, dict) and "text" in value):
+        return WhatsAppTextContent
+    return WhatsAppTemplateContent
+
+
+Content = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent
+ContentModel = (
+    type[EmailContent]
+    | type[WebhookContent]
+    | type[SmsContent]
+    | type[WhatsAppTemplateContent]
+    | type[WhatsAppTextContent]
+)
 CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent] | type[SmsContent]]] = {
     "email": EmailContent,
     "webhook": WebhookContent,
     "sms": SmsContent,
 }
+
+
+def content_model(channel: str, value: Any) -> ContentModel | None:
+    """The content model of ``channel`` for ``value`` (WhatsApp has two forms), or None."""
+    if channel == "whatsapp":
+        return _whatsapp_model(value)
+    return CONTENT_MODELS.get(channel)
 
 
 def _content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
@@ -308,7 +454,7 @@ def _content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info
     ValidationError raised here is re-rooted at ``content`` (``content.subject``: field required).
     With no valid ``channel`` only the channel error is reported.
     """
-    model = CONTENT_MODELS.get(info.data.get("channel", ""))
+    model = content_model(info.data.get("channel", ""), value)
     if model is None:
         return value
     if isinstance(value, Model):
@@ -319,7 +465,7 @@ def _content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info
 
 def _stored_content_for_channel(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
     """Stored content is read back as it was accepted: no parsing, no size check again."""
-    model = CONTENT_MODELS.get(info.data.get("channel", ""))
+    model = content_model(info.data.get("channel", ""), value)
     if model is None or isinstance(value, model):
         return value
     if isinstance(value, Model):
@@ -420,8 +566,26 @@ class RenderedSms(Model):
     segments: int = Field(ge=0)
 
 
+class RenderedWhatsAppTemplate(Model):
+    """An approved template as sent: its components with every parameter rendered, in Meta's
+    Cloud API shape (``{"type", "sub_type"?, "index"?, "parameters": [...]}``)."""
+
+    template_name: str
+    language: str
+    components: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RenderedWhatsAppText(Model):
+    """A session message's text as sent."""
+
+    text: str
+
+
+RenderedWhatsApp = RenderedWhatsAppTemplate | RenderedWhatsAppText
+
+
 class TemplatePreview(Model):
     """The answer to a preview: what would be sent (nothing is sent)."""
 
     channel: TemplateChannel
-    rendered: RenderedEmail | RenderedWebhook | RenderedSms
+    rendered: RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText
