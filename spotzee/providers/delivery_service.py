@@ -5,10 +5,11 @@ an unsubscribe stops a send already queued) and the project's definitions, and r
 result. ``Deliverer.deliver`` makes at most one provider call.
 
 Channels: ``email`` (SMTP, SendGrid, Postmark, SES) to the contact's ``email``, ``webhook``,
-and ``sms`` (Twilio, Vonage) to the contact's ``phone``; consent is the channel's
-(``subscriptions.<channel>``). Senders are kept per provider version (``Senders``): connections
-are reused from send to send, a sender replaced by a newer version of its provider is closed once
-its sends in flight are done, and ``Deliverer.aclose`` closes them all when delivery stops.
+``sms`` (Twilio, Vonage) and ``whatsapp`` (Meta's Cloud API; Twilio for session texts) to the
+contact's ``phone``; consent is the channel's (``subscriptions.<channel>``). Senders are kept per
+provider version (``Senders``): connections are reused from send to send, a sender replaced by a
+newer version of its provider is closed once its sends in flight are done, and
+``Deliverer.aclose`` closes them all when delivery stops.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from spotzee.domain.templates import (
     render_email,
     render_sms,
     render_webhook,
+    render_whatsapp,
     template_variables,
 )
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.meta_whatsapp import MetaWhatsAppSender
 from spotzee.providers.postmark import PostmarkSender
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
@@ -45,11 +48,13 @@ from spotzee.providers.twilio import TwilioSender
 from spotzee.providers.unsubscribe_tokens import make_token, unsubscribe_url
 from spotzee.providers.vonage import VonageSender
 from spotzee.providers.webhook import WebhookSender
+from spotzee.providers.whatsapp import WhatsAppDelivery
 from spotzee.schemas.common import epoch_ms
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.schemas.provider_models import (
     EMAIL_CONFIGS,
+    MetaWhatsAppConfig,
     PostmarkConfig,
     ProviderDefinition,
     SendgridConfig,
@@ -60,7 +65,14 @@ from spotzee.schemas.provider_models import (
     VonageConfig,
     WebhookConfig,
 )
-from spotzee.schemas.template_models import EmailContent, SmsContent, TemplateDefinition, WebhookContent
+from spotzee.schemas.template_models import (
+    EmailContent,
+    SmsContent,
+    TemplateDefinition,
+    WebhookContent,
+    WhatsAppTemplateContent,
+    WhatsAppTextContent,
+)
 from spotzee.services.template_workers import TemplateWorkers
 
 log = logging.getLogger(__name__)
@@ -122,6 +134,8 @@ class Senders:
                 channel=provider.channel,
                 tls_context=settings.tls_context,
             )
+        if isinstance(config, MetaWhatsAppConfig):
+            return MetaWhatsAppSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         return VonageSender(config, policy=settings.outbound, tls_context=settings.tls_context)
 
     def _current(self, provider: ProviderDefinition) -> tuple[_Kept, _Kept | None]:
@@ -230,6 +244,12 @@ class Deliverer:
             return DeliveryResult("retry", {"reason": f"provider secrets unreadable: {exc.message}"})
         if provider is None:
             return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
+        return await self._by_channel(command, contact, template, provider)
+
+    async def _by_channel(
+        self, command: SendCommand, contact: ContactState, template: TemplateDefinition, provider: ProviderDefinition
+    ) -> DeliveryResult:
+        """The channel's own path: its content with a provider able to send it; render errors failed."""
         try:
             if isinstance(template.content, EmailContent) and isinstance(provider.config, EMAIL_CONFIGS):
                 return await self._email(command, contact, template.content, provider)
@@ -237,6 +257,8 @@ class Deliverer:
                 return await self._webhook(command, contact, template.content, provider)
             if isinstance(template.content, SmsContent) and isinstance(provider.config, TwilioConfig | VonageConfig):
                 return await self._sms(command, contact, template.content, provider)
+            if isinstance(template.content, WhatsAppTemplateContent | WhatsAppTextContent):
+                return await self._whatsapp(command, contact, template.content, provider)
         except TemplateRenderError as exc:
             return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
         return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a {template.channel} template"})
@@ -305,6 +327,33 @@ class Deliverer:
             detail = {**result.detail, "encoding": rendered.encoding, "segments": rendered.segments}
             return DeliveryResult("sent", detail)
         return result
+
+    async def _whatsapp(
+        self,
+        command: SendCommand,
+        contact: ContactState,
+        content: WhatsAppTemplateContent | WhatsAppTextContent,
+        provider: ProviderDefinition,
+    ) -> DeliveryResult:
+        if not isinstance(provider.config, TwilioConfig | MetaWhatsAppConfig):
+            return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a whatsapp template"})
+        if not contact.phone:
+            return DeliveryResult("failed", {"reason": "the contact has no phone number"})
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+        )
+        rendered = await self._render(render_whatsapp, content, variables)
+        try:
+            delivery = WhatsAppDelivery(send_id=command.send_id, to=contact.phone, message=rendered)
+        except ValidationError as exc:
+            return DeliveryResult("failed", {"reason": "invalid message", "error": str(exc.errors()[0]["msg"])})
+        async with self.senders.lease(provider) as sender:
+            assert isinstance(sender, TwilioSender | MetaWhatsAppSender)
+            outcome = await sender.send(delivery)
+        result = _result(outcome)
+        return DeliveryResult(result.status, {**result.detail, "message_type": delivery.kind}, result.retry_after)
 
 
 Scan = Callable[[str], Iterable[tuple[str, bytes]]]

@@ -15,6 +15,13 @@ Twilio answers ``201 Created`` with the new Message resource as JSON; its ``sid`
 ``Retry-After`` when sent; every other 4xx permanent (a bad number, 21610 an unsubscribed
 recipient, 20003 bad credentials: retrying cannot fix them). A 2xx without a ``sid`` is permanent:
 the message may exist, so it is not sent again.
+
+On channel ``whatsapp`` a session text (``WhatsAppDelivery`` with a ``RenderedWhatsAppText``) goes
+as ``Body`` to ``whatsapp:+<number>``, which is what Twilio's WhatsApp API takes inside the 24-hour
+window. An approved WhatsApp template is sent through Twilio only as a Content Template
+(``ContentSid`` ``HX...`` plus ``ContentVariables``), which a Meta ``template_name``, its language
+and components do not name: such a send is refused (permanent, no request made) rather than sent
+as something else.
 """
 
 from __future__ import annotations
@@ -30,10 +37,17 @@ from spotzee.providers.adapter import Permanent, Sent, Transient
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sms import SmsDelivery
 from spotzee.providers.vendor_http import VendorClient, VendorResponse, http_status_outcome, outcome_of_error
+from spotzee.providers.whatsapp import WhatsAppDelivery
 from spotzee.schemas.provider_models import WHATSAPP_PREFIX, TwilioConfig
+from spotzee.schemas.template_models import RenderedWhatsAppTemplate, RenderedWhatsAppText
 
 USER_AGENT: Final = "Spotzee-Twilio/1"
 API_VERSION: Final = "2010-04-01"
+TEMPLATE_REFUSED: Final = (
+    "Twilio sends WhatsApp templates only as Content Templates (ContentSid + ContentVariables), which a "
+    "Meta template_name can't be mapped to: use a meta_whatsapp provider for template messages, or a "
+    'session text ({"text"}) through Twilio'
+)
 
 
 def messages_path(account_sid: str) -> str:
@@ -41,7 +55,8 @@ def messages_path(account_sid: str) -> str:
 
 
 class TwilioSender:
-    """Sends ``SmsDelivery`` messages through one Twilio account; kept across sends (``SmsSender``)."""
+    """Sends ``SmsDelivery`` messages (and WhatsApp session texts) through one Twilio account;
+    kept across sends (``SmsSender``, ``WhatsAppSender``)."""
 
     def __init__(
         self,
@@ -74,11 +89,15 @@ class TwilioSender:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def form(self, delivery: SmsDelivery) -> dict[str, str]:
-        """The request's form fields."""
+    def form(self, delivery: SmsDelivery | WhatsAppDelivery) -> dict[str, str]:
+        """The request's form fields (a WhatsApp delivery: its session text as ``Body``)."""
         config = self._config
         to = f"{WHATSAPP_PREFIX}{delivery.to}" if self._whatsapp else delivery.to
-        form = {"To": to, "Body": delivery.message.body}
+        message = delivery.message
+        if isinstance(message, RenderedWhatsAppTemplate):
+            raise ValueError(TEMPLATE_REFUSED)
+        body = message.text if isinstance(message, RenderedWhatsAppText) else message.body
+        form = {"To": to, "Body": body}
         if config.messaging_service_sid is not None:
             form["MessagingServiceSid"] = config.messaging_service_sid
         elif config.from_ is not None:
@@ -87,7 +106,11 @@ class TwilioSender:
             form["StatusCallback"] = self._status_callback
         return form
 
-    async def send(self, delivery: SmsDelivery) -> Sent | Transient | Permanent:
+    async def send(self, delivery: SmsDelivery | WhatsAppDelivery) -> Sent | Transient | Permanent:
+        if isinstance(delivery.message, RenderedWhatsAppTemplate):
+            return Permanent(reason=TEMPLATE_REFUSED)
+        if isinstance(delivery, WhatsAppDelivery) and not self._whatsapp:
+            return Permanent(reason="a WhatsApp message needs a Twilio provider on channel whatsapp")
         try:
             response = await self._http.exchange(
                 "POST", messages_path(self._config.account_sid), data=self.form(delivery), auth=self._auth

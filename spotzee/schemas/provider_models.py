@@ -20,6 +20,10 @@ the config model and the channel it serves:
   ``configuration_set``, ``base_url`` (default ``https://email.{region}.amazonaws.com``),
   ``timeout``.
 
+``meta_whatsapp`` (channel ``whatsapp``) -- ``phone_number_id``, ``access_token`` (a Bearer token),
+``app_secret`` (signs Meta's webhook calls: ``X-Hub-Signature-256``), ``api_version`` (``v21.0``),
+``base_url`` (default ``https://graph.facebook.com``), ``timeout``.
+
 A vendor's ``base_url`` lets a relay, a regional endpoint or a test server stand in; its host and
 port are the provider's destination, vetted like an SMTP host.
 
@@ -63,7 +67,7 @@ from pydantic import (
 from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
-ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses"]
+ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses", "meta_whatsapp"]
 ProviderChannel = Literal["email", "webhook", "sms", "whatsapp"]
 # The channels each type serves (a type may serve several: Twilio).
 CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
@@ -71,6 +75,7 @@ CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "webhook": ("webhook",),
     "twilio": ("sms", "whatsapp"),
     "vonage": ("sms",),
+    "meta_whatsapp": ("whatsapp",),
     "sendgrid": ("email",),
     "postmark": ("email",),
     "ses": ("email",),
@@ -285,6 +290,30 @@ class VonageConfig(_VendorConfig):
     required_secrets: ClassVar[tuple[str, ...]] = ("api_secret",)
 
 
+META_API_VERSION: Final = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
+
+
+def _meta_api_version(value: str) -> str:
+    if not META_API_VERSION.fullmatch(value):
+        raise ValueError("must be a Graph API version like v21.0")
+    return value
+
+
+class MetaWhatsAppConfig(_VendorConfig):
+    """Meta's WhatsApp Cloud API (``POST /{api_version}/{phone_number_id}/messages``, Bearer token)."""
+
+    phone_number_id: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[0-9]+$")]
+    access_token: Secret | None = Field(default=None, description="Required when creating.")
+    app_secret: Secret | None = Field(
+        default=None, description="Required when creating: verifies Meta's webhook calls (X-Hub-Signature-256)."
+    )
+    api_version: Annotated[str, Field(max_length=16), AfterValidator(_meta_api_version)] = "v21.0"
+    base_url: BaseUrl = "https://graph.facebook.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("access_token", "app_secret")
+    required_secrets: ClassVar[tuple[str, ...]] = ("access_token", "app_secret")
+
+
 # -- email over vendor HTTP APIs ----------------------------------------------------------------
 
 AWS_REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?")
@@ -350,13 +379,23 @@ class SesConfig(_VendorConfig):
         return data
 
 
-ProviderConfig = SmtpConfig | WebhookConfig | TwilioConfig | VonageConfig | SendgridConfig | PostmarkConfig | SesConfig
+ProviderConfig = (
+    SmtpConfig
+    | WebhookConfig
+    | TwilioConfig
+    | VonageConfig
+    | SendgridConfig
+    | PostmarkConfig
+    | SesConfig
+    | MetaWhatsAppConfig
+)
 EMAIL_CONFIGS: Final = (SmtpConfig, SendgridConfig, PostmarkConfig, SesConfig)  # channel email
 CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
     "smtp": SmtpConfig,
     "webhook": WebhookConfig,
     "twilio": TwilioConfig,
     "vonage": VonageConfig,
+    "meta_whatsapp": MetaWhatsAppConfig,
     "sendgrid": SendgridConfig,
     "postmark": PostmarkConfig,
     "ses": SesConfig,
@@ -507,6 +546,15 @@ class TwilioPublicConfig(Model):
     timeout: float
 
 
+class MetaWhatsAppPublicConfig(Model):
+    phone_number_id: str
+    has_access_token: bool
+    has_app_secret: bool
+    api_version: str
+    base_url: str
+    timeout: float
+
+
 class VonagePublicConfig(Model):
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
@@ -540,7 +588,8 @@ class SesPublicConfig(Model):
 
 
 PublicConfig = (
-    SmtpPublicConfig
+    MetaWhatsAppPublicConfig
+    | SmtpPublicConfig
     | WebhookPublicConfig
     | TwilioPublicConfig
     | VonagePublicConfig
@@ -571,6 +620,15 @@ def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = N
             has_auth_token=has("auth_token"),
             from_=config.from_,
             messaging_service_sid=config.messaging_service_sid,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    if isinstance(config, MetaWhatsAppConfig):
+        return MetaWhatsAppPublicConfig(
+            phone_number_id=config.phone_number_id,
+            has_access_token=has("access_token"),
+            has_app_secret=has("app_secret"),
+            api_version=config.api_version,
             base_url=config.base_url,
             timeout=config.timeout,
         )
