@@ -336,7 +336,7 @@ def render_whatsapp(
 ) -> RenderedWhatsAppTemplate | RenderedWhatsAppText:
     """A session text (trimmed, 1-4,096 characters) or an approved template with every parameter
     rendered (trimmed, 1-1,024 characters: Meta refuses an empty parameter), errors at the field's
-    path (``content.components.0.parameters.1.text``)."""
+    path (``content.components[0].parameters[1].text``)."""
     render = _Render(variables, limits, clock)
     if isinstance(content, WhatsAppTextContent):
         text = render.field(content.text, "content.text").strip()
@@ -352,7 +352,7 @@ def render_whatsapp(
         parameters: list[dict[str, str]] = []
         for j, parameter in enumerate(component.parameters):
             name = parameter.type
-            path = f"content.components.{i}.parameters.{j}.{name}"
+            path = f"content.components[{i}].parameters[{j}].{name}"
             value = render.field(parameter.value, path).strip()
             if not value:
                 raise TemplateRenderError(path, "rendered parameter is empty (WhatsApp refuses empty parameters)")

@@ -410,11 +410,12 @@ WhatsAppContent = WhatsAppTemplateContent | WhatsAppTextContent
 
 
 def whatsapp_sources(content: WhatsAppTemplateContent) -> list[tuple[str, str]]:
-    """Every Liquid source of a template content with its path (``components.0.parameters.1.text``)."""
+    """Every Liquid source of a template content with its path (``components[0].parameters[1].text``),
+    written as the API writes paths."""
     out: list[tuple[str, str]] = []
     for i, component in enumerate(content.components):
         for j, parameter in enumerate(component.parameters):
-            out.append((f"components.{i}.parameters.{j}.{parameter.type}", parameter.value))
+            out.append((f"components[{i}].parameters[{j}].{parameter.type}", parameter.value))
     return out
 
 

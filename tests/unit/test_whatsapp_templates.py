@@ -164,7 +164,7 @@ def test_check_content_parses_every_parameter_with_its_path() -> None:
     broken.components[1].parameters[1].text = "{{ event.order "
     with pytest.raises(InvalidInput) as caught:
         check_content(broken)
-    assert [d["path"] for d in caught.value.details] == ["content.components.1.parameters.1.text"]
+    assert [d["path"] for d in caught.value.details] == ["content.components[1].parameters[1].text"]
     with pytest.raises(InvalidInput) as caught:
         check_content(WhatsAppTextContent.model_construct(text="{% if %}"))
     assert [d["path"] for d in caught.value.details] == ["content.text"]
@@ -199,11 +199,11 @@ def test_an_empty_or_too_long_rendered_value_is_a_render_error() -> None:
     assert isinstance(content, WhatsAppTemplateContent)
     with pytest.raises(TemplateRenderError) as caught:
         render_whatsapp(content, template_variables(contact(), event={}))
-    assert caught.value.field == "content.components.0.parameters.0.text"
+    assert caught.value.field == "content.components[0].parameters[0].text"
     assert "empty" in caught.value.reason
     with pytest.raises(TemplateRenderError) as caught:
         render_whatsapp(content, template_variables(contact(), event={"order": "x" * 1025}))
-    assert caught.value.field == "content.components.0.parameters.0.text"
+    assert caught.value.field == "content.components[0].parameters[0].text"
     assert "longer than 1024" in caught.value.reason
     with pytest.raises(TemplateRenderError) as caught:
         render_whatsapp(WhatsAppTextContent(text="{{ event.t }}"), template_variables(event={"t": "y" * 4097}))
