@@ -15,12 +15,20 @@ for a free worker (then ``Overloaded``: 429). A worker's address space is capped
 (``WORKER_MEMORY_BYTES``): an allocation past it fails inside the worker, not on the host. The
 pool is not tied to one event loop (a lock and short polls while every worker is busy), so the
 API loop and a delivery thread's loop may each own one.
+
+``coalesce=True`` (a delivery agent's pool: many sends render at once, each a small job): the
+calls made in one turn of the event loop go to the workers together, one job per worker holding
+a share of them (``_run_jobs``), so a pass of sends pays a round trip per worker rather than
+one per send. Each call still gets its own result or error; a chunk that passes the deadline or
+kills its worker is run again one call per job, so a slow template fails its own send only
+(after up to twice the deadline), as without coalescing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import pickle
 import resource
 import signal
@@ -61,19 +69,32 @@ def _serve(conn: Connection, memory_bytes: int) -> None:  # pragma: no cover - r
             return
         out: tuple[Any, ...]
         try:
-            out = ("ok", function(*args, **kwargs))
-        except TemplateRenderError as exc:
-            out = ("render", exc.field, exc.reason, exc.line)
-        except InvalidInput as exc:
-            out = ("invalid", exc.message, exc.details)
+            out = _outcome(function, args, kwargs)
         except MemoryError:
             out = ("render", "content", f"needs more than {memory_bytes // 2**20} MB of memory", None)
-        except Exception as exc:  # a bug: reported to the caller, the worker carries on
-            out = ("error", f"{type(exc).__name__}: {exc}")
         try:
             conn.send_bytes(pickle.dumps(out))
         except MemoryError:
             conn.send_bytes(pickle.dumps(("render", "content", "rendered result too large", None)))
+
+
+def _outcome(function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """One job's answer as the worker sends it: ``("ok", value)`` or the error it raised."""
+    try:
+        return ("ok", function(*args, **kwargs))
+    except TemplateRenderError as exc:
+        return ("render", exc.field, exc.reason, exc.line)
+    except InvalidInput as exc:
+        return ("invalid", exc.message, exc.details)
+    except MemoryError:
+        raise  # the worker's cap: answered for the whole job (a coalesced chunk is re-run one by one)
+    except Exception as exc:  # a bug: reported to the caller, the worker carries on
+        return ("error", f"{type(exc).__name__}: {exc}")
+
+
+def _run_jobs(jobs: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[tuple[Any, ...]]:
+    """A coalesced chunk, in a worker: each job's answer, in order (one job's error is its own)."""
+    return [_outcome(function, args, kwargs) for function, args, kwargs in jobs]
 
 
 class _Worker:
@@ -111,10 +132,17 @@ async def _readable(conn: Connection, timeout: float) -> bool:
 class TemplateWorkers:
     """At most ``size`` worker processes; ``await call(function, *args, **kwargs)`` runs one job in one."""
 
-    def __init__(self, size: int, deadline: float, *, memory_bytes: int = WORKER_MEMORY_BYTES) -> None:
+    def __init__(
+        self, size: int, deadline: float, *, memory_bytes: int = WORKER_MEMORY_BYTES, coalesce: bool = False
+    ) -> None:
         self.size = size
         self.deadline = deadline
         self.memory_bytes = memory_bytes
+        self.coalesce = coalesce
+        # Coalescing (one event loop's calls): the jobs of this turn of the loop, and the chunks in flight.
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
+        self._pending_loop: asyncio.AbstractEventLoop | None = None
+        self._chunks: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -123,6 +151,66 @@ class TemplateWorkers:
         self.killed = 0  # workers killed at their deadline (observability, tests)
 
     async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.coalesce:
+            loop = asyncio.get_running_loop()
+            if self._pending_loop is None or self._pending_loop is loop:
+                future: asyncio.Future[T] = loop.create_future()
+                self._pending.append((function, args, kwargs, future))
+                if self._pending_loop is None:
+                    self._pending_loop = loop
+                    loop.call_soon(self._flush)
+                return await future
+        return await self._call_one(function, *args, **kwargs)
+
+    def _flush(self) -> None:
+        """The jobs of this turn of the loop: one chunk per worker, each a single job in a worker."""
+        pending, self._pending, loop, self._pending_loop = self._pending, [], self._pending_loop, None
+        assert loop is not None
+        share = math.ceil(len(pending) / self.size)
+        for start in range(0, len(pending), share):
+            task = loop.create_task(self._run_chunk(pending[start : start + share]))
+            self._chunks.add(task)  # referenced until done (a task nobody holds may be collected)
+            task.add_done_callback(self._chunks.discard)
+
+    async def _run_chunk(
+        self, chunk: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]]
+    ) -> None:
+        if len(chunk) == 1:
+            await self._settle_one(chunk[0])
+            return
+        try:
+            replies = await self._call_one(_run_jobs, [(function, args, kwargs) for function, args, kwargs, _ in chunk])
+        except TemplateRenderError:
+            # Past the deadline, or the worker died: one job at a time, each with its own deadline,
+            # so only the job that caused it fails.
+            await asyncio.gather(*(self._settle_one(job) for job in chunk))
+            return
+        except Exception as exc:  # no worker for the chunk (Overloaded, closed): every job's answer
+            for *_, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # cancelled (the loop is stopping): so are the jobs
+            for *_, future in chunk:
+                future.cancel()
+            raise
+        for (*_, future), reply in zip(chunk, replies, strict=True):
+            _answer(future, reply)
+
+    async def _settle_one(
+        self, job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]
+    ) -> None:
+        function, args, kwargs, future = job
+        try:
+            value = await self._call_one(function, *args, **kwargs)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(value)
+
+    async def _call_one(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         worker = await self._acquire()
         reply: tuple[Any, ...] | None = None
         try:
@@ -239,6 +327,16 @@ class TemplateWorkers:
             if known:
                 self._slots += 1
         worker.kill()
+
+
+def _answer(future: asyncio.Future[Any], reply: tuple[Any, ...]) -> None:
+    """A coalesced job's answer to its caller (unless the caller was cancelled)."""
+    if future.done():
+        return
+    try:
+        future.set_result(_unpack(reply))
+    except Exception as exc:
+        future.set_exception(exc)
 
 
 def _unpack(reply: tuple[Any, ...] | None) -> Any:

@@ -63,6 +63,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from spotzee.providers.delivery_service import Deliverer, DeliveryResult, DeliverySettings, Scan, definition_lookups
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox
+from spotzee.runtime.delivery_loop import BatchLookups, skip_missing_sniffio
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import aiokafka_config
 from spotzee.runtime.kafka.partition_engine import Changes, Emit, Engine, due_key
@@ -133,8 +134,11 @@ class KafkaDelivery:
         self.partitions: dict[int, PartitionDelivery] = {}
         self.delivered = 0
         # Renders in worker processes, killed at the deadline: a slow template fails its send only.
-        self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout)
+        # (coalesced, and lookups once per batch: as the embedded agent, ``runtime/delivery_loop.py``)
+        self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout, coalesce=True)
         deliverer.workers = self.workers
+        self.lookups = BatchLookups(deliverer)
+        skip_missing_sniffio()
 
     async def reconcile(self) -> None:
         """Start delivering partitions whose store is ready; forget those that ended."""
@@ -260,6 +264,7 @@ class PartitionDelivery:
         if calls:  # durable before any call
             await self._write([], {changelog_key(DELIVERIES, i.command.send_id): dumps(m) for i, m in calls})
         limit = asyncio.Semaphore(self.agent.concurrency)
+        self.agent.lookups.batch()  # this partition's calls below share their lookups
         results = await asyncio.gather(*(self._call(item.command, limit) for item, _ in calls))
         finals += [(item, marker.attempts, result) for (item, marker), result in zip(calls, results, strict=True)]
         await self._finish(finals, tail)
