@@ -317,6 +317,7 @@ class MetaWhatsAppConfig(_VendorConfig):
 # -- email over vendor HTTP APIs ----------------------------------------------------------------
 
 AWS_REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?")
+SES_ENDPOINT: Final = re.compile(r"https://email\.[a-z0-9-]+\.amazonaws\.com")
 
 
 class SendgridConfig(_VendorConfig):
@@ -370,12 +371,19 @@ class SesConfig(_VendorConfig):
     @model_validator(mode="before")
     @classmethod
     def _regional_endpoint(cls, data: Any) -> Any:
-        """No ``base_url``: the region's SES endpoint (only for a valid region; else its error alone)."""
-        if isinstance(data, dict) and data.get("base_url") is None:
-            region = data.get("region")
+        """No ``base_url``, or another region's SES endpoint (a client that read the provider,
+        changed ``region`` and sent the shown ``base_url`` back): the region's SES endpoint, since
+        SigV4 signs for the region and the endpoint must be the region's (only for a valid region;
+        else the region's own error is reported alone)."""
+        if not isinstance(data, dict):
+            return data
+        base_url, region = data.get("base_url"), data.get("region")
+        regional = isinstance(base_url, str) and SES_ENDPOINT.fullmatch(base_url.rstrip("/")) is not None
+        if base_url is None or regional:
             if isinstance(region, str) and AWS_REGION.fullmatch(region):
                 return {**data, "base_url": f"https://email.{region}.amazonaws.com"}
-            return {**data, "base_url": "https://email.invalid"}  # the region's own error is reported
+            if base_url is None:
+                return {**data, "base_url": "https://email.invalid"}
         return data
 
 

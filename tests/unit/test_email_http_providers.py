@@ -412,6 +412,12 @@ def test_a_loopback_vendor_is_refused_without_the_operators_allowance(
 def test_configs_defaults_secrets_and_public_views() -> None:
     ses = SesConfig.model_validate({"region": "ap-southeast-2", "access_key_id": AWS_KEY, "secret_access_key": "s"})
     assert ses.base_url == "https://email.ap-southeast-2.amazonaws.com"
+    # The shown base_url sent back with another region follows the region (SigV4 signs for it);
+    # a relay's URL is kept.
+    moved = SesConfig.model_validate({**ses.model_dump(context={"reveal_secrets": True}), "region": "eu-west-2"})
+    assert moved.base_url == "https://email.eu-west-2.amazonaws.com"
+    relay = {**ses.model_dump(context={"reveal_secrets": True}), "base_url": "https://relay.example/ses/"}
+    assert SesConfig.model_validate(relay).base_url == "https://relay.example/ses"
     assert SendgridConfig.model_validate({"api_key": "k"}).base_url == "https://api.sendgrid.com"
     postmark = PostmarkConfig.model_validate({"server_token": "t"})
     assert (postmark.base_url, postmark.message_stream) == ("https://api.postmarkapp.com", "outbound")
