@@ -17,10 +17,15 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.errors import InvalidSchema
 
 from tests.support import Stack, running_stack
 
 EXAMPLES = int(os.environ.get("SPOTZEE_FUZZ_EXAMPLES", "20"))
+# schemathesis' negative generator sometimes gives up on a recursive schema it cannot malform ("Cannot
+# generate an array with 1 demanded elements", seen once in CI on a run the same commit passed again):
+# its limitation, not the app's. Tolerated for this many operations; the positive pass covers them.
+MAX_UNMALFORMABLE = 3
 ORGANISATION_ROUTES = ("/api/v1/projects", "/api/v1/keys", "/api/v1/sql", "/api/v1/audit")
 # Calls that would take the fuzzer's own keys away; their refusals are covered by the tenant matrix.
 SKIPPED = {("POST", "/api/v1/keys/{key_id}/rotate"), ("DELETE", "/api/v1/keys/{key_id}")}
@@ -49,6 +54,7 @@ def test_no_operation_answers_a_server_error(fuzz_stack: Stack, mode: Generation
     schema = schemathesis.openapi.from_dict(spec)
     failures: list[str] = []
     calls = [0]
+    unmalformable: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 50
     for operation in operations:
@@ -59,6 +65,11 @@ def test_no_operation_answers_a_server_error(fuzz_stack: Stack, mode: Generation
             check()
         except Unsatisfiable:
             assert mode is GenerationMode.NEGATIVE, operation.label  # nothing to malform (GET /health)
+        except InvalidSchema as exc:
+            if mode is not GenerationMode.NEGATIVE or "Cannot generate an array" not in str(exc):
+                raise
+            unmalformable.append(f"{operation.label}: {exc}")
+    assert len(unmalformable) <= MAX_UNMALFORMABLE, unmalformable
     assert calls[0] >= len(operations) * 2, "the fuzzer hardly called anything"
     assert not failures, "\n".join(sorted(set(failures))[:40])
 
