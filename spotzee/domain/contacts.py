@@ -19,7 +19,16 @@ import msgspec
 
 from spotzee.domain.event_time import effective_timestamp
 from spotzee.domain.traits import merge_traits
-from spotzee.schemas.contact_models import FIRST_CLASS_FIELDS, ContactState, EventStats, FieldChange, RecentEvent
+from spotzee.schemas.contact_models import (
+    FIRST_CLASS_FIELDS,
+    MAX_DEVICE_TOKEN_CHARS,
+    MAX_DEVICES,
+    ContactState,
+    Device,
+    EventStats,
+    FieldChange,
+    RecentEvent,
+)
 from spotzee.schemas.message_data import (
     AliasData,
     GroupData,
@@ -103,6 +112,9 @@ def apply_message(state: ContactState | None, message: MessageData, **arrival: U
 
     current.first_seen = happened if current.first_seen is None else min(current.first_seen, happened)
     current.last_seen = happened if current.last_seen is None else max(current.last_seen, happened)
+    device = message.context.get("device") if message.context else None
+    if isinstance(device, dict) and device.get("token"):
+        current.devices = with_device(current.devices, device, happened)
     if isinstance(message, BEHAVIOURAL):
         name = event_name(message)
         _count(current, name, happened)
@@ -167,10 +179,50 @@ def merge_profiles(target: ContactState | None, source: ContactState | None, **m
                 )
             )
         merged.recent_events = _recent([*merged.recent_events, *source.recent_events], merge["recent_limit"])
+        for device in source.devices:
+            merged.devices = _with_device(merged.devices, device)
         merged.created_at = min(merged.created_at, source.created_at)
     merged.updated_at = max(merged.updated_at, now)
     merged.version += 1
     return Outcome(merged, diff_attributes(before, merged))
+
+
+def with_device(devices: list[Device], device: dict[str, Any], seen: datetime) -> list[Device]:
+    """``devices`` with the token of a message's ``context.device`` (Segment's convention) seen at
+    ``seen``: a known token's ``last_seen`` (and type) updated, a new one added; at most
+    ``MAX_DEVICES``, the one seen least recently dropped. A token that is not a non-empty string of
+    at most ``MAX_DEVICE_TOKEN_CHARS`` is ignored (the event still counts)."""
+    token = device.get("token")
+    if not isinstance(token, str) or not token.strip() or len(token) > MAX_DEVICE_TOKEN_CHARS:
+        return devices
+    kind = device.get("type")
+    kind = kind.lower() if isinstance(kind, str) and kind.lower() in ("ios", "android") else "other"
+    return _with_device(devices, Device(token=token, type=kind, first_seen=seen, last_seen=seen))
+
+
+def without_devices(devices: list[Device], tokens: list[str]) -> list[Device]:
+    """``devices`` less ``tokens`` (a provider reported them unregistered)."""
+    gone = set(tokens)
+    return [d for d in devices if d.token not in gone]
+
+
+def _with_device(devices: list[Device], new: Device) -> list[Device]:
+    """A new list (Devices are never changed in place: they may be shared with the input state)."""
+    out: list[Device] = []
+    for known in devices:
+        if known.token == new.token:
+            new = Device(
+                token=new.token,
+                type=new.type if new.last_seen >= known.last_seen else known.type,
+                first_seen=min(known.first_seen, new.first_seen),
+                last_seen=max(known.last_seen, new.last_seen),
+            )
+        else:
+            out.append(known)
+    out.append(new)
+    if len(out) > MAX_DEVICES:
+        out = sorted(out, key=lambda d: (d.last_seen, d.token))[-MAX_DEVICES:]
+    return out
 
 
 def flatten_attributes(state: ContactState | None) -> dict[str, Any]:

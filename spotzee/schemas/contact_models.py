@@ -15,6 +15,11 @@ from spotzee.schemas.common import JSONObject, Model, UTCDateTime
 from spotzee.schemas.structs import Struct, to_builtins
 
 FIRST_CLASS_FIELDS = ("email", "phone", "timezone", "locale")
+# Push devices kept per contact: a phone re-installing an app gets a new token each time, so the
+# list is bounded; beyond it the device seen least recently is dropped (docs/contacts.md, Devices).
+MAX_DEVICES = 20
+MAX_DEVICE_TOKEN_CHARS = 4096  # FCM tokens are ~160 characters, APNs 64 hex; longer is not a token
+DeviceType = Literal["ios", "android", "other"]
 
 
 class EventStats(Struct, kw_only=True):
@@ -31,6 +36,15 @@ class RecentEvent(Struct, kw_only=True):
     event: str
     timestamp: datetime
     properties: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Device(Struct, kw_only=True):
+    """A push token the contact's app reported (an event's ``context.device.token``)."""
+
+    token: str
+    type: str = "other"  # ``ios``, ``android`` (``context.device.type``), else ``other``
+    first_seen: datetime
+    last_seen: datetime
 
 
 class ContactState(Struct, kw_only=True):
@@ -50,6 +64,7 @@ class ContactState(Struct, kw_only=True):
     last_seen: datetime | None = None
     events: dict[str, EventStats] = msgspec.field(default_factory=dict)
     recent_events: list[RecentEvent] = msgspec.field(default_factory=list)
+    devices: list[Device] = msgspec.field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     version: int = 0
@@ -86,6 +101,13 @@ class RecentEventPublic(Model):
     properties: JSONObject
 
 
+class DevicePublic(Model):
+    token: str
+    type: DeviceType
+    first_seen: UTCDateTime
+    last_seen: UTCDateTime
+
+
 class ContactPublic(Model):
     id: str
     project_id: str
@@ -101,6 +123,7 @@ class ContactPublic(Model):
     last_seen: UTCDateTime | None
     events: dict[str, EventStatsPublic]
     recent_events: list[RecentEventPublic]
+    devices: list[DevicePublic] = Field(default_factory=list)
     created_at: UTCDateTime
     updated_at: UTCDateTime
     version: int

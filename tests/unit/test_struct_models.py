@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from spotzee.schemas import structs
-from spotzee.schemas.contact_models import ContactPublic, ContactState, EventStats, RecentEvent
+from spotzee.schemas.contact_models import ContactPublic, ContactState, Device, EventStats, RecentEvent
 from spotzee.schemas.events import SegmentMessage
 from spotzee.schemas.message_data import MessageData, message_data
 
@@ -60,6 +60,18 @@ def contact_states(draw: st.DrawFn) -> ContactState:
             max_size=3,
         )
     )
+    devices = draw(
+        st.lists(
+            st.builds(
+                lambda t, k, a, b: Device(token=t, type=k, first_seen=min(a, b), last_seen=max(a, b)),
+                names,
+                st.sampled_from(["ios", "android", "other"]),
+                moments,
+                moments,
+            ),
+            max_size=3,
+        )
+    )
     return ContactState(
         project_id=draw(names),
         id=draw(names),
@@ -75,6 +87,7 @@ def contact_states(draw: st.DrawFn) -> ContactState:
         last_seen=draw(st.none() | moments),
         events=events,
         recent_events=recent,
+        devices=devices,
         created_at=created,
         updated_at=created + timedelta(seconds=draw(st.integers(0, 10**6))),
         version=draw(st.integers(0, 10**6)),
@@ -109,7 +122,9 @@ def test_pydantic_era_contact_bytes_decode() -> None:
     state = structs.decode(ContactState, stored)
     assert state.events["buy"].last_at == datetime(2026, 1, 3, tzinfo=UTC)
     assert state.recent_events[0].properties == {"price": 9.5}
-    assert msgspec.json.decode(structs.encode(state)) == msgspec.json.decode(stored)
+    # bytes written before devices existed read with none; written back, they gain the empty list
+    assert state.devices == []
+    assert msgspec.json.decode(structs.encode(state)) == {**msgspec.json.decode(stored), "devices": []}
 
 
 edge_messages: TypeAdapter[Any] = TypeAdapter(SegmentMessage)
