@@ -35,12 +35,17 @@ from spotzee.errors import InvalidInput
 from spotzee.schemas.common import JSONObject, Model
 from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.template_models import (
+    MAX_PUSH_BODY,
+    MAX_PUSH_DATA_VALUE,
+    MAX_PUSH_TITLE,
     MAX_SMS_CHARS,
     MAX_WHATSAPP_PARAMETER,
     MAX_WHATSAPP_TEXT,
     EmailContent,
     LiquidDialect,
+    PushContent,
     RenderedEmail,
+    RenderedPush,
     RenderedSms,
     RenderedWebhook,
     RenderedWhatsAppTemplate,
@@ -57,8 +62,10 @@ from spotzee.schemas.template_models import (
     whatsapp_sources,
 )
 
-AnyContent = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent
-AnyRendered = RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText
+AnyContent = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent | PushContent
+AnyRendered = (
+    RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText | RenderedPush
+)
 
 Clock = Callable[[], float]
 
@@ -371,6 +378,54 @@ def render_whatsapp(
     )
 
 
+def render_push(
+    content: PushContent,
+    variables: Mapping[str, object],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    *,
+    clock: Clock = time.monotonic,
+) -> RenderedPush:
+    """Title (one line), body, image and deep link URLs and data values rendered, trimmed and bounded
+    (``MAX_PUSH_*``): an empty title or body, an image that is not an absolute http(s) URL, or a part
+    over its limit is a render error at its path (``content.data.order_id``)."""
+    render = _Render(variables, limits, clock)
+    title = _LINE_BREAKS.sub(" ", render.field(content.title, "content.title")).strip()
+    body = render.field(content.body, "content.body").strip()
+    for path, value, limit in (("content.title", title, MAX_PUSH_TITLE), ("content.body", body, MAX_PUSH_BODY)):
+        if not value:
+            raise TemplateRenderError(path, "rendered push text is empty")
+        if len(value) > limit:
+            raise TemplateRenderError(path, f"rendered push text longer than {limit} characters")
+    image = None
+    if content.image is not None:
+        try:
+            image = _check_url(render.field(content.image, "content.image"))
+        except TemplateRenderError as exc:
+            raise TemplateRenderError("content.image", exc.reason) from None
+    deep_link = None
+    if content.deep_link is not None:
+        deep_link = render.field(content.deep_link, "content.deep_link").strip() or None
+        if deep_link is not None and any(ch.isspace() or ord(ch) < 0x20 for ch in deep_link):
+            raise TemplateRenderError("content.deep_link", "rendered deep link contains whitespace")
+    data: dict[str, str] = {}
+    for key, source in content.data.items():
+        path = f"content.data.{key}"
+        value = render.field(source, path)
+        if len(value) > MAX_PUSH_DATA_VALUE:
+            raise TemplateRenderError(path, f"rendered data value longer than {MAX_PUSH_DATA_VALUE} characters")
+        data[key] = value
+    return RenderedPush(
+        title=title,
+        body=body,
+        image=image,
+        deep_link=deep_link,
+        data=data,
+        badge=content.badge,
+        sound=content.sound,
+        ttl=content.ttl,
+    )
+
+
 def render_content(
     content: AnyContent,
     variables: Mapping[str, object],
@@ -384,6 +439,8 @@ def render_content(
         return render_sms(content, variables, limits, clock=clock)
     if isinstance(content, WhatsAppTemplateContent | WhatsAppTextContent):
         return render_whatsapp(content, variables, limits, clock=clock)
+    if isinstance(content, PushContent):
+        return render_push(content, variables, limits, clock=clock)
     return render_webhook(content, variables, limits, clock=clock)
 
 
@@ -429,6 +486,14 @@ def template_fields(content: AnyContent) -> list[tuple[str, str]]:
         named = {"text": content.text}
     elif isinstance(content, WhatsAppTemplateContent):
         named = dict(whatsapp_sources(content))
+    elif isinstance(content, PushContent):
+        named = {
+            "title": content.title,
+            "body": content.body,
+            "image": content.image,
+            "deep_link": content.deep_link,
+            **{f"data.{k}": v for k, v in content.data.items()},
+        }
     else:
         named = {"url": content.url, **{f"headers.{k}": v for k, v in content.headers.items()}, "body": content.body}
     return [(f"content.{name}", source) for name, source in named.items() if source is not None]

@@ -56,7 +56,7 @@ from pydantic_core import PydanticCustomError
 
 from spotzee.schemas.common import Identifier, JSONObject, Model, UTCDateTime
 
-TemplateChannel = Literal["email", "webhook", "sms", "whatsapp"]
+TemplateChannel = Literal["email", "webhook", "sms", "whatsapp", "push"]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 MAX_SUBJECT: Final = 2_000
@@ -73,6 +73,19 @@ MAX_SMS_CHARS: Final = 1_600
 MAX_WHATSAPP_TEXT: Final = 4_096
 MAX_WHATSAPP_PARAMETER: Final = 1_024
 MAX_WHATSAPP_PARAMETERS: Final = 100
+# Push: FCM and APNs take at most 4 KB of payload, so the parts are bounded well within that once
+# rendered: a title, a body, the custom data map (keys, entries, values), a badge, a time to live
+# (FCM's maximum, 28 days).
+MAX_PUSH_TITLE: Final = 256
+MAX_PUSH_BODY: Final = 2_048
+MAX_PUSH_DATA_ENTRIES: Final = 32
+MAX_PUSH_DATA_KEY: Final = 64
+MAX_PUSH_DATA_VALUE: Final = 1_024
+MAX_PUSH_SOUND: Final = 256
+MAX_PUSH_BADGE: Final = 99_999
+MAX_PUSH_TTL: Final = 28 * 24 * 3600
+# FCM reserves these data keys (and any starting with ``google.`` or ``gcm.``).
+RESERVED_PUSH_DATA_KEYS: Final = frozenset({"from", "notification", "message_type"})
 MAX_WHATSAPP_BUTTONS: Final = 10
 
 # -- the Liquid dialect -------------------------------------------------------------------------
@@ -170,8 +183,11 @@ _ContentT = TypeVar("_ContentT", bound=Model)
 def _markup_within_limit(content: _ContentT) -> _ContentT:
     """All template fields of one content together (headers too): at most ``MAX_MARKUP`` tags.
     After the fields' own checks, so a field over its own limit is reported at its path."""
-    sources = [getattr(content, name, None) for name in ("subject", "html", "text", "url", "body")]
+    sources = [
+        getattr(content, name, None) for name in ("subject", "html", "text", "url", "body", "title", "deep_link")
+    ]
     sources += list(getattr(content, "headers", {}).values())
+    sources += list(getattr(content, "data", {}).values())  # a push's data values
     markup = sum(s.count("{{") + s.count("{%") for s in sources if isinstance(s, str))
     if markup > MAX_MARKUP:
         raise ValueError(f"more than {MAX_MARKUP} Liquid tags and outputs in the template ({markup})")
@@ -409,6 +425,49 @@ class WhatsAppTextContent(Model):
 WhatsAppContent = WhatsAppTemplateContent | WhatsAppTextContent
 
 
+_PUSH_DATA_KEY = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def _push_data_key(value: str) -> str:
+    if not _PUSH_DATA_KEY.match(value):
+        raise ValueError("a data key is 1-64 letters, digits, '_', '.' or '-'")
+    if value in RESERVED_PUSH_DATA_KEYS or value.startswith(("google.", "gcm.")):
+        raise ValueError(f"data key {value!r} is reserved by FCM")
+    return value
+
+
+PushDataKey = Annotated[str, AfterValidator(_push_data_key)]
+PushDataValue = Annotated[str, Field(max_length=MAX_PUSH_DATA_VALUE), AfterValidator(_liquid)]
+
+
+class PushContent(Model):
+    """A push notification: ``title``, ``body``, ``deep_link`` and ``data`` values are Liquid; it goes
+    to every device (push token) of the contact."""
+
+    title: Annotated[
+        str, Field(min_length=1, max_length=MAX_SUBJECT), AfterValidator(_single_line), AfterValidator(_liquid)
+    ]
+    body: Body
+    image: UrlTemplate | None = None
+    deep_link: (
+        Annotated[str, Field(min_length=1, max_length=MAX_URL), AfterValidator(_single_line), AfterValidator(_liquid)]
+        | None
+    ) = None
+    data: Annotated[dict[PushDataKey, PushDataValue], Field(max_length=MAX_PUSH_DATA_ENTRIES)] = Field(
+        default_factory=dict
+    )
+    badge: Annotated[int, Field(ge=0, le=MAX_PUSH_BADGE)] | None = None
+    sound: Annotated[str, Field(min_length=1, max_length=MAX_PUSH_SOUND), AfterValidator(_single_line)] | None = None
+    ttl: (
+        Annotated[int, Field(ge=0, le=MAX_PUSH_TTL, description="Seconds the push may wait for an offline device.")]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _markup_limit(self) -> Self:
+        return _markup_within_limit(self)
+
+
 def whatsapp_sources(content: WhatsAppTemplateContent) -> list[tuple[str, str]]:
     """Every Liquid source of a template content with its path (``components[0].parameters[1].text``),
     written as the API writes paths."""
@@ -426,18 +485,20 @@ def _whatsapp_model(value: Any) -> type[WhatsAppTemplateContent] | type[WhatsApp
     return WhatsAppTemplateContent
 
 
-Content = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent
+Content = EmailContent | WebhookContent | SmsContent | WhatsAppTemplateContent | WhatsAppTextContent | PushContent
 ContentModel = (
     type[EmailContent]
     | type[WebhookContent]
     | type[SmsContent]
     | type[WhatsAppTemplateContent]
     | type[WhatsAppTextContent]
+    | type[PushContent]
 )
-CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent] | type[SmsContent]]] = {
+CONTENT_MODELS: Final[dict[str, type[EmailContent] | type[WebhookContent] | type[SmsContent] | type[PushContent]]] = {
     "email": EmailContent,
     "webhook": WebhookContent,
     "sms": SmsContent,
+    "push": PushContent,
 }
 
 
@@ -585,8 +646,23 @@ class RenderedWhatsAppText(Model):
 RenderedWhatsApp = RenderedWhatsAppTemplate | RenderedWhatsAppText
 
 
+class RenderedPush(Model):
+    """A push notification as sent to each device."""
+
+    title: str
+    body: str
+    image: str | None = None
+    deep_link: str | None = None
+    data: dict[str, str] = Field(default_factory=dict)
+    badge: int | None = None
+    sound: str | None = None
+    ttl: int | None = None
+
+
 class TemplatePreview(Model):
     """The answer to a preview: what would be sent (nothing is sent)."""
 
     channel: TemplateChannel
-    rendered: RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText
+    rendered: (
+        RenderedEmail | RenderedWebhook | RenderedSms | RenderedWhatsAppTemplate | RenderedWhatsAppText | RenderedPush
+    )
