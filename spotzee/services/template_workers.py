@@ -143,6 +143,7 @@ class TemplateWorkers:
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._pending_loop: asyncio.AbstractEventLoop | None = None
         self._chunks: set[asyncio.Task[None]] = set()
+        self._deferred: asyncio.TimerHandle | None = None  # a flush waiting for a free worker
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -163,10 +164,19 @@ class TemplateWorkers:
         return await self._call_one(function, *args, **kwargs)
 
     def _flush(self) -> None:
-        """The jobs of this turn of the loop: one chunk per worker, each a single job in a worker."""
-        pending, self._pending, loop, self._pending_loop = self._pending, [], self._pending_loop, None
+        """The pending calls: one chunk per free worker, each a single job in a worker. While every
+        worker is busy they wait (joined by later calls) until one is free, so calls that arrive
+        one by one while the workers work still go together."""
+        loop, self._deferred = self._pending_loop, None
         assert loop is not None
-        share = math.ceil(len(pending) / self.size)
+        with self._lock:
+            free = len(self._idle) + self._slots
+            closed = self._closed
+        if free == 0 and not closed:
+            self._deferred = loop.call_later(_POLL, self._flush)  # or sooner: ``_worker_freed``
+            return
+        pending, self._pending, self._pending_loop = self._pending, [], None
+        share = math.ceil(len(pending) / max(1, free))
         for start in range(0, len(pending), share):
             task = loop.create_task(self._run_chunk(pending[start : start + share]))
             self._chunks.add(task)  # referenced until done (a task nobody holds may be collected)
@@ -220,6 +230,7 @@ class TemplateWorkers:
         finally:
             if reply is not None and worker is not None:
                 self._release(worker)
+                self._worker_freed()
             elif worker is not None:  # killed, dead, cancelled mid-job: never reused
                 self._forget(worker)
             else:
@@ -227,6 +238,14 @@ class TemplateWorkers:
                     self._slots += 1
         value: T = _unpack(reply)
         return value
+
+    def _worker_freed(self) -> None:
+        """A deferred flush on this loop runs now rather than at its next poll."""
+        deferred, loop = self._deferred, self._pending_loop
+        if deferred is not None and loop is asyncio.get_running_loop():
+            deferred.cancel()
+            self._deferred = None
+            loop.call_soon(self._flush)
 
     async def warm(self) -> None:
         """Start every worker now, so the first sends don't each wait for a process to start

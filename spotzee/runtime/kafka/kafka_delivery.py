@@ -63,7 +63,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from spotzee.providers.delivery_service import Deliverer, DeliveryResult, DeliverySettings, Scan, definition_lookups
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox
-from spotzee.runtime.delivery_loop import BatchLookups, skip_missing_sniffio
+from spotzee.runtime.delivery_loop import BatchLookups, trim_http_client_overheads
 from spotzee.runtime.kafka import admin
 from spotzee.runtime.kafka.config import aiokafka_config
 from spotzee.runtime.kafka.partition_engine import Changes, Emit, Engine, due_key
@@ -138,7 +138,7 @@ class KafkaDelivery:
         self.workers = TemplateWorkers(settings.template_workers, settings.template_render_timeout, coalesce=True)
         deliverer.workers = self.workers
         self.lookups = BatchLookups(deliverer)
-        skip_missing_sniffio()
+        trim_http_client_overheads()
 
     async def reconcile(self) -> None:
         """Start delivering partitions whose store is ready; forget those that ended."""
