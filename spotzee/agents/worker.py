@@ -35,6 +35,7 @@ from spotzee.runtime.kafka.kafka_delivery import KafkaDelivery, build_delivery
 from spotzee.runtime.kafka.partition_engine import Engine, InputRecord, KafkaClients
 from spotzee.runtime.kafka.records_feed import Record, RecordsFeed
 from spotzee.runtime.kafka.sink_app import build_sink_app
+from spotzee.services.suppression_service import suppression_lookup
 from spotzee.settings import Settings
 from spotzee.streams import topics
 from spotzee.streams.contact_processor import ContactProcessor
@@ -58,6 +59,8 @@ def build_processor_app(settings: Settings, clock: Clock | None = None) -> tuple
     _load_definitions(definitions)
     engine = _engine(settings, clock or clock_from(settings.clock_shift_file), definitions)
     delivery = build_delivery(settings, engine, definitions.scan)  # sends of the partitions owned here
+    if delivery is not None:  # the suppression list: a point read of the replica per send
+        delivery.deliverer.suppressed = suppression_lookup(definitions.items.get)
     # Subscribed like an agent's topic (faust's group then assigns its partitions here), but no agent reads
     # it: the feed takes its records; acks off, faust tracks no offsets of it (the feed commits them).
     events = app.topic(

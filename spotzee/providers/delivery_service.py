@@ -80,6 +80,13 @@ log = logging.getLogger(__name__)
 Status = Literal["sent", "retry", "failed", "suppressed"]
 MAX_KEPT_SENDERS = 256  # providers with a kept sender (and its connections) per delivery agent
 R = TypeVar("R")
+# Where a send of each channel goes, as the suppression list keys it (push tokens are checked one
+# by one where a push send picks them).
+SUPPRESSIBLE_ADDRESSES: dict[str, Callable[[ContactState], str | None]] = {
+    "email": lambda contact: contact.email,
+    "sms": lambda contact: contact.phone,
+    "whatsapp": lambda contact: contact.phone,
+}
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,13 @@ class Deliverer:
         settings: DeliverySettings,
         template: Callable[[str, str], TemplateDefinition | None],
         provider_for: Callable[[str, str], ProviderDefinition | None],
+        *,
+        suppressed: Callable[[str, str, str], str | None] | None = None,
     ) -> None:
         self.settings = settings
+        # The project's suppression list (``suppression_service.suppression_lookup``): the reason
+        # of the destination's entry, or None. Set by whoever builds the deliverer on both runtimes.
+        self.suppressed = suppressed
         self.template = template
         self.provider_for = provider_for
         # Set by the delivery agent that owns them: renders then run in worker processes with a
@@ -232,6 +244,9 @@ class Deliverer:
             return DeliveryResult("failed", {"reason": "the contact no longer exists"})
         if subscription_state(contact, command.channel) == "unsubscribed":
             return DeliveryResult("suppressed", {"reason": f"unsubscribed from {command.channel}"})
+        reason = self._suppressed_address(command, contact)
+        if reason is not None:
+            return DeliveryResult("suppressed", {"reason": f"suppressed address ({reason})"})
         template = self.template(command.project_id, command.template_id)
         if template is None:
             return DeliveryResult("failed", {"reason": f"template {command.template_id} not found"})
@@ -245,6 +260,15 @@ class Deliverer:
         if provider is None:
             return DeliveryResult("failed", {"reason": f"no {command.channel} provider in the project"})
         return await self._by_channel(command, contact, template, provider)
+
+    def _suppressed_address(self, command: SendCommand, contact: ContactState) -> str | None:
+        """The reason the address this send goes to is on the project's suppression list, if it is
+        (the contact's email for email, its phone for sms and whatsapp)."""
+        if self.suppressed is None:
+            return None
+        where = SUPPRESSIBLE_ADDRESSES.get(command.channel)
+        address = where(contact) if where is not None else None
+        return self.suppressed(command.project_id, command.channel, address) if address else None
 
     async def _by_channel(
         self, command: SendCommand, contact: ContactState, template: TemplateDefinition, provider: ProviderDefinition

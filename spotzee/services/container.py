@@ -35,6 +35,7 @@ from spotzee.services.list_service import Lists
 from spotzee.services.provider_service import Providers
 from spotzee.services.scheduler import Scheduler
 from spotzee.services.segment_service import Segments
+from spotzee.services.suppression_service import IsSuppressed, Suppressions
 from spotzee.services.template_service import Templates
 from spotzee.services.template_workers import TemplateWorkers
 from spotzee.services.tenancy_service import Tenancy
@@ -61,6 +62,7 @@ class Services:
     providers: Providers
     journeys: Journeys
     topics: Topics  # subscription topics (consent per topic comes later)
+    suppressions: Suppressions  # the project-wide suppression list (checked at send time)
     scheduler: Scheduler | None = None  # fires scheduled journeys (both runtimes)
     started: bool = field(default=False)
 
@@ -77,7 +79,7 @@ class Services:
 
         def deliverer() -> Deliverer:
             # Called by the runtime when it starts, once the templates and providers below exist.
-            return _deliverer(settings, templates, providers)
+            return _deliverer(settings, templates, providers, suppressions.is_suppressed)
 
         try:
             runtime = open_runtime(
@@ -100,6 +102,7 @@ class Services:
         )
         providers = Providers(catalogue, clock, outbound, box)
         journeys = Journeys(catalogue, clock, segments, journey_registry)
+        suppressions = Suppressions(runtime, tenancy, clock)
         return cls(
             settings,
             clock,
@@ -113,6 +116,7 @@ class Services:
             providers,
             journeys,
             Topics(catalogue, clock),
+            suppressions,
             Scheduler(runtime, journey_registry, registry, tenancy.project_timezone, clock),
         )
 
@@ -198,7 +202,9 @@ def _open_clickhouse(settings: Settings) -> tuple[ClickHouse, Analyst]:
     return clickhouse, analyst
 
 
-def _deliverer(settings: Settings, templates: Templates, providers: Providers) -> Deliverer:
+def _deliverer(
+    settings: Settings, templates: Templates, providers: Providers, is_suppressed: IsSuppressed
+) -> Deliverer:
     """The embedded runtime's deliverer: templates and providers through the catalogue services
     (the Kafka runtime's workers read the definitions topic: ``runtime/kafka/kafka_delivery.py``)."""
 
@@ -218,4 +224,5 @@ def _deliverer(settings: Settings, templates: Templates, providers: Providers) -
         ),
         template,
         provider_for,
+        suppressed=is_suppressed,
     )

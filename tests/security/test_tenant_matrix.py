@@ -58,7 +58,15 @@ def _make_objects(client: httpx.Client, contact: str) -> dict[str, str]:
         "journey_id": created("/api/v1/journeys", welcome_journey(template)),
         "topic_id": created("/api/v1/topics", {"name": "News", "default": "opted_in"}),
         "contact_id": contact,
+        **_suppressed(client, f"{contact}@example.com"),
     }
+
+
+def _suppressed(client: httpx.Client, address: str) -> dict[str, str]:
+    """A suppression list entry of the project: its path parameters (each project's own address)."""
+    response = client.post("/api/v1/suppressions", json={"channel": "email", "address": address})
+    assert response.status_code == 201, response.text
+    return {"channel": "email", "address": address}
 
 
 def _second_organisation(stack: Stack) -> str:
@@ -137,6 +145,7 @@ def _body(method: str, path: str) -> dict[str, Any] | None:
         },
         r"/enter$": {"ids": ["own-contact"]},
         r"/topics(/[^/]+)?$": {"name": "x"},
+        r"/suppressions$": {"channel": "email", "address": "intruder@example.com"},
         r"/journeys(/[^/]+)?$": welcome_journey("tpl_0000000000000000"),
         r"/contacts/.+": {"traits": {"plan": "intruder"}},
         r"/projects(/[^/]+/keys)?$": {"name": "x", "kind": "secret"},
@@ -202,7 +211,7 @@ def test_every_route_refuses_every_key_it_should(world: tuple[Stack, Tenant, Ten
 
 def test_listings_never_show_another_projects_objects(world: tuple[Stack, Tenant, Tenant, str]) -> None:
     stack, own, theirs, stranger_admin = world
-    foreign_ids = {v for k, v in theirs.objects.items() if k not in ("contact_id",)}
+    foreign_ids = {v for k, v in theirs.objects.items() if k not in ("contact_id", "channel")}
     for method, template, names in _operations(stack):
         if method != "GET" or names or not template.startswith("/api/v1/"):
             continue
@@ -240,3 +249,6 @@ def test_nothing_of_the_other_project_changed(world: tuple[Stack, Tenant, Tenant
         assert client.get(f"/api/v1/journeys/{theirs.objects['journey_id']}").json()["status"] == "draft"
         topic = client.get(f"/api/v1/topics/{theirs.objects['topic_id']}").json()
         assert (topic["name"], topic["version"]) == ("News", 1)
+        # their suppression list: their one entry, untouched (no intruder's address added to it)
+        entries = client.get("/api/v1/suppressions").json()["items"]
+        assert [e["address"] for e in entries] == [theirs.objects["address"]]
