@@ -45,8 +45,9 @@ bench: $(VENV)/.installed-dev ## Ingestion benchmark: events/s accepted and land
 bench-segments: $(VENV)/.installed-dev ## Segments benchmark: backfill time, events/s with 20 segments, membership latency
 	$(BIN)/python bench/segments.py $(ARGS)
 
-bench-journeys: $(VENV)/.installed-dev ## Journeys benchmark: event -> email latency at an SMTP server, transitions/s
+bench-journeys: $(VENV)/.installed-dev ## Journeys benchmark: event -> email latency, transitions/s; then sends/s per channel (SENDS_ARGS)
 	$(BIN)/python bench/journeys.py $(ARGS)
+	$(BIN)/python bench/sends.py $(SENDS_ARGS)
 
 bench-processor: $(VENV)/.installed-dev ## Processor cost model: CPU µs per event by stage, in-process (ARGS="--events N --json")
 	$(BIN)/python bench/processor.py $(ARGS)
