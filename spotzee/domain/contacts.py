@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
@@ -137,12 +138,21 @@ def apply_message(state: ContactState | None, message: MessageData, **arrival: U
 
 
 def apply_patch(
-    state: ContactState | None, traits: dict[str, Any], *, project_id: str, contact_id: str, now: datetime
+    state: ContactState | None,
+    traits: dict[str, Any],
+    *,
+    project_id: str,
+    contact_id: str,
+    now: datetime,
+    remove_devices: Sequence[str] = (),
 ) -> Outcome:
-    """An admin API attribute change: identify semantics, without an event."""
+    """An admin API attribute change: identify semantics, without an event; ``remove_devices``
+    takes those push tokens off the contact (reported unregistered by a push provider)."""
     before = state
     current = _working_copy(state) if state is not None else new_contact(project_id, contact_id, now)
     _set_attributes(current, traits)
+    if remove_devices:
+        current.devices = without_devices(current.devices, list(remove_devices))
     current.updated_at = max(current.updated_at, now)
     current.version += 1
     return Outcome(current, diff_attributes(before, current))

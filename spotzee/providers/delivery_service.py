@@ -18,7 +18,7 @@ import asyncio
 import logging
 import ssl
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -30,14 +30,17 @@ from spotzee.domain.templates import (
     TemplateRenderError,
     event_variables,
     render_email,
+    render_push,
     render_sms,
     render_webhook,
     render_whatsapp,
     template_variables,
 )
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.fcm import FcmSender
 from spotzee.providers.meta_whatsapp import MetaWhatsAppSender
 from spotzee.providers.postmark import PostmarkSender
+from spotzee.providers.push import NO_DEVICE, PushDelivery, combine, device_send_id
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.providers.sealing import SecretBox, SecretsUnreadable, open_definition
 from spotzee.providers.sendgrid import SendgridSender
@@ -54,6 +57,7 @@ from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.schemas.provider_models import (
     EMAIL_CONFIGS,
+    FcmConfig,
     MetaWhatsAppConfig,
     PostmarkConfig,
     ProviderDefinition,
@@ -65,8 +69,10 @@ from spotzee.schemas.provider_models import (
     VonageConfig,
     WebhookConfig,
 )
+from spotzee.schemas.records import ContactPatch, record_key
 from spotzee.schemas.template_models import (
     EmailContent,
+    PushContent,
     SmsContent,
     TemplateDefinition,
     WebhookContent,
@@ -74,6 +80,7 @@ from spotzee.schemas.template_models import (
     WhatsAppTextContent,
 )
 from spotzee.services.template_workers import TemplateWorkers
+from spotzee.streams.record_codec import dumps
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +150,8 @@ class Senders:
             )
         if isinstance(config, MetaWhatsAppConfig):
             return MetaWhatsAppSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, FcmConfig):
+            return FcmSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         return VonageSender(config, policy=settings.outbound, tls_context=settings.tls_context)
 
     def _current(self, provider: ProviderDefinition) -> tuple[_Kept, _Kept | None]:
@@ -228,6 +237,10 @@ class Deliverer:
         # hard deadline (a slow template fails its own send, never stalls the others).
         self.workers: TemplateWorkers | None = None
         self.senders = Senders(settings)
+        # Appends records to the log (the runtime's ``append``), set by the runtime that owns the
+        # deliverer: how a push token reported unregistered leaves its contact (a ContactPatch
+        # through the contact processor, never a write to the contacts table).
+        self.write_back: Callable[[list[tuple[str, bytes]]], Awaitable[object]] | None = None
 
     async def aclose(self) -> None:
         """Release every kept sender's connections: delivery stops (called on its event loop)."""
@@ -283,6 +296,8 @@ class Deliverer:
                 return await self._sms(command, contact, template.content, provider)
             if isinstance(template.content, WhatsAppTemplateContent | WhatsAppTextContent):
                 return await self._whatsapp(command, contact, template.content, provider)
+            if isinstance(template.content, PushContent) and isinstance(provider.config, FcmConfig):
+                return await self._push(command, contact, template.content, provider)
         except TemplateRenderError as exc:
             return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
         return DeliveryResult("failed", {"reason": f"provider {provider.id} can't send a {template.channel} template"})
@@ -378,6 +393,62 @@ class Deliverer:
             outcome = await sender.send(delivery)
         result = _result(outcome)
         return DeliveryResult(result.status, {**result.detail, "message_type": delivery.kind}, result.retry_after)
+
+    async def _push(
+        self, command: SendCommand, contact: ContactState, content: PushContent, provider: ProviderDefinition
+    ) -> DeliveryResult:
+        """One push per device of the contact (``spotzee.providers.push``); unregistered tokens
+        are taken off the contact through the log."""
+        devices = list(contact.devices)
+        if self.suppressed is not None:
+            devices = [d for d in devices if self.suppressed(command.project_id, "push", d.token) is None]
+            if contact.devices and not devices:
+                return DeliveryResult("suppressed", {"reason": "every push device of the contact is suppressed"})
+        if not devices:
+            return DeliveryResult("failed", {"reason": NO_DEVICE})
+        variables = template_variables(
+            contact,
+            event=event_variables(command.variables.get("event")),
+            journey=_as_dict(command.variables.get("journey")),
+        )
+        rendered = await self._render(render_push, content, variables)
+        deliveries = [
+            PushDelivery(
+                send_id=device_send_id(command.send_id, d.token),
+                token=d.token,
+                platform=d.type if d.type in ("ios", "android") else "other",
+                message=rendered,
+            )
+            for d in devices
+        ]
+        async with self.senders.lease(provider) as sender:
+            assert isinstance(sender, FcmSender)
+            outcomes = await asyncio.gather(*(sender.send(d) for d in deliveries))
+        result = combine([(d.token, o) for d, o in zip(deliveries, outcomes, strict=True)])
+        if result.unregistered:
+            await self._remove_devices(command, contact, result.unregistered)
+        return DeliveryResult(result.status, result.detail, result.retry_after)
+
+    async def _remove_devices(self, command: SendCommand, contact: ContactState, tokens: list[str]) -> None:
+        if self.write_back is None:
+            log.warning(
+                "send %s: %d unregistered push token(s) not removed (no write-back)", command.send_id, len(tokens)
+            )
+            return
+        patch = ContactPatch(
+            project_id=command.project_id,
+            id=contact.id,
+            traits={},
+            requested_at=contact.updated_at,
+            request_id=f"push-unregistered:{command.send_id}",
+            only_existing=True,
+            only_created_ms=epoch_ms(contact.created_at),
+            remove_devices=tokens,
+        )
+        try:
+            await self.write_back([(record_key(patch), dumps(patch))])
+        except Exception:  # the send's result stands; the token is removed at its next failure
+            log.exception("send %s: removing unregistered push tokens failed", command.send_id)
 
 
 Scan = Callable[[str], Iterable[tuple[str, bytes]]]

@@ -20,6 +20,10 @@ the config model and the channel it serves:
   ``configuration_set``, ``base_url`` (default ``https://email.{region}.amazonaws.com``),
   ``timeout``.
 
+``fcm`` (channel ``push``) -- ``service_account`` (the Google service-account JSON key; its
+``project_id``, ``client_email``, ``private_key`` and ``token_uri`` are kept, flattened, the rest
+ignored), ``base_url`` (default ``https://fcm.googleapis.com``), ``timeout``.
+
 ``meta_whatsapp`` (channel ``whatsapp``) -- ``phone_number_id``, ``access_token`` (a Bearer token),
 ``app_secret`` (signs Meta's webhook calls: ``X-Hub-Signature-256``), ``api_version`` (``v21.0``),
 ``base_url`` (default ``https://graph.facebook.com``), ``timeout``.
@@ -67,8 +71,8 @@ from pydantic import (
 from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
-ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses", "meta_whatsapp"]
-ProviderChannel = Literal["email", "webhook", "sms", "whatsapp"]
+ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses", "meta_whatsapp", "fcm"]
+ProviderChannel = Literal["email", "webhook", "sms", "whatsapp", "push"]
 # The channels each type serves (a type may serve several: Twilio).
 CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "smtp": ("email",),
@@ -79,6 +83,7 @@ CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "sendgrid": ("email",),
     "postmark": ("email",),
     "ses": ("email",),
+    "fcm": ("push",),
 }
 REVEAL_SECRETS: Final = {"reveal_secrets": True}
 MIN_SIGNING_SECRET: Final = 16
@@ -314,6 +319,63 @@ class MetaWhatsAppConfig(_VendorConfig):
     required_secrets: ClassVar[tuple[str, ...]] = ("access_token", "app_secret")
 
 
+# -- push ---------------------------------------------------------------------------------------
+
+GOOGLE_TOKEN_URI: Final = "https://oauth2.googleapis.com/token"
+_PEM_PRIVATE_KEY = re.compile(r"-----BEGIN (RSA )?PRIVATE KEY-----[A-Za-z0-9+/=\s]+-----END (RSA )?PRIVATE KEY-----\s*")
+SERVICE_ACCOUNT_FIELDS: Final = ("project_id", "client_email", "private_key", "token_uri")
+
+
+def _token_uri(value: str) -> str:
+    """An https(s) URL like ``base_url`` (a path is the endpoint's: kept)."""
+    return _base_url(value)
+
+
+def _pem_private_key(value: SecretStr) -> SecretStr:
+    # Shape only: the key itself is loaded once per provider version by the sender (an RSA key's
+    # consistency check costs milliseconds, too much for every provider lookup).
+    if not _PEM_PRIVATE_KEY.fullmatch(value.get_secret_value()):
+        raise ValueError("must be a PEM private key (-----BEGIN PRIVATE KEY----- ...)")
+    return value
+
+
+class FcmConfig(_VendorConfig):
+    """Firebase Cloud Messaging HTTP v1 (``POST /v1/projects/{project_id}/messages:send``), with an
+    OAuth 2 access token from the service account (a JWT-bearer grant at ``token_uri``).
+
+    Takes the service-account JSON key as ``service_account`` (or its four fields flat)."""
+
+    project_id: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    client_email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    private_key: Annotated[Secret, AfterValidator(_pem_private_key)] | None = Field(
+        default=None, description="Required when creating (the service account's PEM key)."
+    )
+    token_uri: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_token_uri)] = GOOGLE_TOKEN_URI
+    base_url: BaseUrl = "https://fcm.googleapis.com"
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("private_key",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("private_key",)
+
+    def destinations(self) -> tuple[Endpoint, ...]:
+        token = _url_endpoint(self.token_uri)
+        return (_url_endpoint(self.base_url), Endpoint("token_uri", token.host, token.port))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_service_account(cls, data: Any) -> Any:
+        """``{"service_account": {...Google's JSON key...}}``: its four fields taken (the others --
+        ``type``, ``private_key_id``, ``client_id``, ``auth_uri``... -- are not used); a field given
+        beside it wins."""
+        if not isinstance(data, dict) or "service_account" not in data:
+            return data
+        account = data["service_account"]
+        if not isinstance(account, dict):
+            raise ValueError("service_account must be the service account's JSON key (an object)")
+        rest = {k: v for k, v in data.items() if k != "service_account"}
+        taken = {name: account[name] for name in SERVICE_ACCOUNT_FIELDS if name in account}
+        return {**taken, **rest}
+
+
 # -- email over vendor HTTP APIs ----------------------------------------------------------------
 
 AWS_REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?")
@@ -396,6 +458,7 @@ ProviderConfig = (
     | PostmarkConfig
     | SesConfig
     | MetaWhatsAppConfig
+    | FcmConfig
 )
 EMAIL_CONFIGS: Final = (SmtpConfig, SendgridConfig, PostmarkConfig, SesConfig)  # channel email
 CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
@@ -407,6 +470,7 @@ CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
     "sendgrid": SendgridConfig,
     "postmark": PostmarkConfig,
     "ses": SesConfig,
+    "fcm": FcmConfig,
 }
 
 
@@ -595,8 +659,18 @@ class SesPublicConfig(Model):
     timeout: float
 
 
+class FcmPublicConfig(Model):
+    project_id: str
+    client_email: str
+    has_private_key: bool
+    token_uri: str
+    base_url: str
+    timeout: float
+
+
 PublicConfig = (
     MetaWhatsAppPublicConfig
+    | FcmPublicConfig
     | SmtpPublicConfig
     | WebhookPublicConfig
     | TwilioPublicConfig
@@ -628,6 +702,15 @@ def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = N
             has_auth_token=has("auth_token"),
             from_=config.from_,
             messaging_service_sid=config.messaging_service_sid,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    if isinstance(config, FcmConfig):
+        return FcmPublicConfig(
+            project_id=config.project_id,
+            client_email=config.client_email,
+            has_private_key=has("private_key"),
+            token_uri=config.token_uri,
             base_url=config.base_url,
             timeout=config.timeout,
         )

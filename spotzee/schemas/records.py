@@ -78,6 +78,8 @@ class ContactPatch(Tagged, tag="contact_patch", kw_only=True):
     only_existing: bool = False
     # ...and only the contact created at this instant (epoch ms): an erased id used again later is someone else.
     only_created_ms: int | None = None
+    # Push tokens to take off the contact (a provider reported them unregistered).
+    remove_devices: list[str] = msgspec.field(default_factory=list)
 
     @property
     def contact_id(self) -> str:

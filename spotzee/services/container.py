@@ -79,7 +79,9 @@ class Services:
 
         def deliverer() -> Deliverer:
             # Called by the runtime when it starts, once the templates and providers below exist.
-            return _deliverer(settings, templates, providers, suppressions.is_suppressed)
+            made = _deliverer(settings, templates, providers, suppressions.is_suppressed)
+            made.write_back = runtime.append  # an unregistered push token leaves its contact through the log
+            return made
 
         try:
             runtime = open_runtime(

@@ -277,7 +277,14 @@ class ContactProcessor:
         ):
             return  # an unsubscribe link of an erased contact: it names nobody any more
         now = ctx.clock.now()
-        outcome = domain.apply_patch(state, record.traits, project_id=record.project_id, contact_id=record.id, now=now)
+        outcome = domain.apply_patch(
+            state,
+            record.traits,
+            project_id=record.project_id,
+            contact_id=record.id,
+            now=now,
+            remove_devices=record.remove_devices,
+        )
         typed(ctx, CONTACTS).put(key, outcome.state)
         _emit_changes(ctx, change_rows(record.project_id, record.id, outcome.changes, now, "api", record.request_id))
         self.segments.after_change(ctx, outcome.state, outcome.changes, f"api:{record.request_id}")

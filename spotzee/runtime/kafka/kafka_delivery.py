@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -414,6 +414,7 @@ def build_delivery(settings: Settings, engine: Engine, scan: Scan) -> KafkaDeliv
         template,
         provider_for,
     )
+    deliverer.write_back = _appender(engine, admin.topic_name(settings, topics.EVENTS))
     return KafkaDelivery(
         engine,
         deliverer,
@@ -421,6 +422,17 @@ def build_delivery(settings: Settings, engine: Engine, scan: Scan) -> KafkaDeliv
         admin.topic_name(settings, topics.SENDS),
         lambda: AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, auto_offset_reset="earliest"),
     )
+
+
+def _appender(engine: Engine, events_topic: str) -> Callable[[list[tuple[str, bytes]]], Awaitable[None]]:
+    """Records appended to ``events`` with the engine's producer, as the API appends them (keyed:
+    the contact's partition): an unregistered push token's removal (``Deliverer.write_back``)."""
+
+    async def append(records: list[tuple[str, bytes]]) -> None:
+        futures = [await engine.producer.send(events_topic, value=value, key=key.encode()) for key, value in records]
+        await asyncio.gather(*futures)
+
+    return append
 
 
 def _tail(items: list[Item]) -> Changes:
