@@ -38,6 +38,7 @@ from spotzee.streams.record_codec import dumps
 log = logging.getLogger(__name__)
 
 PREFIX = "suppression/"
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _CURSOR = re.compile(rf"(email|sms|whatsapp|push)/[0-9a-f]{{{KEY_HASH_LENGTH}}}")
 
 IsSuppressed = Callable[[str, str, str], str | None]
@@ -57,10 +58,15 @@ def suppression_lookup(get: Callable[[str], bytes | None]) -> IsSuppressed:
     embedded index's ``get``, or a Kafka worker's replica ``items.get``): O(1) per send."""
 
     def is_suppressed(project_id: str, channel: str, address: str) -> str | None:
-        try:
-            normalised = normalised_address(channel, address)
-        except ValueError:
-            normalised = address  # stored entries are normalised: one this can't be is not among them
+        if channel in ("sms", "whatsapp") and _E164.fullmatch(address):
+            # A contact's phone is stored normalised (E.164) already: parsing it again costs
+            # ~20 µs a send for the same string.
+            normalised = address
+        else:
+            try:
+                normalised = normalised_address(channel, address)
+            except ValueError:
+                normalised = address  # stored entries are normalised: one this can't be is not among them
         raw = get(suppression_key(project_id, channel, normalised))
         if raw is None:
             return None
