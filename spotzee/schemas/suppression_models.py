@@ -22,8 +22,8 @@ from spotzee.domain.traits import normalize_email, normalize_phone
 from spotzee.schemas.common import Model, UTCDateTime
 
 # Entries a project may have. Every Kafka worker (and the embedded process) holds the whole
-# definitions store in memory, so the list is bounded: 100,000 entries of ~250 bytes is ~25 MB per
-# project in every process. A larger list needs a store of its own (future work).
+# definitions store in memory, so the list is bounded: 100,000 entries are ~35 MB per project in
+# every worker (~45 MB with the index of an API process). A larger list needs a store of its own.
 MAX_SUPPRESSIONS_PER_PROJECT: Final = 100_000
 MAX_ADDRESS: Final = 4_096  # characters: push tokens (an APNs token is 64, an FCM one ~160)
 MAX_NOTE: Final = 1_000  # characters
