@@ -37,6 +37,7 @@ from spotzee.domain.templates import (
     template_variables,
 )
 from spotzee.providers.adapter import EmailDelivery, Permanent, Sent, Transient, WebhookDelivery
+from spotzee.providers.apns import ApnsSender
 from spotzee.providers.fcm import FcmSender
 from spotzee.providers.meta_whatsapp import MetaWhatsAppSender
 from spotzee.providers.postmark import PostmarkSender
@@ -57,6 +58,7 @@ from spotzee.schemas.contact_models import ContactState
 from spotzee.schemas.messages import SendCommand
 from spotzee.schemas.provider_models import (
     EMAIL_CONFIGS,
+    ApnsConfig,
     FcmConfig,
     MetaWhatsAppConfig,
     PostmarkConfig,
@@ -152,6 +154,8 @@ class Senders:
             return MetaWhatsAppSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         if isinstance(config, FcmConfig):
             return FcmSender(config, policy=settings.outbound, tls_context=settings.tls_context)
+        if isinstance(config, ApnsConfig):
+            return ApnsSender(config, policy=settings.outbound, tls_context=settings.tls_context)
         return VonageSender(config, policy=settings.outbound, tls_context=settings.tls_context)
 
     def _current(self, provider: ProviderDefinition) -> tuple[_Kept, _Kept | None]:
@@ -296,7 +300,7 @@ class Deliverer:
                 return await self._sms(command, contact, template.content, provider)
             if isinstance(template.content, WhatsAppTemplateContent | WhatsAppTextContent):
                 return await self._whatsapp(command, contact, template.content, provider)
-            if isinstance(template.content, PushContent) and isinstance(provider.config, FcmConfig):
+            if isinstance(template.content, PushContent) and isinstance(provider.config, FcmConfig | ApnsConfig):
                 return await self._push(command, contact, template.content, provider)
         except TemplateRenderError as exc:
             return DeliveryResult("failed", {"reason": "render error", "field": exc.field, "error": exc.reason})
@@ -400,6 +404,8 @@ class Deliverer:
         """One push per device of the contact (``spotzee.providers.push``); unregistered tokens
         are taken off the contact through the log."""
         devices = list(contact.devices)
+        if isinstance(provider.config, ApnsConfig):  # Apple's tokens only (an Android one would be removed)
+            devices = [d for d in devices if d.type != "android"]
         if self.suppressed is not None:
             devices = [d for d in devices if self.suppressed(command.project_id, "push", d.token) is None]
             if contact.devices and not devices:
@@ -422,7 +428,7 @@ class Deliverer:
             for d in devices
         ]
         async with self.senders.lease(provider) as sender:
-            assert isinstance(sender, FcmSender)
+            assert isinstance(sender, FcmSender | ApnsSender)
             outcomes = await asyncio.gather(*(sender.send(d) for d in deliveries))
         result = combine([(d.token, o) for d, o in zip(deliveries, outcomes, strict=True)])
         if result.unregistered:

@@ -56,7 +56,7 @@ class VendorResponse:
 class VendorClient:
     """Requests to one vendor API root; ``aclose`` when the provider is replaced or delivery stops."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 -- the client's settings, all but base_url by keyword
         self,
         base_url: str,
         *,
@@ -65,6 +65,7 @@ class VendorClient:
         user_agent: str,
         tls_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
+        http2: bool = False,  # a vendor that speaks only HTTP/2 (APNs); needs the h2 package
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -77,6 +78,7 @@ class VendorClient:
             timeout=httpx.Timeout(timeout),
             limits=KEEPALIVE,
             verify=tls_context or True,
+            http2=http2,
         )
 
     async def aclose(self) -> None:

@@ -24,6 +24,10 @@ the config model and the channel it serves:
 ``project_id``, ``client_email``, ``private_key`` and ``token_uri`` are kept, flattened, the rest
 ignored), ``base_url`` (default ``https://fcm.googleapis.com``), ``timeout``.
 
+``apns`` (channel ``push``) -- ``team_id``, ``key_id``, ``private_key`` (the ``.p8`` key, secret),
+``topic`` (the app's bundle id), ``environment`` (``production`` | ``sandbox``), ``base_url``
+(default Apple's host for the environment), ``timeout``.
+
 ``meta_whatsapp`` (channel ``whatsapp``) -- ``phone_number_id``, ``access_token`` (a Bearer token),
 ``app_secret`` (signs Meta's webhook calls: ``X-Hub-Signature-256``), ``api_version`` (``v21.0``),
 ``base_url`` (default ``https://graph.facebook.com``), ``timeout``.
@@ -71,7 +75,9 @@ from pydantic import (
 from spotzee.providers.safety import literal_address
 from spotzee.schemas.common import Model, UTCDateTime
 
-ProviderType = Literal["smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses", "meta_whatsapp", "fcm"]
+ProviderType = Literal[
+    "smtp", "webhook", "twilio", "vonage", "sendgrid", "postmark", "ses", "meta_whatsapp", "fcm", "apns"
+]
 ProviderChannel = Literal["email", "webhook", "sms", "whatsapp", "push"]
 # The channels each type serves (a type may serve several: Twilio).
 CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
@@ -84,6 +90,7 @@ CHANNELS_OF: Final[dict[str, tuple[str, ...]]] = {
     "postmark": ("email",),
     "ses": ("email",),
     "fcm": ("push",),
+    "apns": ("push",),
 }
 REVEAL_SECRETS: Final = {"reveal_secrets": True}
 MIN_SIGNING_SECRET: Final = 16
@@ -376,6 +383,38 @@ class FcmConfig(_VendorConfig):
         return {**taken, **rest}
 
 
+APNS_HOSTS: Final = {"production": "https://api.push.apple.com", "sandbox": "https://api.sandbox.push.apple.com"}
+
+
+class ApnsConfig(_VendorConfig):
+    """Apple Push Notification service over HTTP/2 (``POST /3/device/{token}``) with an ES256
+    provider token made from the ``.p8`` key."""
+
+    team_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{10}$")]
+    key_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{10}$")]
+    private_key: Annotated[Secret, AfterValidator(_pem_private_key)] | None = Field(
+        default=None, description="Required when creating (the .p8 key, PEM)."
+    )
+    topic: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.\-]+$")]
+    environment: Literal["production", "sandbox"] = "production"
+    base_url: BaseUrl = Field(default="", description="Default: Apple's host for the environment.")
+
+    secret_fields: ClassVar[tuple[str, ...]] = ("private_key",)
+    required_secrets: ClassVar[tuple[str, ...]] = ("private_key",)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_of_environment(cls, data: Any) -> Any:
+        """No ``base_url``, or Apple's host of either environment (a shown one sent back with
+        another ``environment``): the environment's host."""
+        if not isinstance(data, dict):
+            return data
+        base_url, environment = data.get("base_url"), data.get("environment", "production")
+        if (base_url is None or base_url in APNS_HOSTS.values()) and environment in APNS_HOSTS:
+            return {**data, "base_url": APNS_HOSTS[environment]}
+        return data
+
+
 # -- email over vendor HTTP APIs ----------------------------------------------------------------
 
 AWS_REGION: Final = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[1-9][0-9]?")
@@ -459,6 +498,7 @@ ProviderConfig = (
     | SesConfig
     | MetaWhatsAppConfig
     | FcmConfig
+    | ApnsConfig
 )
 EMAIL_CONFIGS: Final = (SmtpConfig, SendgridConfig, PostmarkConfig, SesConfig)  # channel email
 CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
@@ -471,6 +511,7 @@ CONFIG_MODELS: Final[dict[str, type[ProviderConfig]]] = {
     "postmark": PostmarkConfig,
     "ses": SesConfig,
     "fcm": FcmConfig,
+    "apns": ApnsConfig,
 }
 
 
@@ -668,8 +709,19 @@ class FcmPublicConfig(Model):
     timeout: float
 
 
+class ApnsPublicConfig(Model):
+    team_id: str
+    key_id: str
+    has_private_key: bool
+    topic: str
+    environment: Literal["production", "sandbox"]
+    base_url: str
+    timeout: float
+
+
 PublicConfig = (
     MetaWhatsAppPublicConfig
+    | ApnsPublicConfig
     | FcmPublicConfig
     | SmtpPublicConfig
     | WebhookPublicConfig
@@ -679,6 +731,27 @@ PublicConfig = (
     | PostmarkPublicConfig
     | SesPublicConfig
 )
+
+
+def _push_public_config(config: FcmConfig | ApnsConfig, has: Callable[[str], bool]) -> PublicConfig:
+    if isinstance(config, ApnsConfig):
+        return ApnsPublicConfig(
+            team_id=config.team_id,
+            key_id=config.key_id,
+            has_private_key=has("private_key"),
+            topic=config.topic,
+            environment=config.environment,
+            base_url=config.base_url,
+            timeout=config.timeout,
+        )
+    return FcmPublicConfig(
+        project_id=config.project_id,
+        client_email=config.client_email,
+        has_private_key=has("private_key"),
+        token_uri=config.token_uri,
+        base_url=config.base_url,
+        timeout=config.timeout,
+    )
 
 
 def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = None) -> PublicConfig:
@@ -705,15 +778,8 @@ def public_config(config: ProviderConfig, secrets_set: frozenset[str] | None = N
             base_url=config.base_url,
             timeout=config.timeout,
         )
-    if isinstance(config, FcmConfig):
-        return FcmPublicConfig(
-            project_id=config.project_id,
-            client_email=config.client_email,
-            has_private_key=has("private_key"),
-            token_uri=config.token_uri,
-            base_url=config.base_url,
-            timeout=config.timeout,
-        )
+    if isinstance(config, FcmConfig | ApnsConfig):
+        return _push_public_config(config, has)
     if isinstance(config, MetaWhatsAppConfig):
         return MetaWhatsAppPublicConfig(
             phone_number_id=config.phone_number_id,
