@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import SecretStr
 
+from spotzee.providers.adapter import Permanent, Sent, Transient
 from spotzee.providers.delivery_service import Deliverer, DeliverySettings
-from spotzee.providers.push import token_digest
+from spotzee.providers.push import Unregistered, combine, token_digest
 from spotzee.providers.safety import OutboundPolicy
 from spotzee.schemas.contact_models import ContactState, Device
 from spotzee.schemas.messages import SendCommand
@@ -134,3 +135,16 @@ def test_all_devices_unregistered_is_failed(apns: ApnsServer) -> None:
     assert result.status == "failed"  # type: ignore[attr-defined]
     assert "Unregistered" in result.detail["reason"]  # type: ignore[attr-defined]
     assert len(appended) == 1
+
+
+def test_combine_retries_only_when_no_device_took_it() -> None:
+    sent = Sent(provider_message_id="m1")
+    slow = Transient(reason="HTTP 429", retry_after=3.0)
+    slower = Transient(reason="HTTP 503", retry_after=9.0)
+    gone = Unregistered(reason="FCM UNREGISTERED")
+    mixed = combine([("a", sent), ("b", slow), ("c", gone)])
+    assert (mixed.status, mixed.detail["sent"], mixed.unregistered) == ("sent", 1, ["c"])
+    waiting = combine([("a", slow), ("b", slower), ("c", gone)])
+    assert (waiting.status, waiting.retry_after, waiting.unregistered) == ("retry", 9.0, ["c"])
+    refused = combine([("a", Permanent(reason="HTTP 400: bad")), ("b", gone)])
+    assert (refused.status, refused.detail["reason"], refused.unregistered) == ("failed", "HTTP 400: bad", ["b"])
