@@ -240,3 +240,19 @@ def running_stack(
     finally:
         for proc in procs:
             stop_worker(proc)
+
+
+def files_holding(root: Path, needle: bytes) -> list[Path]:
+    """Files under ``root`` whose bytes contain ``needle``. The server may be running: ClickHouse's
+    temporary insert directories come and go, so a directory or file that vanishes during the walk
+    is skipped (``os.walk`` ignores a directory it can no longer list), never an error."""
+    found = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory) / name
+            try:
+                if path.is_file() and needle in path.read_bytes():
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.security.test_log_redaction import debug_server  # noqa: F401 (a fixture)
-from tests.security.test_sms_provider_secrets import PRIVATE, files_holding
-from tests.support import Stack, wait_until
+from tests.security.test_sms_provider_secrets import PRIVATE
+from tests.support import Stack, files_holding, wait_until
 from tests.vendors.postmark_server import PostmarkServer, postmark_error
 from tests.vendors.sendgrid_server import SendgridServer
 from tests.vendors.ses_server import SesServer

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from tests.security.test_log_redaction import debug_server  # noqa: F401 (a fixture)
-from tests.security.test_sms_provider_secrets import PRIVATE, files_holding
-from tests.support import Stack, wait_until
+from tests.security.test_sms_provider_secrets import PRIVATE
+from tests.support import Stack, files_holding, wait_until
 from tests.vendors.fcm_server import FcmServer
 
 
@@ -24,17 +24,6 @@ def fcm() -> Iterator[FcmServer]:
     server = FcmServer(registered={"tok-u1"})
     with server.running():
         yield server
-
-
-def holding(root: Path, needle: bytes) -> list[Path]:
-    """``files_holding``, looked again when a directory vanished under the walk (ClickHouse's
-    temporary insert directories come and go while the server runs)."""
-    for _ in range(20):
-        try:
-            return files_holding(root, needle)
-        except FileNotFoundError:
-            continue
-    return files_holding(root, needle)
 
 
 def key_pieces(server: FcmServer) -> list[str]:
@@ -108,9 +97,9 @@ def test_the_private_key_never_leaves_through_the_api_or_the_log(
     for piece in pieces:
         assert piece not in log, "the private key is in the log"
     data = log_path.parent / "data"
-    wait_until(lambda: bool(holding(data, fcm.client_email.encode())), timeout=30)
+    wait_until(lambda: bool(files_holding(data, fcm.client_email.encode())), timeout=30)
     for piece in pieces:
-        assert holding(data, piece.encode()) == []
+        assert files_holding(data, piece.encode()) == []
     assert fcm.grants == 1  # the key was used (the assertion verified): the test looked where it could leak
 
 

@@ -42,7 +42,7 @@ from spotzee.schemas.provider_models import ProviderDefinition, SmtpConfig, Stor
 from spotzee.schemas.template_models import TemplateDefinition
 from spotzee.streams import topics
 from tests.integration.test_catalogue import WELCOME_EMAIL, welcome_journey
-from tests.support import LOOPBACK_RELAY, Stack, free_port, running_stack, wait_until
+from tests.support import LOOPBACK_RELAY, Stack, files_holding, free_port, running_stack, wait_until
 
 PASSWORD = f"smtp-pw-{uuid.uuid4().hex}"
 SIGNING = f"whsec-{uuid.uuid4().hex}"
@@ -106,10 +106,6 @@ def publish(stack: Stack, template_id: str, event: str, channel: str) -> None:
     body["steps"]["mail"]["channel"] = channel
     journey_id = stack.project.post("/api/v1/journeys", json=body).json()["id"]
     assert stack.project.post(f"/api/v1/journeys/{journey_id}/publish").status_code == 200
-
-
-def files_holding(root: Path, needle: bytes) -> list[Path]:
-    return [path for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
 
 
 def definitions_records(stack: Stack) -> list[bytes]:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.security.test_log_redaction import debug_server  # noqa: F401 (a fixture)
-from tests.support import Stack, wait_until
+from tests.support import Stack, files_holding, wait_until
 from tests.vendors.twilio_server import TwilioServer
 from tests.vendors.vonage_server import VonageServer, vonage_error
 
@@ -47,18 +47,6 @@ def twilio_body(base_url: str, **config: Any) -> dict[str, Any]:
 def vonage_body(base_url: str, **config: Any) -> dict[str, Any]:
     values = {"api_key": "k3y01", "api_secret": VONAGE_SECRET, "from": "Shop", "base_url": base_url}
     return {"name": "vonage", "channel": "sms", "type": "vonage", "config": {**values, **config}}
-
-
-def files_holding(root: Path, needle: bytes) -> list[Path]:
-    """Files under ``root`` holding ``needle`` (the server runs: a file may vanish while we look)."""
-    found = []
-    for path in root.rglob("*"):
-        try:
-            if path.is_file() and needle in path.read_bytes():
-                found.append(path)
-        except FileNotFoundError:
-            continue
-    return found
 
 
 def assert_no_secret(text: str, where: str) -> None:

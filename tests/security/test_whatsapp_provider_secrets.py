@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.security.test_log_redaction import debug_server  # noqa: F401 (a fixture)
-from tests.security.test_sms_provider_secrets import PRIVATE, files_holding
-from tests.support import Stack, wait_until
+from tests.security.test_sms_provider_secrets import PRIVATE
+from tests.support import Stack, files_holding, wait_until
 from tests.vendors.meta_whatsapp_server import Approved, MetaWhatsAppServer, meta_error
 
 PHONE_ID = "106540352242922"
