@@ -29,15 +29,21 @@ from spotzee.streams import topics
 log = logging.getLogger(__name__)
 
 Records = list[tuple[int, AnalyticsRecord]]
+MIN_PARTITION_BATCH = 1000  # rows per partition batch at the least: fewer makes ClickHouse parts too small
 
 
 def build_sink_app(settings: Settings, clickhouse: ClickHouse) -> tuple[faust.App, AnalyticsSink]:
     """The sink's faust app: the ``analytics`` records fetched go through a ``RecordsFeed`` (no faust
-    message, event or ack per record), each partition's batch (up to ``SPOTZEE_SINK_BATCH_ROWS``, or what
-    arrived within ``SPOTZEE_SINK_FLUSH_INTERVAL``) is decoded and written in ranges, and the group's
-    offsets are committed only past what ClickHouse acknowledged."""
+    message, event or ack per record); each partition's batch (up to its share of
+    ``SPOTZEE_SINK_BATCH_ROWS``, at least 1,000, or what arrived within ``SPOTZEE_SINK_FLUSH_INTERVAL``)
+    is decoded and written in ranges, and the group's offsets are committed only past what ClickHouse
+    acknowledged."""
     analytics_name = admin.topic_name(settings, topics.ANALYTICS)
-    feed = RecordsFeed(analytics_name, settings.sink_batch_rows, linger=settings.sink_flush_interval)
+    # SPOTZEE_SINK_BATCH_ROWS is the batch across partitions, as faust's take_events had it: each partition
+    # batches its share, so a backlog being caught up holds at most a few such shares per partition (the
+    # feed pauses a partition at HIGH_WATER_BATCHES batches or HIGH_WATER_RECORDS), not 20,000 rows each.
+    per_partition = max(settings.sink_batch_rows // max(settings.partitions, 1), MIN_PARTITION_BATCH)
+    feed = RecordsFeed(analytics_name, per_partition, linger=settings.sink_flush_interval)
     app = faust_app(settings, admin.group_id(settings, admin.SINK_GROUP), consumer_scheduler=feed.scheduler())
     # Subscribed like an agent's topic (faust's group then assigns its partitions here), but no agent
     # reads it: the feed takes its records and commits their offsets.
